@@ -1,0 +1,142 @@
+"""``dqnkit`` command line: parses, validates, calls the library. No logic of its own.
+
+Exit codes: 0 ok, 2 bad input (one line ``error: ...`` on stderr, no traceback),
+1 an unexpected failure (traceback), 130 interrupted (a checkpoint was saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dqnkit.errors import DqnkitError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2 like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DqnkitError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dqnkit.config import describe_fields
+
+    keys = "\n".join(f"  {name} ({kind}): {help}" for name, kind, help in describe_fields())
+    parser = _Parser(prog="dqnkit", description="Value-based deep RL: DQN and its family, readable and fast.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train an agent (or continue one with --resume)",
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="config keys for --set:\n" + keys)
+    train.add_argument("--preset", default=None, help="starting config (see `dqnkit presets`; default cartpole)")
+    train.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
+    train.add_argument("--steps", type=int, help="total environment steps")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
+    train.add_argument("--run-dir", type=Path, help="where to write the run (default runs/<preset>-s<seed>-<time>)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key (repeatable)")
+    train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser("eval", help="play greedy episodes with a trained run's agent")
+    ev.add_argument("run_dir", type=Path)
+    ev.add_argument("--episodes", type=int, default=10)
+    ev.add_argument("--seed", type=int, default=12345, help="seed of the first episode")
+    ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.add_argument("--video", type=Path, help="also record one episode to this .mp4 or .gif (needs dqnkit[video])")
+
+    pr = sub.add_parser("presets", help="list presets, or print one preset's full config")
+    pr.add_argument("name", nargs="?")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.version:
+            from dqnkit import __version__
+
+            print(__version__)
+            return 0
+        if args.command is None:
+            raise DqnkitError("missing command: train, eval or presets (see `dqnkit --help`)")
+        return {"train": _train, "eval": _eval, "presets": _presets}[args.command](args)
+    except DqnkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"\n{exc or 'interrupted'}", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dqnkit import presets
+    from dqnkit.config import parse_overrides
+    from dqnkit.training import resume, train
+
+    if args.resume is not None:
+        given = [flag for flag, value in (("--preset", args.preset), ("--env", args.env_id), ("--seed", args.seed),
+                                          ("--set", args.overrides), ("--run-dir", args.run_dir),
+                                          ("--device", args.device)) if value]
+        if given:
+            raise DqnkitError(f"--resume continues the run with its own config; drop {', '.join(given)}")
+        if args.steps is not None and args.steps < 1:
+            raise DqnkitError(f"--steps must be positive, got {args.steps}")
+        summary = resume(args.resume, args.steps, progress=not args.quiet)
+    else:
+        overrides: dict[str, Any] = parse_overrides(args.overrides)
+        for key in ("env_id", "seed", "device"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
+        if args.steps is not None:
+            overrides["total_steps"] = args.steps
+        config = presets.get(args.preset or "cartpole", **overrides)
+        summary = train(config, args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from dqnkit.evaluate import evaluate, record_video
+    from dqnkit.training import load
+
+    if args.episodes < 1:
+        raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
+    agent = load(args.run_dir)
+    returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed)
+    result = {"episodes": args.episodes, "return_mean": float(returns.mean()),
+              "return_std": float(returns.std()), "returns": returns.tolist()}
+    if args.video is not None:
+        result["video"] = str(record_video(agent, agent.config.env_id, args.video, seed=args.seed))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.episodes} episodes: return {result['return_mean']:.2f} ± {result['return_std']:.2f}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from dqnkit import presets
+
+    if args.name is None:
+        width = max(len(n) for n in presets.names())
+        for name in presets.names():
+            print(f"{name:<{width}}  {presets.describe(name)}")
+    else:
+        print(presets.get(args.name).to_json())
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,224 @@
+"""The one flat, frozen ``Config`` of a run, and the only place that parses and validates it.
+
+Every field carries its help text and its allowed range in ``metadata``; the CLI's
+``--set`` parsing, ``dqnkit presets NAME`` and the README table are all generated from
+these fields, so a new option is added here and nowhere else.
+
+Counting convention: every ``*_steps``/``*_every``/``*_interval``/``train_freq`` value is
+counted in environment transitions summed over all vector envs (``global_step``), like
+CleanRL, so changing ``num_envs`` does not change how much data a run sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from dqnkit.errors import ConfigError
+
+
+def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+         lo_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its help text and allowed range attached."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides a run. Immutable: derive variants with :meth:`replace`."""
+
+    # --- run ---
+    preset: str = _opt("custom", "Name of the preset this config started from (informational).")
+    env_id: str = _opt("CartPole-v1", "Gymnasium environment id (Box or image observations, Discrete actions).")
+    seed: int = _opt(0, "Seed for every random number generator of the run.", lo=0)
+    total_steps: int = _opt(50_000, "Environment transitions to collect, summed over vector envs.", lo=1)
+    num_envs: int = _opt(1, "Number of environments stepped in lockstep (gymnasium SyncVectorEnv).", lo=1)
+    device: str = _opt("auto", "Torch device: auto (cuda if available), cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    num_threads: int = _opt(1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0)
+
+    # --- learning ---
+    gamma: float = _opt(0.99, "Discount factor, in (0, 1].", lo=0.0, hi=1.0, lo_open=True)
+    lr: float = _opt(1e-3, "Adam learning rate.", lo=0.0, lo_open=True)
+    adam_eps: float = _opt(1e-8, "Adam epsilon.", lo=0.0, lo_open=True)
+    batch_size: int = _opt(64, "Transitions per gradient step.", lo=1)
+    buffer_size: int = _opt(100_000, "Replay capacity in transitions.", lo=1)
+    learning_starts: int = _opt(1000, "Transitions collected before the first gradient step.", lo=0)
+    train_freq: int = _opt(1, "Run `gradient_steps` updates every this many transitions.", lo=1)
+    gradient_steps: int = _opt(1, "Gradient steps per training round.", lo=1)
+    target_update_interval: int = _opt(1000, "Update the target network every this many transitions.", lo=1)
+    tau: float = _opt(0.0, "0 = hard copy of the online weights; in (0, 1] = Polyak blend target <- tau*online + (1-tau)*target.", lo=0.0, hi=1.0)
+    double: bool = _opt(False, "Double DQN: the online network picks the next action, the target network values it.")
+    dueling: bool = _opt(False, "Dueling head: Q = V + A - mean(A).")
+    loss: str = _opt("huber", "TD loss: huber (smooth L1) or mse.", choices=("huber", "mse"))
+    max_grad_norm: float = _opt(10.0, "Clip the gradient's global norm to this (0 = no clipping).", lo=0.0)
+    hidden_sizes: tuple[int, ...] = _opt((64, 64), "Widths of the MLP's hidden layers, e.g. 256,256.")
+
+    # --- exploration ---
+    eps_schedule: str = _opt("linear", "Epsilon schedule: linear (over exploration_fraction of total_steps) or exponential (eps_decay per gradient step).", choices=("linear", "exponential"))
+    eps_start: float = _opt(1.0, "Initial epsilon.", lo=0.0, hi=1.0)
+    eps_end: float = _opt(0.05, "Final epsilon.", lo=0.0, hi=1.0)
+    exploration_fraction: float = _opt(0.1, "Linear schedule: fraction of total_steps over which epsilon falls to eps_end (used when exploration_steps is 0).", lo=0.0, hi=1.0, lo_open=True)
+    exploration_steps: int = _opt(0, "Linear schedule: transitions over which epsilon falls to eps_end; 0 = exploration_fraction * total_steps. Absolute steps keep a run's trajectory independent of --steps, so extending a run changes nothing already learned.", lo=0)
+    eps_decay: float = _opt(0.995, "Exponential schedule: epsilon is multiplied by this per gradient step.", lo=0.0, hi=1.0, lo_open=True)
+
+    # --- evaluation, logging, checkpoints ---
+    eval_every: int = _opt(10_000, "Greedy evaluation every this many transitions (0 = only at the end).", lo=0)
+    eval_episodes: int = _opt(10, "Episodes per evaluation.", lo=1)
+    eval_epsilon: float = _opt(0.0, "Epsilon used during evaluation (0 = greedy).", lo=0.0, hi=1.0)
+    stop_at_return: float | None = _opt(None, "Stop training early once an evaluation's mean return reaches this (none = never).")
+    checkpoint_every: int = _opt(0, "Checkpoint every this many transitions (0 = about ten per run).", lo=0)
+    keep_checkpoints: int = _opt(3, "Numbered checkpoints to keep besides `latest`.", lo=1)
+
+    # ------------------------------------------------------------------ API
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **overrides: Any) -> Config:
+        """A copy with ``overrides`` applied (values may be strings, as from ``--set``)."""
+        return from_dict({**self.to_dict(), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @property
+    def exploration_duration(self) -> float:
+        """Transitions over which the linear schedule anneals epsilon."""
+        return self.exploration_steps or self.exploration_fraction * self.total_steps
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Transitions between checkpoints (``checkpoint_every`` or about ten per run)."""
+        return self.checkpoint_every or max(1, math.ceil(self.total_steps / 10))
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build a validated Config; every key must exist and every value must parse."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; run `dqnkit presets NAME` to see the keys")
+    return Config(**{k: coerce(k, v) for k, v in values.items()})
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``["key=value", ...]`` from ``--set`` into typed values (checked again by Config)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        if key not in FIELDS:
+            raise ConfigError(f"unknown config key {key!r}; run `dqnkit presets NAME` to see the keys")
+        out[key] = coerce(key, value.strip())
+    return out
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert ``value`` (a string from the CLI or a JSON value) to the type of field ``key``."""
+    kind = FIELDS[key].type
+    try:
+        if kind == "bool":
+            return _to_bool(value)
+        if kind == "int":
+            return _to_int(value)
+        if kind == "float":
+            return _to_float(value)
+        if kind == "float | None":
+            return None if value is None or str(value).lower() in ("none", "null", "") else _to_float(value)
+        if kind == "tuple[int, ...]":
+            return _to_int_tuple(value)
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot use {value!r} ({exc})") from None
+    raise AssertionError(f"no parser for field type {kind}")
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        number = float(value.replace("_", ""))  # accepts 1e5 and 100_000
+        if number.is_integer():
+            return int(number)
+    raise ValueError("expected an integer")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("expected a finite number")
+    return number
+
+
+def _to_int_tuple(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+    return tuple(_to_int(v) for v in value)
+
+
+def _validate(cfg: Config) -> None:
+    """Range and type checks per field, then the checks that involve several fields."""
+    for name, f in FIELDS.items():
+        value = getattr(cfg, name)
+        if coerce(name, value) != value or type(coerce(name, value)) is not type(value):
+            raise ConfigError(f"{name}: {value!r} has the wrong type (expected {f.type})")
+        _check_range(name, value, f.metadata)
+    if any(h < 1 for h in cfg.hidden_sizes):
+        raise ConfigError("hidden_sizes: every layer needs at least one unit")
+    if cfg.batch_size > cfg.buffer_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than buffer_size {cfg.buffer_size}")
+    if cfg.learning_starts >= cfg.total_steps:
+        raise ConfigError(
+            f"learning_starts {cfg.learning_starts} is not below total_steps {cfg.total_steps}: "
+            "nothing would be learned; raise --steps or lower learning_starts")
+    if cfg.eps_end > cfg.eps_start:
+        raise ConfigError(f"eps_end {cfg.eps_end} is above eps_start {cfg.eps_start}")
+
+
+def _check_range(name: str, value: Any, meta: Any) -> None:
+    if value is None or isinstance(value, (bool, tuple)):
+        return
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
+        raise ConfigError(f"{name}: {value!r} must be {'>' if meta.get('lo_open') else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{name}: {value!r} must be <= {hi}")
+
+
+def describe_fields() -> list[tuple[str, str, str]]:
+    """(name, type, help) for every field, in declaration order (for --help and the docs)."""
+    return [(name, str(f.type), f.metadata["help"]) for name, f in FIELDS.items()]

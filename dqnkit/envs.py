@@ -1,0 +1,134 @@
+"""Environment construction and the checks that refuse an env dqnkit cannot train on.
+
+Training uses gymnasium's SyncVectorEnv in SAME_STEP autoreset mode (gymnasium >= 1.1):
+when a sub-env's episode ends, ``step`` already returns the *reset* observation and puts
+the true last observation in ``info["final_obs"]``. Every vector step therefore yields
+exactly ``num_envs`` real transitions, and :func:`true_next_obs` recovers the observation
+a truncated episode really ended in (the one its TD target must bootstrap from). The
+default NEXT_STEP mode would instead return one no-op "reset transition" per episode,
+which must never enter the replay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode
+
+from dqnkit.errors import DqnkitError
+
+
+def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
+    """One gymnasium env for ``env_id``, with its spaces checked."""
+    env = _make(env_id, **({"render_mode": render_mode} if render_mode else {}))
+    check_spaces(env.observation_space, env.action_space, env_id)
+    return env
+
+
+def make_vec_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset."""
+    env = gym.vector.SyncVectorEnv(
+        [lambda: make_env(env_id) for _ in range(num_envs)],
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
+    return env
+
+
+def check_env_id(env_id: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Refuse an unknown or unsupported env before any work starts.
+
+    Returns (observation shape, observation dtype, number of actions).
+    """
+    env = make_env(env_id)
+    try:
+        return env.observation_space.shape, env.observation_space.dtype, int(env.action_space.n)
+    finally:
+        env.close()
+
+
+def check_spaces(obs_space: gym.Space, action_space: gym.Space, env_id: str) -> None:
+    """DQN needs a finite set of actions and an array observation."""
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise DqnkitError(
+            f"{env_id} has a {type(action_space).__name__} action space; DQN needs Discrete actions "
+            "(for continuous control use an actor-critic method such as SAC or TD3)")
+    if not isinstance(obs_space, gym.spaces.Box):
+        raise DqnkitError(
+            f"{env_id} has a {type(obs_space).__name__} observation space; dqnkit needs a Box "
+            "(array) observation: wrap the env, e.g. with gymnasium.wrappers.FlattenObservation")
+
+
+def true_next_obs(next_obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    """The observation each transition really led to: the reset observation is replaced by
+    ``info["final_obs"]`` for sub-envs whose episode just ended. [N, *obs]"""
+    if "_final_obs" not in info:
+        return next_obs
+    real = next_obs.copy()
+    for i in np.flatnonzero(info["_final_obs"]):
+        real[i] = info["final_obs"][i]
+    return real
+
+
+def _make(env_id: str, **kwargs: Any) -> gym.Env:
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.NameNotFound:
+        raise DqnkitError(f"unknown environment {env_id!r}; see gymnasium.envs.registry for the ids") from None
+    except gym.error.Error as exc:
+        raise DqnkitError(f"cannot create environment {env_id!r}: {exc}") from None
+    except ModuleNotFoundError as exc:
+        raise DqnkitError(
+            f"environment {env_id!r} needs the missing package {exc.name!r}; install the matching "
+            "extra, e.g. pip install 'dqnkit[box2d]'") from None
+
+
+# --------------------------------------------------------------------------- env state
+# Exact resume needs the episode in progress. Classic-control envs keep it in plain
+# attributes (CartPole: `state`, `steps_beyond_terminated`) plus the env's np_random, and
+# the wrappers keep theirs (TimeLimit: `_elapsed_steps`). Envs whose state lives in native
+# code (ALE) cannot be captured this way: they restart their episode on resume.
+
+_PLAIN = (bool, int, float, str, type(None), np.ndarray, np.generic)
+
+
+def get_env_state(env: gym.Env) -> dict[str, Any] | None:
+    """Plain-data snapshot of ``env`` and its wrappers, or None if it cannot be captured."""
+    base = env.unwrapped
+    if not hasattr(base, "state") or type(base).__module__.startswith("ale_py"):
+        return None
+    layers = []
+    layer: Any = env
+    while True:
+        layers.append({k: _copy(v) for k, v in vars(layer).items() if _is_plain(v)})
+        if layer is base:
+            break
+        layer = layer.env
+    return {"layers": layers, "np_random": base.np_random.bit_generator.state}
+
+
+def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
+    """Restore a snapshot taken by :func:`get_env_state` on an env built the same way."""
+    layer: Any = env
+    for values in state["layers"]:
+        for key, value in values.items():
+            setattr(layer, key, _copy(value))
+        if layer is env.unwrapped:
+            break
+        layer = layer.env
+    env.unwrapped.np_random.bit_generator.state = state["np_random"]
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(isinstance(v, _PLAIN) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

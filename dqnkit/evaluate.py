@@ -1,0 +1,60 @@
+"""Greedy evaluation: play whole episodes, report the undiscounted returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dqnkit.agent import DQNAgent
+from dqnkit.envs import make_env
+
+
+def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: float = 0.0) -> np.ndarray:
+    """Returns of ``episodes`` episodes, episode i seeded ``seed + i``. [episodes]
+
+    All episodes run side by side so that each step is one batched forward pass.
+    """
+    envs = [make_env(env_id) for _ in range(episodes)]
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    rng = np.random.default_rng(seed)
+    returns = np.zeros(episodes)
+    active = list(range(episodes))
+    while active:
+        actions = agent.act(np.stack([obs[i] for i in active]), epsilon, rng=rng)
+        still_running = []
+        for i, action in zip(active, actions):
+            obs[i], reward, terminated, truncated, _ = envs[i].step(action)
+            returns[i] += reward
+            if not (terminated or truncated):
+                still_running.append(i)
+        active = still_running
+    for env in envs:
+        env.close()
+    return returns
+
+
+def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) -> Path:
+    """Play one greedy episode and write it to ``path`` (.mp4 or .gif; needs ``dqnkit[video]``)."""
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        from dqnkit.errors import DqnkitError
+
+        raise DqnkitError("--video needs imageio: pip install 'dqnkit[video]'") from None
+    env = make_env(env_id, render_mode="rgb_array")
+    obs, _ = env.reset(seed=seed)
+    frames = [env.render()]
+    done = False
+    while not done:
+        obs, _, terminated, truncated, _ = env.step(agent.act(obs, greedy=True))
+        frames.append(env.render())
+        done = terminated or truncated
+    env.close()
+    path = Path(path)
+    fps = env.metadata.get("render_fps", 30)
+    if path.suffix == ".gif":
+        imageio.mimsave(path, frames, duration=1000 / fps)
+    else:
+        imageio.mimsave(path, frames, fps=fps)
+    return path

@@ -1,0 +1,69 @@
+"""Run metrics: ``metrics.csv`` (one row per episode and per evaluation) and TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("kind", "step", "episode", "return", "length", "epsilon", "loss", "q_mean",
+           "return_std", "wall_s")
+
+
+class Logger:
+    """Appends rows to ``metrics.csv`` and mirrors them as TensorBoard scalars under ``tb/``."""
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.csv"
+        if resume_step is not None:
+            self._drop_rows_after(resume_step)
+        fresh = not self.path.exists()
+        self._file = open(self.path, "a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS)
+        if fresh:
+            self._csv.writeheader()
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only when used
+
+            # purge_step hides events a crashed run wrote past the checkpoint we resume from.
+            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+
+    def row(self, kind: str, step: int, **values: Any) -> None:
+        """One metrics.csv row (missing columns stay empty) and its TensorBoard scalars."""
+        self._csv.writerow({"kind": kind, "step": step, **values})
+        if self._tb is not None:
+            for key in ("return", "length", "epsilon", "loss", "q_mean", "return_std"):
+                if values.get(key) is not None:
+                    self._tb.add_scalar(f"{kind}/{key}", values[key], step)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        """A TensorBoard-only scalar (e.g. steps per second)."""
+        if self._tb is not None:
+            self._tb.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+    def _drop_rows_after(self, step: int) -> None:
+        """Rows logged after the checkpoint we resume from will be logged again: drop them."""
+        if not self.path.exists():
+            return
+        rows = read_metrics(self.path)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(r for r in rows if int(r["step"]) <= step)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    """All rows of a metrics.csv as dicts of strings."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,60 @@
+"""Named starting points for a run. ``get(name, **overrides)`` returns a validated Config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dqnkit.config import Config, from_dict
+from dqnkit.errors import ConfigError
+
+# name -> (one-line description, overrides of Config's defaults)
+_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "cartpole": (
+        "dqnkit's fastest reliable CartPole-v1 solver (stops once greedy eval reaches 475)",
+        dict(env_id="CartPole-v1", total_steps=60_000, lr=1e-3, batch_size=64, buffer_size=50_000,
+             learning_starts=1000, train_freq=4, gradient_steps=2, target_update_interval=500,
+             double=True, loss="huber", max_grad_norm=10.0, hidden_sizes=(128, 128),
+             exploration_steps=10_000, eps_end=0.02, eval_every=5000, eval_episodes=10,
+             stop_at_return=475.0),
+    ),
+    "cartpole-zoo": (
+        "rl-baselines3-zoo's DQN settings for CartPole-v1 (for side-by-side comparison with SB3)",
+        dict(env_id="CartPole-v1", total_steps=50_000, lr=2.3e-3, batch_size=64, buffer_size=100_000,
+             learning_starts=1000, gamma=0.99, target_update_interval=10, train_freq=256,
+             gradient_steps=128, exploration_fraction=0.16, eps_start=1.0, eps_end=0.04,
+             hidden_sizes=(256, 256), loss="huber", max_grad_norm=10.0, eval_every=10_000),
+    ),
+    "cartpole-lesson": (
+        "the lesson's DQNAgent: 128-unit MLP, Adam 1e-3, MSE, clip 1.0, eps*0.995 per update, "
+        "target copy every 1000 steps",
+        dict(env_id="CartPole-v1", total_steps=100_000, hidden_sizes=(128,), lr=1e-3, gamma=0.99,
+             batch_size=64, buffer_size=100_000, learning_starts=64, train_freq=1, gradient_steps=1,
+             loss="mse", max_grad_norm=1.0, eps_schedule="exponential", eps_start=1.0, eps_end=0.01,
+             eps_decay=0.995, target_update_interval=1000, tau=0.0, double=False),
+    ),
+}
+
+
+def names() -> list[str]:
+    """All preset names, in the order `dqnkit presets` lists them."""
+    return list(_PRESETS)
+
+
+def describe(name: str) -> str:
+    """The preset's one-line description."""
+    return _lookup(name)[0]
+
+
+def get(name: str, **overrides: Any) -> Config:
+    """The preset ``name`` with ``overrides`` applied, validated."""
+    _, values = _lookup(name)
+    return from_dict({**values, "preset": name, **overrides})
+
+
+def _lookup(name: str) -> tuple[str, dict[str, Any]]:
+    if name not in _PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(_PRESETS)}")
+    return _PRESETS[name]
+
+
+__all__ = ["Config", "get", "names", "describe"]

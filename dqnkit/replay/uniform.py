@@ -1,0 +1,109 @@
+"""Uniform experience replay: a preallocated numpy ring buffer.
+
+The lesson's ``deque`` of tuples costs a Python loop and ``np.array(list)`` per sample;
+here every field lives in one contiguous array and a batch is one fancy-index gather.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+class Batch(NamedTuple):
+    """A sampled minibatch (numpy arrays, leading dimension B).
+
+    ``horizons`` is k, the number of rewards folded into ``rewards`` (1 without n-step):
+    the TD target bootstraps with ``gamma ** k`` from ``next_obs``. ``weights`` are the
+    importance-sampling weights (all ones for uniform replay).
+    """
+
+    obs: np.ndarray  # [B, *obs_shape]
+    actions: np.ndarray  # [B] int64
+    rewards: np.ndarray  # [B] float32
+    next_obs: np.ndarray  # [B, *obs_shape]
+    terminated: np.ndarray  # [B] float32, 1.0 = no bootstrap
+    horizons: np.ndarray  # [B] int64
+    weights: np.ndarray  # [B] float32
+    indices: np.ndarray  # [B] int64, slots in the buffer
+
+
+class UniformReplay:
+    """Ring buffer of ``capacity`` transitions, sampled uniformly with replacement.
+
+    ``terminated`` is stored, never a combined ``done``: a time-limit truncation still
+    bootstraps, so the caller simply does not mark it.
+    """
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any = np.float32,
+                 seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.obs_shape = tuple(obs_shape)
+        self.obs_dtype = np.dtype(obs_dtype)
+        self.obs = np.zeros((self.capacity, *self.obs_shape), dtype=self.obs_dtype)
+        self.next_obs = np.zeros_like(self.obs)
+        self.actions = np.zeros(self.capacity, dtype=np.int64)
+        self.rewards = np.zeros(self.capacity, dtype=np.float32)
+        self.terminated = np.zeros(self.capacity, dtype=np.float32)
+        self.horizons = np.ones(self.capacity, dtype=np.int64)
+        self.pos = 0  # next slot to write
+        self.size = 0
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray,
+            terminated: bool, horizon: int = 1) -> None:
+        """Store one transition."""
+        self.add_batch(np.asarray(obs)[None], np.asarray([action]), np.asarray([reward]),
+                       np.asarray(next_obs)[None], np.asarray([terminated]), np.asarray([horizon]))
+
+    def add_batch(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+                  terminated: np.ndarray, horizons: np.ndarray | None = None) -> np.ndarray:
+        """Store N transitions (e.g. one per vector env); returns the N slots written."""
+        n = len(actions)
+        slots = (self.pos + np.arange(n)) % self.capacity
+        self.obs[slots] = obs
+        self.next_obs[slots] = next_obs
+        self.actions[slots] = actions
+        self.rewards[slots] = rewards
+        self.terminated[slots] = terminated
+        self.horizons[slots] = 1 if horizons is None else horizons
+        self.pos = int((self.pos + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+        return slots
+
+    def sample(self, batch_size: int) -> Batch:
+        """``batch_size`` transitions drawn uniformly (with replacement)."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        idx = self.rng.integers(0, self.size, size=batch_size)
+        return self._gather(idx, np.ones(batch_size, dtype=np.float32))
+
+    def _gather(self, idx: np.ndarray, weights: np.ndarray) -> Batch:
+        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
+                     self.terminated[idx], self.horizons[idx], weights, idx)
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Contents, position and RNG, enough to resume bit for bit."""
+        n = self.size
+        return {
+            "obs": self.obs[:n].copy(), "next_obs": self.next_obs[:n].copy(),
+            "actions": self.actions[:n].copy(), "rewards": self.rewards[:n].copy(),
+            "terminated": self.terminated[:n].copy(), "horizons": self.horizons[:n].copy(),
+            "pos": self.pos, "size": n, "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        n = int(state["size"])
+        if n > self.capacity or tuple(state["obs"].shape[1:]) != self.obs_shape:
+            raise ValueError("replay state does not match this buffer's capacity or observation shape")
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated", "horizons"):
+            getattr(self, name)[:n] = state[name]
+        self.pos, self.size = int(state["pos"]), n
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,379 @@
+"""The training loop: the only code that touches env, replay and agent together.
+
+One iteration: act -> step the vector env -> store the real transitions -> every
+``train_freq`` transitions run ``gradient_steps`` updates -> target update -> evaluate /
+checkpoint when due. The loop decides *when*; the agent decides *how* (TD targets,
+loss), the replay decides *what* is sampled.
+
+Everything the loop needs to continue (counters, the episode in progress, RNGs, env
+state) is in :class:`Loop` or in the components' ``state_dict``, so a checkpoint taken
+between two iterations resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dqnkit import __version__, schedules
+from dqnkit.agent import DQNAgent
+from dqnkit.checkpoint import CheckpointDir, safe_load
+from dqnkit.config import Config, from_dict
+from dqnkit.envs import check_env_id, get_env_state, make_vec_env, set_env_state, true_next_obs
+from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError
+from dqnkit.evaluate import evaluate
+from dqnkit.logger import Logger, read_metrics
+from dqnkit.networks import build_q_network
+from dqnkit.plots import learning_curve
+from dqnkit.replay import UniformReplay
+
+
+@dataclass
+class Loop:
+    """Counters and the episode in progress: the loop's own resumable state."""
+
+    step: int = 0  # transitions collected, summed over envs
+    episodes: int = 0
+    wall_s: float = 0.0  # training time, summed over resumed sessions
+    eval_mean: float = math.nan
+    eval_std: float = math.nan
+    eval_step: int = -1
+    stopped_early: bool = False
+    obs: np.ndarray | None = None  # [N, *obs] current observations
+    ep_return: np.ndarray | None = None  # [N]
+    ep_length: np.ndarray | None = None  # [N]
+    env_fresh_reset: bool = False  # the envs could not be restored and were reset on resume
+
+
+@dataclass
+class Parts:
+    """Everything a run is made of, built from the config alone."""
+
+    config: Config
+    envs: Any
+    agent: DQNAgent
+    replay: UniformReplay
+    loop: Loop = field(default_factory=Loop)
+
+
+# ----------------------------------------------------------------------------- public API
+def train(config: Config, run_dir: str | Path | None = None, *, overwrite: bool = False,
+          progress: bool = False) -> dict[str, Any]:
+    """Train from scratch into ``run_dir``; returns the summary (also in summary.json).
+
+    Refuses a non-empty ``run_dir`` unless ``overwrite`` (which deletes it first).
+    """
+    check_env_id(config.env_id)  # refuse a bad env before touching the disk
+    resolve_device(config.device)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    prepare_run_dir(run_dir, overwrite)
+    (run_dir / "config.json").write_text(config.to_json())
+    parts = build(config)
+    _reset_envs(parts)
+    return _run(parts, run_dir, Logger(run_dir), progress)
+
+
+def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: bool = False) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its latest checkpoint, up to ``total_steps``."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    config = from_dict(ckpt["config"])
+    if total_steps is not None:
+        if total_steps < ckpt["loop"]["step"]:
+            raise ConfigError(f"--steps {total_steps} is below the {ckpt['loop']['step']} steps this run already has")
+        config = config.replace(total_steps=total_steps)
+    resolve_device(config.device)
+    (run_dir / "config.json").write_text(config.to_json())
+    parts = build(config)
+    restore(parts, ckpt)
+    return _run(parts, run_dir, Logger(run_dir, resume_step=parts.loop.step), progress)
+
+
+def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
+    """The latest checkpoint of a run, loaded safely; exit-2 errors for anything wrong."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DqnkitError(f"run directory {run_dir} does not exist")
+    ckpt = safe_load(CheckpointDir(run_dir).latest)
+    for key in ("config", "agent", "replay", "loop", "envs"):
+        if key not in ckpt:
+            raise CheckpointError(f"{run_dir} checkpoint lacks {key!r}: not a dqnkit training checkpoint")
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- building
+def build(config: Config) -> Parts:
+    """Envs, network, agent and replay for ``config``, seeded; nothing is run yet."""
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    torch.manual_seed(config.seed)
+    envs = make_vec_env(config.env_id, config.num_envs)
+    obs_space = envs.single_observation_space
+    agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
+    replay = UniformReplay(config.buffer_size, obs_space.shape, obs_space.dtype, seed=config.seed + 1)
+    return Parts(config, envs, agent, replay)
+
+
+def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent:
+    """A fresh agent (network, target, optimizer) for ``config``."""
+    q_net = build_q_network(obs_shape, n_actions, config.hidden_sizes, dueling=config.dueling)
+    return DQNAgent(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
+
+
+def load(run_dir: str | Path) -> DQNAgent:
+    """The trained agent of a run (its latest checkpoint): ``agent.act(obs, greedy=True)``."""
+    ckpt = load_checkpoint(run_dir)
+    config = from_dict(ckpt["config"])
+    obs_shape, _, n_actions = check_env_id(config.env_id)
+    agent = build_agent(config, obs_shape, n_actions)
+    try:
+        agent.load_state_dict(ckpt["agent"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint does not match its config ({_first_line(exc)})") from None
+    return agent
+
+
+def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
+    """Load a checkpoint's state into freshly built parts."""
+    try:
+        parts.agent.load_state_dict(ckpt["agent"])
+        parts.replay.load_state_dict(ckpt["replay"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint does not match its config ({_first_line(exc)})") from None
+    loop = Loop(**ckpt["loop"])
+    env_states = ckpt["envs"]
+    if all(s is not None for s in env_states) and len(env_states) == parts.config.num_envs:
+        for env, state in zip(parts.envs.envs, env_states):
+            set_env_state(env, state)
+    else:  # the env cannot be captured (e.g. ALE): start fresh episodes, say so
+        obs, _ = parts.envs.reset(seed=parts.config.seed + loop.step)
+        loop.obs, loop.env_fresh_reset = obs, True
+        loop.ep_return, loop.ep_length = np.zeros_like(loop.ep_return), np.zeros_like(loop.ep_length)
+    torch.set_rng_state(ckpt["torch_rng"])
+    parts.loop = loop
+
+
+def snapshot(parts: Parts) -> dict[str, Any]:
+    """Everything needed to continue the run bit for bit."""
+    return {
+        "config": parts.config.to_dict(),
+        "agent": parts.agent.state_dict(),
+        "replay": parts.replay.state_dict(),
+        "loop": asdict(parts.loop),
+        "envs": [get_env_state(env) for env in parts.envs.envs],
+        "torch_rng": torch.get_rng_state(),
+        "dqnkit_version": __version__,
+    }
+
+
+def _reset_envs(parts: Parts) -> None:
+    obs, _ = parts.envs.reset(seed=parts.config.seed)
+    n = parts.config.num_envs
+    parts.loop.obs, parts.loop.ep_return, parts.loop.ep_length = obs, np.zeros(n), np.zeros(n, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- the loop
+def epsilon(config: Config, step: int, updates: int) -> float:
+    """Exploration rate now: linear in env steps, or exponential in gradient steps."""
+    if config.eps_schedule == "exponential":
+        return schedules.exponential(config.eps_start, config.eps_end, config.eps_decay, updates)
+    return schedules.linear(config.eps_start, config.eps_end, config.exploration_duration, step)
+
+
+def crossed(prev: int, now: int, every: int) -> int:
+    """How many multiples of ``every`` lie in (prev, now]: events due this iteration."""
+    return now // every - prev // every if every > 0 else 0
+
+
+def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[str, Any]:
+    cfg, agent, replay, loop = parts.config, parts.agent, parts.replay, parts.loop
+    checkpoints = CheckpointDir(run_dir, keep=cfg.keep_checkpoints)
+    eval_seed = 1_000_000 + 1000 * cfg.seed  # fixed across evaluations: comparable points
+    recent = deque((float(r["return"]) for r in read_metrics(logger.path) if r["kind"] == "episode"), maxlen=100)
+    loss_sum, q_sum, n_losses = torch.zeros(()), torch.zeros(()), 0
+    stop = _StopFlag()
+    bar = tqdm(total=cfg.total_steps, initial=loop.step, unit="step", disable=not progress,
+               dynamic_ncols=True, mininterval=0.5)
+    clock = _Clock(loop)
+    try:
+        while loop.step < cfg.total_steps and not loop.stopped_early:
+            eps = epsilon(cfg, loop.step, agent.updates)
+            actions = agent.act(loop.obs, eps)
+            next_obs, rewards, terminated, truncated, info = parts.envs.step(actions)
+            real_next = true_next_obs(next_obs, info)
+            _check_finite(rewards, real_next, loop.step)
+            replay.add_batch(loop.obs, actions, rewards, real_next, terminated)
+
+            loop.ep_return += rewards
+            loop.ep_length += 1
+            prev, loop.obs = loop.step, next_obs
+            loop.step += cfg.num_envs
+            for i in np.flatnonzero(terminated | truncated):
+                _check_loss(loss_sum, loop.step)
+                loss = (loss_sum / n_losses).item() if n_losses else None
+                q_mean = (q_sum / n_losses).item() if n_losses else None
+                loss_sum, q_sum, n_losses = torch.zeros(()), torch.zeros(()), 0
+                loop.episodes += 1
+                recent.append(float(loop.ep_return[i]))
+                logger.row("episode", loop.step, episode=loop.episodes, **{"return": float(loop.ep_return[i])},
+                           length=int(loop.ep_length[i]), epsilon=round(eps, 5), loss=loss, q_mean=q_mean,
+                           wall_s=round(clock.wall_s(), 3))
+                loop.ep_return[i], loop.ep_length[i] = 0.0, 0
+                bar.set_postfix(ep=loop.episodes, ret=f"{np.mean(recent):.1f}", eps=f"{eps:.3f}", refresh=False)
+
+            if loop.step >= cfg.learning_starts:
+                for _ in range(crossed(prev, loop.step, cfg.train_freq) * cfg.gradient_steps):
+                    stats = agent.learn(replay.sample(cfg.batch_size))
+                    loss_sum, q_sum, n_losses = loss_sum + stats.loss, q_sum + stats.q_mean, n_losses + 1
+                for _ in range(crossed(prev, loop.step, cfg.target_update_interval)):
+                    agent.update_target()
+                    if cfg.tau == 0:
+                        break  # repeated hard copies are the same copy
+            bar.update(cfg.num_envs)
+
+            if crossed(prev, loop.step, cfg.eval_every):
+                _evaluate(parts, logger, eval_seed, clock)
+            if crossed(prev, loop.step, cfg.checkpoint_interval) and loop.step < cfg.total_steps:
+                _check_loss(loss_sum, loop.step)
+                _save(parts, checkpoints, clock)
+            if stop.requested:
+                break
+    finally:
+        bar.close()
+        stop.restore()
+    if stop.requested:
+        _save(parts, checkpoints, clock)
+        logger.close()
+        raise KeyboardInterrupt(f"interrupted at step {loop.step}; checkpoint saved, continue with "
+                                f"`dqnkit train --resume {run_dir}`")
+    if loop.eval_step != loop.step:
+        _evaluate(parts, logger, eval_seed, clock)
+    _check_loss(loss_sum, loop.step)
+    _save(parts, checkpoints, clock)
+    logger.close()
+    loop.wall_s = clock.wall_s()
+    return _finish(parts, run_dir, clock.steps_per_second())
+
+
+def _evaluate(parts: Parts, logger: Logger, seed: int, clock: _Clock) -> None:
+    cfg, loop = parts.config, parts.loop
+    returns = evaluate(parts.agent, cfg.env_id, cfg.eval_episodes, seed, cfg.eval_epsilon)
+    loop.eval_mean, loop.eval_std, loop.eval_step = float(returns.mean()), float(returns.std()), loop.step
+    logger.row("eval", loop.step, episode=loop.episodes, **{"return": loop.eval_mean}, return_std=loop.eval_std,
+               wall_s=round(clock.wall_s(), 3))
+    logger.flush()
+    if cfg.stop_at_return is not None and loop.eval_mean >= cfg.stop_at_return:
+        loop.stopped_early = True
+
+
+def _save(parts: Parts, checkpoints: CheckpointDir, clock: _Clock) -> None:
+    parts.loop.wall_s = clock.wall_s()
+    checkpoints.save(parts.loop.step, snapshot(parts))
+
+
+class _Clock:
+    """Wall time of a run, summed over the sessions a resumed run was trained in."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop, self.start_s, self.start_step = loop, time.perf_counter(), loop.step
+        self.base_s = loop.wall_s
+
+    def wall_s(self) -> float:
+        return self.base_s + time.perf_counter() - self.start_s
+
+    def steps_per_second(self) -> float:
+        """Of this session only (a resumed run's earlier sessions may have run elsewhere)."""
+        return (self.loop.step - self.start_step) / max(time.perf_counter() - self.start_s, 1e-9)
+
+
+def _finish(parts: Parts, run_dir: Path, sps: float) -> dict[str, Any]:
+    cfg, loop = parts.config, parts.loop
+    summary = {
+        "env_id": cfg.env_id, "preset": cfg.preset, "seed": cfg.seed, "steps": loop.step,
+        "episodes": loop.episodes, "updates": parts.agent.updates,
+        "eval_return_mean": loop.eval_mean, "eval_return_std": loop.eval_std,
+        "eval_episodes": cfg.eval_episodes, "stopped_early": loop.stopped_early,
+        "wall_s": round(loop.wall_s, 3), "sps": round(sps, 1),
+        "device": str(parts.agent.device), "dqnkit_version": __version__,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png",
+                   title=f"{cfg.preset} on {cfg.env_id}, seed {cfg.seed}")
+    parts.envs.close()
+    return summary
+
+
+def _check_finite(rewards: np.ndarray, next_obs: np.ndarray, step: int) -> None:
+    if not np.isfinite(rewards).all():
+        raise NonFiniteError(f"non-finite reward {rewards.tolist()} at step {step}; the last checkpoint is kept")
+    if next_obs.dtype.kind == "f" and not np.isfinite(next_obs).all():
+        raise NonFiniteError(f"non-finite observation at step {step}; the last checkpoint is kept")
+
+
+def _check_loss(loss_sum: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss_sum):
+        raise NonFiniteError(f"non-finite loss by step {step} (try a lower lr or max_grad_norm); "
+                             "the last checkpoint is kept")
+
+
+class _StopFlag:
+    """Turns Ctrl-C into a flag checked between iterations, so the checkpoint written on
+    the way out is taken at a consistent point."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu. Asking for cuda without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but torch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(name)
+
+
+def default_run_dir(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = config.preset if config.preset != "custom" else config.env_id.replace("/", "_")
+    return Path("runs") / f"{name}-s{config.seed}-{stamp}"
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create ``run_dir``; a non-empty one is only replaced with explicit consent."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DqnkitError(f"{run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise DqnkitError(f"run directory {run_dir} is not empty; continue it with "
+                              f"`dqnkit train --resume {run_dir}` or replace it with --overwrite")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)

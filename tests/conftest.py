@@ -1,0 +1,40 @@
+"""Shared fixtures, and tiny deterministic envs whose every transition is known.
+
+``dqnkit-test/Walk-v0``: obs = [t] (float32), reward 1 per step. With ``goal=k`` the
+episode *terminates* when t reaches k; the registered time limit *truncates* it at 6.
+Their transitions let tests check what the loop stores at termination vs truncation.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+
+class Walk(gym.Env):
+    def __init__(self, goal: int | None = None) -> None:
+        self.goal = goal
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.state = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.state = 0
+        return np.array([0.0], dtype=np.float32), {}
+
+    def step(self, action):
+        self.state += 1
+        terminated = self.goal is not None and self.state >= self.goal
+        return np.array([self.state], dtype=np.float32), 1.0, terminated, False, {}
+
+
+gym.register("dqnkit-test/Walk-v0", entry_point=Walk, max_episode_steps=6)
+gym.register("dqnkit-test/WalkGoal-v0", entry_point=Walk, kwargs={"goal": 4}, max_episode_steps=6)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)

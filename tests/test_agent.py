@@ -1,0 +1,142 @@
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from dqnkit import Config
+from dqnkit.agent import DQNAgent, td_targets
+from dqnkit.networks import MLP, DuelingHead, build_q_network
+from dqnkit.replay.uniform import Batch
+
+
+def _agent(**overrides) -> DQNAgent:
+    cfg = Config(hidden_sizes=(8,), **overrides)
+    torch.manual_seed(0)
+    return DQNAgent(build_q_network((3,), 2, cfg.hidden_sizes), (3,), 2, cfg)
+
+
+# ---------------------------------------------------------------------- TD targets
+Q_NEXT_TARGET = torch.tensor([[1.0, 5.0], [2.0, 0.0], [3.0, 4.0]])
+Q_NEXT_ONLINE = torch.tensor([[9.0, 0.0], [0.0, 9.0], [0.0, 1.0]])
+REWARDS = torch.tensor([1.0, -1.0, 0.5])
+GAMMA = torch.full((3,), 0.9)
+
+
+def test_dqn_target_takes_the_target_networks_max():
+    target = td_targets(REWARDS, torch.zeros(3), GAMMA, Q_NEXT_TARGET)
+    assert torch.allclose(target, torch.tensor([1 + 0.9 * 5, -1 + 0.9 * 2, 0.5 + 0.9 * 4]))
+
+
+def test_double_dqn_target_lets_online_choose_and_target_evaluate():
+    target = td_targets(REWARDS, torch.zeros(3), GAMMA, Q_NEXT_TARGET, Q_NEXT_ONLINE)
+    # online argmax: 0, 1, 1 -> target values 1, 0, 4
+    assert torch.allclose(target, torch.tensor([1 + 0.9 * 1, -1 + 0.9 * 0, 0.5 + 0.9 * 4]))
+
+
+def test_termination_stops_bootstrapping_but_truncation_does_not():
+    # The replay stores `terminated` only: a truncated transition arrives with 0 here
+    # and must keep its bootstrap term.
+    terminated = torch.tensor([1.0, 0.0, 1.0])
+    target = td_targets(REWARDS, terminated, GAMMA, Q_NEXT_TARGET)
+    assert torch.allclose(target, torch.tensor([1.0, -1 + 0.9 * 2, 0.5]))
+
+
+def test_n_step_horizon_discounts_with_gamma_to_the_k():
+    agent = _agent(gamma=0.5)
+    batch = Batch(np.zeros((2, 3), np.float32), np.zeros(2, np.int64), np.array([1.0, 1.0], np.float32),
+                  np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.array([1, 3]),
+                  np.ones(2, np.float32), np.arange(2))
+    with torch.no_grad():
+        next_v = agent.target_net(torch.zeros(1, 3)).max().item()
+        q = agent.q_net(torch.zeros(1, 3))[0, 0].item()
+    stats = agent.learn(batch)
+    expected = np.abs(q - (1.0 + np.array([0.5, 0.125]) * next_v))
+    assert np.allclose(stats.td_abs.numpy(), expected, atol=1e-6)
+
+
+# --------------------------------------------------------------------- target nets
+def test_hard_update_copies_exactly_and_soft_update_blends():
+    hard = _agent(tau=0.0)
+    with torch.no_grad():
+        for p in hard.q_net.parameters():
+            p.add_(1.0)
+    hard.update_target()
+    for p, t in zip(hard.q_net.parameters(), hard.target_net.parameters()):
+        assert torch.equal(p, t)
+
+    soft = _agent(tau=0.25)
+    before = [t.clone() for t in soft.target_net.parameters()]
+    with torch.no_grad():
+        for p in soft.q_net.parameters():
+            p.add_(1.0)
+    soft.update_target()
+    for p, t, b in zip(soft.q_net.parameters(), soft.target_net.parameters(), before):
+        assert torch.allclose(t, 0.25 * p + 0.75 * b, atol=1e-6)
+
+
+def test_learning_does_not_move_the_target_network():
+    agent = _agent()
+    before = copy.deepcopy(agent.target_net.state_dict())
+    batch = Batch(np.random.rand(8, 3).astype(np.float32), np.ones(8, np.int64), np.ones(8, np.float32),
+                  np.random.rand(8, 3).astype(np.float32), np.zeros(8, np.float32), np.ones(8, np.int64),
+                  np.ones(8, np.float32), np.arange(8))
+    for _ in range(5):
+        agent.learn(batch)
+    for k, v in agent.target_net.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert agent.updates == 5
+
+
+@pytest.mark.parametrize("loss", ["huber", "mse"])
+@pytest.mark.parametrize("double", [False, True])
+def test_learn_fits_a_fixed_regression_target(loss, double):
+    """With terminated=1 the target is just the reward: Q(s, a) must converge to it."""
+    agent = _agent(loss=loss, double=double, lr=1e-2)
+    rng = np.random.default_rng(0)
+    obs = rng.random((32, 3)).astype(np.float32)
+    actions = rng.integers(0, 2, 32)
+    rewards = (obs.sum(1) + actions).astype(np.float32)
+    batch = Batch(obs, actions, rewards, obs, np.ones(32, np.float32), np.ones(32, np.int64),
+                  np.ones(32, np.float32), np.arange(32))
+    first = agent.learn(batch).loss.item()
+    for _ in range(300):
+        last = agent.learn(batch).loss.item()
+    assert last < 0.05 * first
+
+
+def test_importance_weights_scale_the_loss():
+    a, b = _agent(), _agent()
+    batch = Batch(np.ones((4, 3), np.float32), np.zeros(4, np.int64), np.ones(4, np.float32),
+                  np.ones((4, 3), np.float32), np.ones(4, np.float32), np.ones(4, np.int64),
+                  np.ones(4, np.float32), np.arange(4))
+    loss_full = a.learn(batch).loss.item()
+    loss_half = b.learn(batch._replace(weights=np.full(4, 0.5, np.float32))).loss.item()
+    assert loss_half == pytest.approx(0.5 * loss_full, rel=1e-5)
+
+
+# -------------------------------------------------------------------------- acting
+def test_epsilon_one_is_uniform_and_zero_is_greedy():
+    agent = _agent()
+    obs = np.random.default_rng(0).random((4000, 3)).astype(np.float32)
+    random_actions = agent.act(obs, epsilon=1.0)
+    assert abs(random_actions.mean() - 0.5) < 0.05
+    greedy = agent.act(obs, epsilon=0.0)
+    assert np.array_equal(greedy, agent.q_values(obs).argmax(1))
+    assert isinstance(agent.act(obs[0], greedy=True), int)
+
+
+def test_dueling_head_is_identifiable():
+    head = DuelingHead(5, 4, 16)
+    x = torch.randn(7, 5)
+    q = head(x)
+    value = head.value(x)
+    # mean over actions of Q equals V: the advantages are centred
+    assert torch.allclose(q.mean(dim=1, keepdim=True), value, atol=1e-6)
+    assert MLP(3, 4, (16, 16), dueling=True)(torch.randn(2, 3)).shape == (2, 4)
+
+
+def test_nature_cnn_is_chosen_for_frames():
+    net = build_q_network((4, 84, 84), 6, (64,))
+    out = net(torch.zeros(2, 4, 84, 84, dtype=torch.uint8))
+    assert out.shape == (2, 6) and type(net).__name__ == "NatureCNN"

@@ -1,0 +1,87 @@
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from dqnkit import load, presets, train
+from dqnkit.checkpoint import CheckpointDir, atomic_save, safe_load
+from dqnkit.errors import CheckpointError
+
+TINY = dict(total_steps=400, learning_starts=100, batch_size=16, buffer_size=500, hidden_sizes=(8,),
+            eval_every=0, eval_episodes=1, stop_at_return=None, exploration_steps=200)
+
+
+class _Exploit:
+    """Unpickling this would run os.system: a safe loader must refuse before that."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_round_trip_keeps_numpy_and_rng_state(tmp_path):
+    rng = np.random.default_rng(1)
+    payload = {"a": np.arange(5, dtype=np.int16), "rng": rng.bit_generator.state, "t": torch.ones(2), "n": None}
+    atomic_save(payload, tmp_path / "c.pt")
+    back = safe_load(tmp_path / "c.pt")
+    assert back["a"].dtype == np.int16 and np.array_equal(back["a"], payload["a"])
+    assert back["rng"] == payload["rng"] and torch.equal(back["t"], payload["t"]) and back["n"] is None
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    buf = io.BytesIO()
+    torch.save({"format_version": 1, "evil": _Exploit()}, buf)
+    (tmp_path / "evil.pt").write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        safe_load(tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED").exists()
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(CheckpointError):
+        safe_load(tmp_path / "raw.pt")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_and_foreign_files_are_refused(tmp_path):
+    atomic_save({"x": torch.zeros(1000)}, tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        safe_load(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a dqnkit checkpoint"):
+        safe_load(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        safe_load(tmp_path / "missing.pt")
+
+
+def test_checkpoint_dir_keeps_the_newest_and_links_latest(tmp_path):
+    ckpts = CheckpointDir(tmp_path, keep=2)
+    for step in (10, 20, 30):
+        ckpts.save(step, {"step": step})
+    assert [p.name for p in ckpts.numbered()] == ["step_0000000020.pt", "step_0000000030.pt"]
+    assert safe_load(ckpts.latest)["step"] == 30
+
+
+def test_run_with_a_swapped_malicious_latest_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train(presets.get("cartpole", **TINY), tmp_path / "run")
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    latest.unlink()
+    torch.save({"format_version": 1, "evil": _Exploit()}, latest)
+    with pytest.raises(CheckpointError):
+        load(tmp_path / "run")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_checkpoint_of_another_shape_is_refused(tmp_path):
+    train(presets.get("cartpole", **TINY), tmp_path / "run")
+    ckpt = safe_load(tmp_path / "run" / "checkpoints" / "latest.pt")
+    ckpt["config"]["hidden_sizes"] = [32]  # config now disagrees with the stored weights
+    atomic_save(ckpt, tmp_path / "run" / "checkpoints" / "latest.pt")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load(tmp_path / "run")

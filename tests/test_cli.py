@@ -1,0 +1,83 @@
+"""The CLI as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["--steps", "600", "--set", "learning_starts=100", "--set", "eval_every=300", "--set", "eval_episodes=2",
+        "--set", "hidden_sizes=16", "--set", "stop_at_return=none", "--quiet"]
+
+
+def dqnkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "dqnkit.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def assert_refused(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_train_eval_resume_round_trip(tmp_path):
+    run = tmp_path / "run"
+    result = dqnkit("train", "--preset", "cartpole", "--seed", "2", "--run-dir", str(run), *TINY)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 600 and summary["seed"] == 2
+    assert json.loads((run / "config.json").read_text())["seed"] == 2
+
+    result = dqnkit("eval", str(run), "--episodes", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["episodes"] == 3 and len(out["returns"]) == 3
+    assert out["return_mean"] == pytest.approx(sum(out["returns"]) / 3)
+
+    result = dqnkit("train", "--resume", str(run), "--steps", "900", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 900
+
+
+def test_presets_listing_and_detail():
+    result = dqnkit("presets")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert {"cartpole", "cartpole-zoo", "cartpole-lesson"} <= set(names)
+    detail = json.loads(dqnkit("presets", "cartpole-zoo").stdout)
+    assert detail["train_freq"] == 256 and detail["gradient_steps"] == 128
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--env", "NoSuchEnv-v0"], "unknown environment"),
+    (["train", "--preset", "nope"], "unknown preset"),
+    (["train", "--set", "colour=red"], "unknown config key"),
+    (["train", "--set", "gamma=high"], "gamma"),
+    (["train", "--set", "gamma=1.5"], "gamma"),
+    (["train", "--steps", "-10"], "total_steps"),
+    (["train", "--set", "batch_size=999", "--set", "buffer_size=10"], "batch_size"),
+    (["train", "--steps", "500"], "nothing would be learned"),
+    (["train", "--env", "Pendulum-v1"], "Discrete actions"),
+    (["train", "--env", "Blackjack-v1"], "observation space"),
+    (["eval", "no/such/run"], "does not exist"),
+    (["train", "--resume", "no/such/run"], "does not exist"),
+    (["train", "--bogus-flag"], "unrecognized arguments"),
+])
+def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path):
+    result = dqnkit(*args, "--quiet" if args[0] == "train" else "--json", cwd=tmp_path)
+    assert_refused(result, fragment)
+    assert not (tmp_path / "runs").exists(), "nothing may be written for refused input"
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    assert_refused(dqnkit("train", "--run-dir", str(run), *TINY), "not empty")
+    assert (run / "notes.txt").read_text() == "mine"

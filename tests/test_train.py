@@ -1,0 +1,154 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dqnkit import Config, load, presets, resume, train
+from dqnkit.errors import DqnkitError
+from dqnkit.training import build, crossed, epsilon
+
+TINY = dict(total_steps=600, learning_starts=100, batch_size=16, buffer_size=1000, hidden_sizes=(16,),
+            eval_every=300, eval_episodes=2, train_freq=2, target_update_interval=50, exploration_steps=300)
+
+
+def _cfg(**overrides) -> Config:
+    return presets.get("cartpole", **{**TINY, "stop_at_return": None, **overrides})
+
+
+def _q(agent) -> np.ndarray:
+    probe = np.random.default_rng(0).standard_normal((32, *agent.obs_shape)).astype(np.float32)
+    return agent.q_values(probe)
+
+
+# ------------------------------------------------------- termination vs truncation
+@pytest.fixture
+def capture_replay(monkeypatch):
+    """Collect (obs, next_obs, terminated) of every stored transition at the end of a run."""
+    import dqnkit.training as t
+
+    seen: set[tuple[float, float, float]] = set()
+    original = t._finish
+
+    def capture(parts, run_dir, sps):
+        r = parts.replay
+        for i in range(len(r)):
+            seen.add((float(r.obs[i, 0]), float(r.next_obs[i, 0]), float(r.terminated[i])))
+        return original(parts, run_dir, sps)
+
+    monkeypatch.setattr(t, "_finish", capture)
+    return seen
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_truncation_stores_the_true_last_obs_and_bootstraps(tmp_path, capture_replay, num_envs):
+    cfg = Config(env_id="dqnkit-test/Walk-v0", total_steps=60, learning_starts=20, batch_size=4,
+                 hidden_sizes=(4,), eval_every=0, eval_episodes=1, num_envs=num_envs)
+    train(cfg, tmp_path / "run")
+    # Walk is cut by its time limit at t=6: the last transition 5 -> 6 is *truncated*:
+    # stored with the real final obs 6 (not the reset obs 0) and terminated = 0.
+    assert (5.0, 6.0, 0.0) in capture_replay
+    assert all(nxt == obs + 1 for obs, nxt, _ in capture_replay), "a reset obs leaked into a transition"
+    assert all(term == 0.0 for *_, term in capture_replay)
+
+
+def test_termination_is_stored_as_terminal(tmp_path, capture_replay):
+    cfg = Config(env_id="dqnkit-test/WalkGoal-v0", total_steps=60, learning_starts=20, batch_size=4,
+                 hidden_sizes=(4,), eval_every=0, eval_episodes=1, num_envs=2)
+    train(cfg, tmp_path / "run")
+    assert capture_replay == {(0.0, 1.0, 0.0), (1.0, 2.0, 0.0), (2.0, 3.0, 0.0), (3.0, 4.0, 1.0)}
+
+
+# --------------------------------------------------------------- run directory
+def test_run_directory_contract(tmp_path):
+    run = tmp_path / "run"
+    summary = train(_cfg(), run)
+    for name in ("config.json", "metrics.csv", "summary.json", "learning_curve.png", "checkpoints/latest.pt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == summary
+    for key in ("env_id", "preset", "seed", "steps", "episodes", "eval_return_mean", "eval_return_std",
+                "wall_s", "sps", "dqnkit_version"):
+        assert key in summary
+    assert summary["steps"] == 600 and summary["env_id"] == "CartPole-v1"
+    assert Config(**{**json.loads((run / "config.json").read_text()),
+                     "hidden_sizes": (16,)}) == _cfg()
+    lines = (run / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("kind,step,episode,return")
+    kinds = [line.split(",")[0] for line in lines[1:]]
+    assert kinds.count("eval") == 2 and kinds.count("episode") == summary["episodes"]
+    assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    with pytest.raises(DqnkitError, match="not empty"):
+        train(_cfg(), run)
+    assert (run / "precious.txt").read_text() == "keep me"
+    train(_cfg(), run, overwrite=True)
+    assert not (run / "precious.txt").exists()
+
+
+def test_bad_env_is_refused_before_the_run_dir_is_created(tmp_path):
+    with pytest.raises(DqnkitError, match="Discrete actions"):
+        train(_cfg(env_id="Pendulum-v1"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------- determinism, resume
+def test_same_seed_is_bit_identical_and_another_seed_is_not(tmp_path):
+    a = train(_cfg(seed=3), tmp_path / "a")
+    b = train(_cfg(seed=3), tmp_path / "b")
+    c = train(_cfg(seed=4), tmp_path / "c")
+    assert np.array_equal(_q(load(tmp_path / "a")), _q(load(tmp_path / "b")))
+    assert a["episodes"] == b["episodes"]
+    assert not np.array_equal(_q(load(tmp_path / "a")), _q(load(tmp_path / "c")))
+    assert c["seed"] == 4
+
+
+def test_train_then_resume_equals_one_long_run(tmp_path):
+    full = train(_cfg(total_steps=1200, num_envs=2), tmp_path / "full")
+    train(_cfg(total_steps=600, num_envs=2), tmp_path / "split")
+    resumed = resume(tmp_path / "split", total_steps=1200)
+    assert np.array_equal(_q(load(tmp_path / "full")), _q(load(tmp_path / "split")))
+    assert resumed["episodes"] == full["episodes"] and resumed["updates"] == full["updates"]
+
+
+def test_load_returns_a_working_agent(tmp_path):
+    train(_cfg(), tmp_path / "run")
+    agent = load(tmp_path / "run")
+    obs = np.zeros((5, 4), np.float32)
+    assert agent.q_values(obs).shape == (5, 2)
+    assert isinstance(agent.act(obs[0], greedy=True), int)
+
+
+# ------------------------------------------------------------------ the schedule
+def test_crossed_counts_multiples_in_the_half_open_interval():
+    assert crossed(0, 4, 4) == 1 and crossed(3, 4, 4) == 1 and crossed(4, 7, 4) == 0
+    assert crossed(0, 12, 4) == 3 and crossed(5, 6, 0) == 0
+
+
+def test_epsilon_schedules():
+    lin = Config(eps_start=1.0, eps_end=0.1, exploration_steps=100)
+    assert epsilon(lin, 0, 0) == 1.0 and epsilon(lin, 50, 0) == pytest.approx(0.55) and epsilon(lin, 500, 0) == 0.1
+    frac = Config(eps_start=1.0, eps_end=0.0, exploration_fraction=0.5, total_steps=1000, learning_starts=0)
+    assert epsilon(frac, 250, 0) == pytest.approx(0.5)
+    exp = Config(eps_schedule="exponential", eps_start=1.0, eps_end=0.01, eps_decay=0.5)
+    assert epsilon(exp, 10**6, 0) == 1.0 and epsilon(exp, 0, 3) == 0.125 and epsilon(exp, 0, 100) == 0.01
+
+
+def test_build_is_seeded():
+    a, b = build(_cfg(seed=5)), build(_cfg(seed=5))
+    for p, q in zip(a.agent.q_net.parameters(), b.agent.q_net.parameters()):
+        assert torch.equal(p, q)
+
+
+# --------------------------------------------------------------------- learning
+def test_cartpole_learns(tmp_path):
+    """A short run must clearly beat the random policy (about 22 per episode)."""
+    cfg = presets.get("cartpole", total_steps=12_000, eval_every=4000, stop_at_return=None)
+    summary = train(cfg, tmp_path / "run")
+    assert summary["eval_return_mean"] >= 150, summary
