@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ class Logger:
             self._tb.add_scalar(tag, value, step)
 
     def flush(self) -> None:
+        """Push rows to disk (fsync: they must survive whatever kills the process next)."""
         self._file.flush()
+        os.fsync(self._file.fileno())
         if self._tb is not None:
             self._tb.flush()
 

@@ -54,6 +54,11 @@ class Loop:
     ep_return: np.ndarray | None = None  # [N]
     ep_length: np.ndarray | None = None  # [N]
     env_fresh_reset: bool = False  # the envs could not be restored and were reset on resume
+    # Loss and Q summed over the updates since the last logged episode (tensors: adding
+    # them never waits for a host sync; kept here so a resumed run logs the same means).
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    q_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    n_losses: int = 0
 
 
 @dataclass
@@ -201,7 +206,6 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
     checkpoints = CheckpointDir(run_dir, keep=cfg.keep_checkpoints)
     eval_seed = 1_000_000 + 1000 * cfg.seed  # fixed across evaluations: comparable points
     recent = deque((float(r["return"]) for r in read_metrics(logger.path) if r["kind"] == "episode"), maxlen=100)
-    loss_sum, q_sum, n_losses = torch.zeros(()), torch.zeros(()), 0
     stop = _StopFlag()
     bar = tqdm(total=cfg.total_steps, initial=loop.step, unit="step", disable=not progress,
                dynamic_ncols=True, mininterval=0.5)
@@ -220,10 +224,7 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
             prev, loop.obs = loop.step, next_obs
             loop.step += cfg.num_envs
             for i in np.flatnonzero(terminated | truncated):
-                _check_loss(loss_sum, loop.step)
-                loss = (loss_sum / n_losses).item() if n_losses else None
-                q_mean = (q_sum / n_losses).item() if n_losses else None
-                loss_sum, q_sum, n_losses = torch.zeros(()), torch.zeros(()), 0
+                loss, q_mean = _pop_learning_stats(loop)
                 loop.episodes += 1
                 recent.append(float(loop.ep_return[i]))
                 logger.row("episode", loop.step, episode=loop.episodes, **{"return": float(loop.ep_return[i])},
@@ -235,7 +236,8 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
             if loop.step >= cfg.learning_starts:
                 for _ in range(crossed(prev, loop.step, cfg.train_freq) * cfg.gradient_steps):
                     stats = agent.learn(replay.sample(cfg.batch_size))
-                    loss_sum, q_sum, n_losses = loss_sum + stats.loss, q_sum + stats.q_mean, n_losses + 1
+                    loop.loss_sum, loop.q_sum = loop.loss_sum + stats.loss, loop.q_sum + stats.q_mean
+                    loop.n_losses += 1
                 for _ in range(crossed(prev, loop.step, cfg.target_update_interval)):
                     agent.update_target()
                     if cfg.tau == 0:
@@ -245,22 +247,22 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
             if crossed(prev, loop.step, cfg.eval_every):
                 _evaluate(parts, logger, eval_seed, clock)
             if crossed(prev, loop.step, cfg.checkpoint_interval) and loop.step < cfg.total_steps:
-                _check_loss(loss_sum, loop.step)
-                _save(parts, checkpoints, clock)
+                _check_loss(loop)
+                _save(parts, checkpoints, logger, clock)
             if stop.requested:
                 break
     finally:
         bar.close()
         stop.restore()
     if stop.requested:
-        _save(parts, checkpoints, clock)
+        _save(parts, checkpoints, logger, clock)
         logger.close()
         raise KeyboardInterrupt(f"interrupted at step {loop.step}; checkpoint saved, continue with "
                                 f"`dqnkit train --resume {run_dir}`")
     if loop.eval_step != loop.step:
         _evaluate(parts, logger, eval_seed, clock)
-    _check_loss(loss_sum, loop.step)
-    _save(parts, checkpoints, clock)
+    _check_loss(loop)
+    _save(parts, checkpoints, logger, clock)
     logger.close()
     loop.wall_s = clock.wall_s()
     return _finish(parts, run_dir, clock.steps_per_second())
@@ -277,7 +279,10 @@ def _evaluate(parts: Parts, logger: Logger, seed: int, clock: _Clock) -> None:
         loop.stopped_early = True
 
 
-def _save(parts: Parts, checkpoints: CheckpointDir, clock: _Clock) -> None:
+def _save(parts: Parts, checkpoints: CheckpointDir, logger: Logger, clock: _Clock) -> None:
+    # metrics first: a resumed run keeps exactly the rows up to its checkpoint's step,
+    # so those rows must be on disk before the checkpoint that vouches for them.
+    logger.flush()
     parts.loop.wall_s = clock.wall_s()
     checkpoints.save(parts.loop.step, snapshot(parts))
 
@@ -321,10 +326,20 @@ def _check_finite(rewards: np.ndarray, next_obs: np.ndarray, step: int) -> None:
         raise NonFiniteError(f"non-finite observation at step {step}; the last checkpoint is kept")
 
 
-def _check_loss(loss_sum: torch.Tensor, step: int) -> None:
-    if not torch.isfinite(loss_sum):
-        raise NonFiniteError(f"non-finite loss by step {step} (try a lower lr or max_grad_norm); "
+def _check_loss(loop: Loop) -> None:
+    if not torch.isfinite(loop.loss_sum):
+        raise NonFiniteError(f"non-finite loss by step {loop.step} (try a lower lr or max_grad_norm); "
                              "the last checkpoint is kept")
+
+
+def _pop_learning_stats(loop: Loop) -> tuple[float | None, float | None]:
+    """Mean loss and Q since the last call (None before learning starts); resets the sums."""
+    _check_loss(loop)
+    if not loop.n_losses:
+        return None, None
+    means = ((loop.loss_sum / loop.n_losses).item(), (loop.q_sum / loop.n_losses).item())
+    loop.loss_sum, loop.q_sum, loop.n_losses = torch.zeros(()), torch.zeros(()), 0
+    return means
 
 
 class _StopFlag:

@@ -38,3 +38,14 @@ gym.register("dqnkit-test/WalkGoal-v0", entry_point=Walk, kwargs={"goal": 4}, ma
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
+
+
+class NaNReward(Walk):
+    """Walk whose reward turns NaN at t = 30: training must stop and say so."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, (float("nan") if self.state == 30 else reward), terminated, truncated, info
+
+
+gym.register("dqnkit-test/NaNReward-v0", entry_point=NaNReward, max_episode_steps=100)

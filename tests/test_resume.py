@@ -1,0 +1,101 @@
+"""Exact resume after a kill or Ctrl-C, and what a resumed run keeps and drops."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dqnkit import Config, load, presets, resume, train
+from dqnkit.errors import NonFiniteError
+from dqnkit.logger import read_metrics
+
+SETTINGS = dict(total_steps=4000, learning_starts=200, batch_size=32, buffer_size=4000, hidden_sizes=(32,),
+                eval_every=1000, eval_episodes=2, exploration_steps=1000, checkpoint_every=500,
+                stop_at_return=None, train_freq=1)
+
+
+def _q(run: Path) -> np.ndarray:
+    probe = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    return load(run).q_values(probe)
+
+
+def _start(run: Path) -> subprocess.Popen:
+    sets = [arg for k, v in SETTINGS.items() if k != "total_steps"
+            for arg in ("--set", f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")]
+    return subprocess.Popen([sys.executable, "-m", "dqnkit.cli", "train", "--preset", "cartpole", "--quiet",
+                             "--steps", str(SETTINGS["total_steps"]), "--run-dir", str(run), *sets],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, at_least: int) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        steps = [int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt")]
+        if steps and max(steps) >= at_least:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ref") / "run"
+    train(presets.get("cartpole", **SETTINGS), run)
+    return run
+
+
+def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, reference):
+    run = tmp_path / "run"
+    proc = _start(run)
+    _wait_for_checkpoint(run, proc, 1500)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = max(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt"))
+    assert killed_at < SETTINGS["total_steps"], "the run finished before it was killed"
+
+    summary = resume(run)
+    assert summary["steps"] == SETTINGS["total_steps"]
+    assert np.array_equal(_q(run), _q(reference))
+    # rows the killed process logged past its checkpoint were dropped, then logged again once
+    ours, theirs = read_metrics(run / "metrics.csv"), read_metrics(reference / "metrics.csv")
+    strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in ours]
+    assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in theirs]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
+    run = tmp_path / "run"
+    proc = _start(run)
+    _wait_for_checkpoint(run, proc, 1000)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    resume(run)
+    assert np.array_equal(_q(run), _q(reference))
+
+
+def test_non_finite_reward_stops_with_a_named_error(tmp_path):
+    cfg = Config(env_id="dqnkit-test/NaNReward-v0", total_steps=200, learning_starts=10, batch_size=4,
+                 hidden_sizes=(4,), eval_every=0, eval_episodes=1)
+    with pytest.raises(NonFiniteError, match=r"non-finite reward .* at step 29"):
+        train(cfg, tmp_path / "run")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    cfg = presets.get("cartpole", **{**SETTINGS, "total_steps": 1500, "lr": 1e30, "max_grad_norm": 0.0,
+                                     "checkpoint_every": 100_000})
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        train(cfg, tmp_path / "run")
+
+
+def test_checkpoint_files_are_never_partial(tmp_path):
+    train(presets.get("cartpole", **{**SETTINGS, "total_steps": 1000}), tmp_path / "run")
+    names = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    assert names == ["latest.pt", "step_0000000500.pt", "step_0000001000.pt"]
