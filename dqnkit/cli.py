@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("presets", help="list presets, or print one preset's full config")
     pr.add_argument("name", nargs="?")
+
+    tab = sub.add_parser("tabular", help="tabular TD exercises: cliff-walking, random-walk")
+    tab.add_argument("name", choices=("cliff-walking", "random-walk"))
+    tab.add_argument("--episodes", type=int, help="episodes per seed (default 500 / 10)")
+    tab.add_argument("--alpha", type=float, help="step size (default 0.5 / 0.1)")
+    tab.add_argument("--epsilon", type=float, help="exploration rate (cliff-walking; default 0.1)")
+    tab.add_argument("--seeds", type=int, default=20, help="independent runs to average (default 20)")
+    tab.add_argument("--out", type=Path, help="output directory (default runs/tabular-NAME)")
+    tab.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     return parser
 
 
@@ -66,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             print(__version__)
             return 0
         if args.command is None:
-            raise DqnkitError("missing command: train, eval or presets (see `dqnkit --help`)")
-        return {"train": _train, "eval": _eval, "presets": _presets}[args.command](args)
+            raise DqnkitError("missing command: train, eval, presets or tabular (see `dqnkit --help`)")
+        return {"train": _train, "eval": _eval, "presets": _presets, "tabular": _tabular}[args.command](args)
     except DqnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -132,6 +141,35 @@ def _presets(args: argparse.Namespace) -> int:
     else:
         print(presets.get(args.name).to_json())
     return 0
+
+
+def _tabular(args: argparse.Namespace) -> int:
+    from dqnkit.tabular.experiments import EXPERIMENTS
+
+    options = {k: v for k, v in (("episodes", args.episodes), ("alpha", args.alpha), ("epsilon", args.epsilon),
+                                 ("seeds", args.seeds)) if v is not None}
+    if args.name == "random-walk" and "epsilon" in options:
+        raise DqnkitError("random-walk evaluates a fixed random policy: --epsilon does not apply")
+    _check_range("--episodes", options.get("episodes", 1), 1, None)
+    _check_range("--seeds", options.get("seeds", 1), 1, None)
+    _check_range("--alpha", options.get("alpha", 0.5), 0.0, 1.0, lo_open=True)
+    _check_range("--epsilon", options.get("epsilon", 0.1), 0.0, 1.0)
+    out = args.out or Path("runs") / f"tabular-{args.name}"
+    _refuse_existing_results(out, args.overwrite)
+    summary = EXPERIMENTS[args.name](out, **options)
+    print(json.dumps(summary))
+    return 0
+
+
+def _check_range(flag: str, value: float, lo: float, hi: float | None, lo_open: bool = False) -> None:
+    if value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
+        bounds = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+        raise DqnkitError(f"{flag} must lie in {bounds}, got {value}")
+
+
+def _refuse_existing_results(out: Path, overwrite: bool) -> None:
+    if (out / "results.json").exists() and not overwrite:
+        raise DqnkitError(f"{out} already holds results; choose another --out or pass --overwrite")
 
 
 def entry() -> None:

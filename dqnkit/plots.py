@@ -44,6 +44,63 @@ def learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = ""
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, out_png)
+
+
+def curves(series: dict[str, np.ndarray], out_png: str | Path, *, xlabel: str, ylabel: str, title: str = "",
+           window: int = 10, ylim: tuple[float, float] | None = None) -> Path:
+    """One smoothed line per name, with a band of ± one std over seeds. Each series is [K, T]."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, values in series.items():
+        values = np.atleast_2d(values)
+        smooth = np.array([running_mean(v, window) for v in values])
+        mean, std = smooth.mean(0), smooth.std(0)
+        x = np.arange(1, len(mean) + 1)
+        (line,) = ax.plot(x, mean, lw=1.8, label=name)
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def grid_paths(shape: tuple[int, int], paths: dict[str, list[int]], cliff: list[int], out_png: str | Path,
+               title: str = "") -> Path:
+    """Greedy paths drawn on a grid world; ``cliff`` cells shaded."""
+    rows, cols = shape
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
+    grid = np.zeros(shape)
+    for cell in cliff:
+        grid[divmod(cell, cols)] = 1
+    ax.imshow(grid, cmap="Greys", vmin=0, vmax=2.5)
+    for offset, (name, path) in zip(np.linspace(-0.15, 0.15, len(paths)), paths.items()):
+        ys, xs = np.divmod(np.array(path), cols)
+        ax.plot(xs + offset, ys + offset, lw=2.2, marker=".", label=f"{name} ({len(path) - 1} steps)")
+    ax.set_xticks(range(cols))
+    ax.set_yticks(range(rows))
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(paths))
+    return _save(fig, out_png)
+
+
+def lines(x: list[float], ys: dict[str, list[float]], out_png: str | Path, *, xlabel: str, ylabel: str,
+          title: str = "", logx: bool = False) -> Path:
+    """Plain labelled lines over a shared x."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, y in ys.items():
+        ax.plot(x, y, marker="o", lw=1.6, label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [str(v) for v in x])
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def _save(fig: plt.Figure, out_png: str | Path) -> Path:
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png)
