@@ -222,3 +222,17 @@ def _check_range(name: str, value: Any, meta: Any) -> None:
 def describe_fields() -> list[tuple[str, str, str]]:
     """(name, type, help) for every field, in declaration order (for --help and the docs)."""
     return [(name, str(f.type), f.metadata["help"]) for name, f in FIELDS.items()]
+
+
+def markdown_table() -> str:
+    """docs/config.md: every key with its type, default and help (a test keeps it in sync)."""
+    defaults = Config().to_dict()
+    rows = [f"| `{name}` | {kind} | `{json.dumps(defaults[name])}` | {help} |" for name, kind, help in describe_fields()]
+    return "\n".join(["# Config keys", "", "Set any of them with `dqnkit train --set key=value` or "
+                      "`presets.get(name, key=value)`. Generated from `dqnkit/config.py` by "
+                      "`python -m dqnkit.config`.", "", "| key | type | default | meaning |", "|---|---|---|---|",
+                      *rows, ""])
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -81,3 +81,10 @@ def test_existing_run_is_not_overwritten(tmp_path):
     (run / "notes.txt").write_text("mine")
     assert_refused(dqnkit("train", "--run-dir", str(run), *TINY), "not empty")
     assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_minimal_example_runs():
+    example = Path(__file__).parent.parent / "examples" / "dqn_minimal.py"
+    result = subprocess.run([sys.executable, str(example), "5000"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "step   5000" in result.stdout

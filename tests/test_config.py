@@ -77,3 +77,12 @@ def test_unknown_preset():
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         Config().seed = 3  # type: ignore[misc]
+
+
+def test_docs_config_table_is_current():
+    from pathlib import Path
+
+    from dqnkit.config import markdown_table
+
+    doc = Path(__file__).parent.parent / "docs" / "config.md"
+    assert doc.read_text() == markdown_table(), "regenerate with: python -m dqnkit.config > docs/config.md"
