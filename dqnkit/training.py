@@ -17,6 +17,7 @@ import math
 import shutil
 import signal
 import time
+import warnings
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -102,6 +103,8 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
     (run_dir / "config.json").write_text(config.to_json())
     parts = build(config)
     restore(parts, ckpt)
+    if total_steps is not None:
+        parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
     return _run(parts, run_dir, Logger(run_dir, resume_step=parts.loop.step), progress)
 
 
@@ -162,6 +165,8 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
         for env, state in zip(parts.envs.envs, env_states):
             set_env_state(env, state)
     else:  # the env cannot be captured (e.g. ALE): start fresh episodes, say so
+        warnings.warn(f"{parts.config.env_id} cannot save its episode in progress: resuming with fresh "
+                      "episodes, so this run will not be bit-identical to an uninterrupted one", stacklevel=2)
         obs, _ = parts.envs.reset(seed=parts.config.seed + loop.step)
         loop.obs, loop.env_fresh_reset = obs, True
         loop.ep_return, loop.ep_length = np.zeros_like(loop.ep_return), np.zeros_like(loop.ep_length)
@@ -309,6 +314,7 @@ def _finish(parts: Parts, run_dir: Path, sps: float) -> dict[str, Any]:
         "episodes": loop.episodes, "updates": parts.agent.updates,
         "eval_return_mean": loop.eval_mean, "eval_return_std": loop.eval_std,
         "eval_episodes": cfg.eval_episodes, "stopped_early": loop.stopped_early,
+        "resumed_with_fresh_episodes": loop.env_fresh_reset,
         "wall_s": round(loop.wall_s, 3), "sps": round(sps, 1),
         "device": str(parts.agent.device), "dqnkit_version": __version__,
     }

@@ -49,3 +49,24 @@ class NaNReward(Walk):
 
 
 gym.register("dqnkit-test/NaNReward-v0", entry_point=NaNReward, max_episode_steps=100)
+
+
+class Opaque(Walk):
+    """Walk that keeps its position where dqnkit cannot snapshot it (like ALE's native state)."""
+
+    def __getattribute__(self, name):
+        if name == "state":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+    def reset(self, *, seed=None, options=None):
+        gym.Env.reset(self, seed=seed)
+        self.__dict__["t"] = 0
+        return np.array([0.0], dtype=np.float32), {}
+
+    def step(self, action):
+        self.__dict__["t"] += 1
+        return np.array([self.__dict__["t"]], dtype=np.float32), 1.0, False, False, {}
+
+
+gym.register("dqnkit-test/Opaque-v0", entry_point=Opaque, max_episode_steps=6)

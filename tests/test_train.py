@@ -152,3 +152,29 @@ def test_cartpole_learns(tmp_path):
     cfg = presets.get("cartpole", total_steps=12_000, eval_every=4000, stop_at_return=None)
     summary = train(cfg, tmp_path / "run")
     assert summary["eval_return_mean"] >= 150, summary
+
+
+def test_resume_with_more_steps_continues_past_an_early_stop(tmp_path):
+    run = tmp_path / "run"
+    first = train(_cfg(stop_at_return=0.0), run)  # any evaluation satisfies it
+    assert first["stopped_early"] and first["steps"] == 300
+    assert resume(run)["steps"] == 300  # no --steps: the run is finished
+    # with more steps it trains on, until the next evaluation meets the threshold again
+    assert resume(run, total_steps=900)["steps"] == 600
+
+
+def test_env_without_savable_state_resumes_with_fresh_episodes_and_says_so(tmp_path):
+    cfg = Config(env_id="dqnkit-test/Opaque-v0", total_steps=40, learning_starts=10, batch_size=4,
+                 hidden_sizes=(4,), eval_every=0, eval_episodes=1)
+    train(cfg, tmp_path / "run")
+    with pytest.warns(UserWarning, match="fresh episodes"):
+        summary = resume(tmp_path / "run", total_steps=80)
+    assert summary["steps"] == 80 and summary["resumed_with_fresh_episodes"] is True
+
+
+def test_eval_records_a_video(tmp_path):
+    from dqnkit.cli import main
+
+    train(_cfg(), tmp_path / "run")
+    assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--video", str(tmp_path / "ep.gif")]) == 0
+    assert (tmp_path / "ep.gif").read_bytes()[:3] == b"GIF"
