@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint install clean
 
-$(BIN)/dqnkit: pyproject.toml constraints.txt
+$(BIN)/dqnkit: pyproject.toml constraints.txt dqnkit/replay/_sumtree.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch

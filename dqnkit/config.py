@@ -56,6 +56,15 @@ class Config:
     loss: str = _opt("huber", "TD loss: huber (smooth L1) or mse.", choices=("huber", "mse"))
     max_grad_norm: float = _opt(10.0, "Clip the gradient's global norm to this (0 = no clipping).", lo=0.0)
     hidden_sizes: tuple[int, ...] = _opt((64, 64), "Widths of the MLP's hidden layers, e.g. 256,256.")
+    n_step: int = _opt(1, "n-step returns: fold this many rewards into each transition (cut at episode ends).", lo=1)
+
+    # --- prioritized replay ---
+    prioritized: bool = _opt(False, "Proportional prioritized replay (Schaul et al. 2016) on a sum tree.")
+    per_alpha: float = _opt(0.6, "PER: priority exponent (0 = uniform).", lo=0.0, hi=1.0)
+    per_beta: float = _opt(0.4, "PER: initial importance-sampling exponent.", lo=0.0, hi=1.0)
+    per_beta_final: float = _opt(1.0, "PER: beta reached linearly after per_beta_steps.", lo=0.0, hi=1.0)
+    per_beta_steps: int = _opt(0, "PER: transitions over which beta anneals; 0 = total_steps.", lo=0)
+    per_eps: float = _opt(1e-6, "PER: added to |TD error| so no priority is zero.", lo=0.0, lo_open=True)
 
     # --- exploration ---
     eps_schedule: str = _opt("linear", "Epsilon schedule: linear (over exploration_fraction of total_steps) or exponential (eps_decay per gradient step).", choices=("linear", "exponential"))

@@ -19,6 +19,15 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
              exploration_steps=5000, eps_end=0.02, eval_every=1000, eval_episodes=10,
              stop_at_return=475.0),
     ),
+    "cartpole-rainbow": (
+        "cartpole plus prioritized replay, 3-step returns and a dueling head (Rainbow without noisy nets / C51)",
+        dict(env_id="CartPole-v1", total_steps=50_000, lr=1e-3, batch_size=64, buffer_size=50_000,
+             learning_starts=1000, train_freq=64, gradient_steps=64, target_update_interval=64,
+             double=True, dueling=True, prioritized=True, n_step=3, per_alpha=0.6, per_beta=0.4,
+             loss="huber", max_grad_norm=10.0, hidden_sizes=(128, 128),
+             exploration_steps=5000, eps_end=0.02, eval_every=1000, eval_episodes=10,
+             stop_at_return=475.0),
+    ),
     "cartpole-zoo": (
         "rl-baselines3-zoo's DQN settings for CartPole-v1 (for side-by-side comparison with SB3)",
         dict(env_id="CartPole-v1", total_steps=50_000, lr=2.3e-3, batch_size=64, buffer_size=100_000,

@@ -37,7 +37,8 @@ from dqnkit.evaluate import evaluate
 from dqnkit.logger import Logger, read_metrics
 from dqnkit.networks import build_q_network
 from dqnkit.plots import learning_curve
-from dqnkit.replay import UniformReplay
+from dqnkit.replay import PrioritizedReplay, UniformReplay
+from dqnkit.replay.nstep import NStepFolder
 
 
 @dataclass
@@ -69,7 +70,8 @@ class Parts:
     config: Config
     envs: Any
     agent: DQNAgent
-    replay: UniformReplay
+    replay: UniformReplay  # or PrioritizedReplay, its subclass
+    folder: NStepFolder
     loop: Loop = field(default_factory=Loop)
 
 
@@ -114,7 +116,7 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise DqnkitError(f"run directory {run_dir} does not exist")
     ckpt = safe_load(CheckpointDir(run_dir).latest)
-    for key in ("config", "agent", "replay", "loop", "envs"):
+    for key in ("config", "agent", "replay", "folder", "loop", "envs"):
         if key not in ckpt:
             raise CheckpointError(f"{run_dir} checkpoint lacks {key!r}: not a dqnkit training checkpoint")
     return ckpt
@@ -129,8 +131,13 @@ def build(config: Config) -> Parts:
     envs = make_vec_env(config.env_id, config.num_envs)
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
-    replay = UniformReplay(config.buffer_size, obs_space.shape, obs_space.dtype, seed=config.seed + 1)
-    return Parts(config, envs, agent, replay)
+    if config.prioritized:
+        replay = PrioritizedReplay(config.buffer_size, obs_space.shape, obs_space.dtype, alpha=config.per_alpha,
+                                   beta=config.per_beta, eps=config.per_eps, seed=config.seed + 1)
+    else:
+        replay = UniformReplay(config.buffer_size, obs_space.shape, obs_space.dtype, seed=config.seed + 1)
+    folder = NStepFolder(config.n_step, config.gamma, config.num_envs, obs_space.shape, obs_space.dtype)
+    return Parts(config, envs, agent, replay, folder)
 
 
 def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent:
@@ -157,6 +164,7 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
     try:
         parts.agent.load_state_dict(ckpt["agent"])
         parts.replay.load_state_dict(ckpt["replay"])
+        parts.folder.load_state_dict(ckpt["folder"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint does not match its config ({_first_line(exc)})") from None
     loop = Loop(**ckpt["loop"])
@@ -180,6 +188,7 @@ def snapshot(parts: Parts) -> dict[str, Any]:
         "config": parts.config.to_dict(),
         "agent": parts.agent.state_dict(),
         "replay": parts.replay.state_dict(),
+        "folder": parts.folder.state_dict(),
         "loop": asdict(parts.loop),
         "envs": [get_env_state(env) for env in parts.envs.envs],
         "torch_rng": torch.get_rng_state(),
@@ -222,7 +231,7 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
             next_obs, rewards, terminated, truncated, info = parts.envs.step(actions)
             real_next = true_next_obs(next_obs, info)
             _check_finite(rewards, real_next, loop.step)
-            replay.add_batch(loop.obs, actions, rewards, real_next, terminated)
+            replay.add_batch(*parts.folder.push(loop.obs, actions, rewards, real_next, terminated, truncated))
 
             loop.ep_return += rewards
             loop.ep_length += 1
@@ -240,9 +249,7 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
 
             if loop.step >= cfg.learning_starts:
                 for _ in range(crossed(prev, loop.step, cfg.train_freq) * cfg.gradient_steps):
-                    stats = agent.learn(replay.sample(cfg.batch_size))
-                    loop.loss_sum, loop.q_sum = loop.loss_sum + stats.loss, loop.q_sum + stats.q_mean
-                    loop.n_losses += 1
+                    _learn_once(parts)
                 for _ in range(crossed(prev, loop.step, cfg.target_update_interval)):
                     agent.update_target()
                     if cfg.tau == 0:
@@ -271,6 +278,20 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
     logger.close()
     loop.wall_s = clock.wall_s()
     return _finish(parts, run_dir, clock.steps_per_second())
+
+
+def _learn_once(parts: Parts) -> None:
+    """Sample, update, and hand the new |TD errors| back to a prioritized replay."""
+    cfg, replay, loop = parts.config, parts.replay, parts.loop
+    if isinstance(replay, PrioritizedReplay):
+        replay.beta = schedules.linear(cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps,
+                                       loop.step)
+    batch = replay.sample(cfg.batch_size)
+    stats = parts.agent.learn(batch)
+    if isinstance(replay, PrioritizedReplay):
+        replay.update_priorities(batch.indices, stats.td_abs.cpu().numpy())
+    loop.loss_sum, loop.q_sum = loop.loss_sum + stats.loss, loop.q_sum + stats.q_mean
+    loop.n_losses += 1
 
 
 def _evaluate(parts: Parts, logger: Logger, seed: int, clock: _Clock) -> None:

@@ -16,7 +16,7 @@ from dqnkit.logger import read_metrics
 
 SETTINGS = dict(total_steps=4000, learning_starts=200, batch_size=32, buffer_size=4000, hidden_sizes=(32,),
                 eval_every=1000, eval_episodes=2, exploration_steps=1000, checkpoint_every=500,
-                stop_at_return=None, train_freq=1)
+                stop_at_return=None, train_freq=1, gradient_steps=1, target_update_interval=100)
 
 
 def _q(run: Path) -> np.ndarray:

@@ -9,7 +9,8 @@ from dqnkit.errors import DqnkitError
 from dqnkit.training import build, crossed, epsilon
 
 TINY = dict(total_steps=600, learning_starts=100, batch_size=16, buffer_size=1000, hidden_sizes=(16,),
-            eval_every=300, eval_episodes=2, train_freq=2, target_update_interval=50, exploration_steps=300)
+            eval_every=300, eval_episodes=2, train_freq=2, gradient_steps=1, target_update_interval=50,
+            exploration_steps=300)
 
 
 def _cfg(**overrides) -> Config:
@@ -178,3 +179,19 @@ def test_eval_records_a_video(tmp_path):
     train(_cfg(), tmp_path / "run")
     assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--video", str(tmp_path / "ep.gif")]) == 0
     assert (tmp_path / "ep.gif").read_bytes()[:3] == b"GIF"
+
+
+def test_resume_is_exact_with_prioritized_replay_and_n_step(tmp_path):
+    rainbow = dict(prioritized=True, n_step=3, dueling=True, hidden_sizes=(16, 16), per_beta_steps=1200)
+    train(_cfg(total_steps=1200, **rainbow), tmp_path / "full")
+    train(_cfg(total_steps=600, **rainbow), tmp_path / "split")
+    resume(tmp_path / "split", total_steps=1200)
+    assert np.array_equal(_q(load(tmp_path / "full")), _q(load(tmp_path / "split")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["cartpole", "cartpole-rainbow"])
+@pytest.mark.parametrize("seed", range(5))
+def test_presets_solve_cartpole(tmp_path, preset, seed):
+    summary = train(presets.get(preset, seed=seed), tmp_path / "run")
+    assert summary["eval_return_mean"] >= 475, summary

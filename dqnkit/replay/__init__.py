@@ -1,5 +1,7 @@
 """Replay buffers. They store arrays and sample batches; they know nothing of networks."""
 
+from dqnkit.replay.prioritized import PrioritizedReplay
+from dqnkit.replay.sumtree import SumTree
 from dqnkit.replay.uniform import Batch, UniformReplay
 
-__all__ = ["Batch", "UniformReplay"]
+__all__ = ["Batch", "PrioritizedReplay", "SumTree", "UniformReplay"]

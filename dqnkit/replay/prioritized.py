@@ -1,0 +1,61 @@
+"""Proportional prioritized replay (Schaul et al. 2016, https://arxiv.org/abs/1511.05952).
+
+P(i) = p_i^alpha / sum_k p_k^alpha with p_i = |TD error| + eps; a batch is drawn by
+stratified sampling (one prefix sum per equal slice of the total), and each sample carries
+the importance-sampling weight (N * P(i))^-beta, divided by the batch's largest weight.
+The lesson's version normalises all N priorities on every sample (O(N)); here sampling and
+updating cost O(B log N) on a :class:`SumTree`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dqnkit.replay.sumtree import SumTree
+from dqnkit.replay.uniform import Batch, UniformReplay
+
+
+class PrioritizedReplay(UniformReplay):
+    """A :class:`UniformReplay` whose ``sample`` follows priorities kept in a sum tree."""
+
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any = np.float32,
+                 alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, seed: int = 0) -> None:
+        super().__init__(capacity, obs_shape, obs_dtype, seed)
+        self.alpha, self.beta, self.eps = alpha, beta, eps
+        self.tree = SumTree(capacity)
+        self.max_priority = 1.0  # new transitions enter with the largest priority seen
+
+    def add_batch(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+                  terminated: np.ndarray, horizons: np.ndarray | None = None) -> np.ndarray:
+        slots = super().add_batch(obs, actions, rewards, next_obs, terminated, horizons)
+        self.tree.update(slots, np.full(len(slots), self.max_priority**self.alpha))
+        return slots
+
+    def sample(self, batch_size: int) -> Batch:
+        """Stratified proportional sample with IS weights (max weight in the batch = 1)."""
+        if self.size == 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        total = self.tree.total
+        u = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
+        idx = np.minimum(self.tree.find(u), self.size - 1)
+        probs = self.tree[idx] / total
+        weights = (self.size * probs) ** -self.beta
+        return self._gather(idx, (weights / weights.max()).astype(np.float32))
+
+    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        """New priorities |td| + eps for sampled slots (duplicates: the last one wins)."""
+        priorities = np.abs(np.asarray(td_errors, dtype=np.float64)) + self.eps
+        self.tree.update(indices, priorities**self.alpha)
+        self.max_priority = max(self.max_priority, float(priorities.max()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "tree": self.tree.nodes.copy(), "max_priority": self.max_priority}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state["tree"].shape != self.tree.nodes.shape:
+            raise ValueError("replay state does not match this buffer's capacity")
+        self.tree.nodes[:] = state["tree"]
+        self.max_priority = float(state["max_priority"])
