@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list presets, or print one preset's full config")
     pr.add_argument("name", nargs="?")
 
+    bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
+    bench.add_argument("name", choices=("replay",))
+    bench.add_argument("--out", type=Path, help="JSON file to write (default bench-results/NAME.json)")
+    bench.add_argument("--seconds", type=float, default=2.0, help="time per contender and size (default 2)")
+    bench.add_argument("--capacities", help="comma-separated replay sizes (default 10000,100000,1000000)")
+
     tab = sub.add_parser("tabular", help="tabular TD exercises: cliff-walking, random-walk")
     tab.add_argument("name", choices=("cliff-walking", "random-walk"))
     tab.add_argument("--episodes", type=int, help="episodes per seed (default 500 / 10)")
@@ -75,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             print(__version__)
             return 0
         if args.command is None:
-            raise DqnkitError("missing command: train, eval, presets or tabular (see `dqnkit --help`)")
-        return {"train": _train, "eval": _eval, "presets": _presets, "tabular": _tabular}[args.command](args)
+            raise DqnkitError("missing command: train, eval, presets, tabular or bench (see `dqnkit --help`)")
+        commands = {"train": _train, "eval": _eval, "presets": _presets, "tabular": _tabular, "bench": _bench}
+        return commands[args.command](args)
     except DqnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -158,6 +165,23 @@ def _tabular(args: argparse.Namespace) -> int:
     _refuse_existing_results(out, args.overwrite)
     summary = EXPERIMENTS[args.name](out, **options)
     print(json.dumps(summary))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dqnkit.bench import replay
+
+    _check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
+    try:
+        sizes = tuple(int(c) for c in args.capacities.split(",")) if args.capacities else None
+    except ValueError:
+        raise DqnkitError(f"--capacities expects comma-separated integers, got {args.capacities!r}") from None
+    if sizes is not None and min(sizes) < 256:
+        raise DqnkitError("--capacities must each be at least the batch size, 256")
+    out = args.out or Path("bench-results") / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    replay.run(**({"capacities": sizes} if sizes else {}), seconds=args.seconds, out=out)
+    print(f"wrote {out}")
     return 0
 
 

@@ -26,7 +26,7 @@ def _load_c() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(spec.origin)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.sumtree_find.argtypes = [ptr, ptr, i64, i64, ptr, i64, ptr]
-    lib.sumtree_update.argtypes = [ptr, ptr, i64, i64, ptr, ptr, i64]
+    lib.sumtree_update.argtypes = [ptr, ptr, i64, i64, ptr, ptr, i64, ptr]
     lib.sumtree_find.restype = lib.sumtree_update.restype = None
     return lib
 
@@ -51,6 +51,7 @@ class SumTree:
         self.nodes = np.zeros(self.offsets[-1], dtype=np.float64)
         self.levels = [self.nodes[self.offsets[d]:self.offsets[d + 1]] for d in range(self.depth + 1)]
         self._c = _C if use_c else None
+        self._nodes_ptr, self._offsets_ptr = self.nodes.ctypes.data, self.offsets.ctypes.data  # fixed buffers
 
     @property
     def total(self) -> float:
@@ -81,8 +82,9 @@ class SumTree:
             raise ValueError("sum tree values must be finite and non-negative")
         if self._c is not None:
             indices, values = np.ascontiguousarray(indices), np.ascontiguousarray(values)
-            self._c.sumtree_update(self.nodes.ctypes.data, self.offsets.ctypes.data, self.depth, self.fanout,
-                                   indices.ctypes.data, values.ctypes.data, indices.size)
+            scratch = np.empty_like(indices)
+            self._c.sumtree_update(self._nodes_ptr, self._offsets_ptr, self.depth, self.fanout,
+                                   indices.ctypes.data, values.ctypes.data, indices.size, scratch.ctypes.data)
             return
         last, pos = np.unique(indices[::-1], return_index=True)  # last occurrence of each index
         self.leaves[last] = values[::-1][pos]
@@ -106,7 +108,7 @@ class SumTree:
         u = np.array(prefix_sums, dtype=np.float64)  # a copy: the numpy walk consumes it
         nodes = np.zeros(u.shape, dtype=np.int64)
         if self._c is not None:
-            self._c.sumtree_find(self.nodes.ctypes.data, self.offsets.ctypes.data, self.depth, self.fanout,
+            self._c.sumtree_find(self._nodes_ptr, self._offsets_ptr, self.depth, self.fanout,
                                  u.ctypes.data, u.size, nodes.ctypes.data)
             return nodes
         rows = np.arange(u.size)

@@ -43,12 +43,13 @@ class UniformReplay:
         self.capacity = int(capacity)
         self.obs_shape = tuple(obs_shape)
         self.obs_dtype = np.dtype(obs_dtype)
-        self.obs = np.zeros((self.capacity, *self.obs_shape), dtype=self.obs_dtype)
-        self.next_obs = np.zeros_like(self.obs)
-        self.actions = np.zeros(self.capacity, dtype=np.int64)
-        self.rewards = np.zeros(self.capacity, dtype=np.float32)
-        self.terminated = np.zeros(self.capacity, dtype=np.float32)
-        self.horizons = np.ones(self.capacity, dtype=np.int64)
+        # One record per transition, fields side by side: a sampled transition is one
+        # contiguous read, not six scattered ones (the gather is memory-bound at 1M).
+        record = np.dtype([("obs", self.obs_dtype, self.obs_shape), ("next_obs", self.obs_dtype, self.obs_shape),
+                           ("actions", np.int64), ("rewards", np.float32), ("terminated", np.float32),
+                           ("horizons", np.int64)], align=True)
+        self.data = np.zeros(self.capacity, dtype=record)
+        self.data["horizons"] = 1
         self.pos = 0  # next slot to write
         self.size = 0
         self.rng = np.random.default_rng(seed)
@@ -67,12 +68,10 @@ class UniformReplay:
         """Store N transitions (e.g. one per vector env); returns the N slots written."""
         n = len(actions)
         slots = (self.pos + np.arange(n)) % self.capacity
-        self.obs[slots] = obs
-        self.next_obs[slots] = next_obs
-        self.actions[slots] = actions
-        self.rewards[slots] = rewards
-        self.terminated[slots] = terminated
-        self.horizons[slots] = 1 if horizons is None else horizons
+        fields = {"obs": obs, "next_obs": next_obs, "actions": actions, "rewards": rewards,
+                  "terminated": terminated, "horizons": 1 if horizons is None else horizons}
+        for name, values in fields.items():
+            self.data[name][slots] = values
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
         return slots
@@ -85,25 +84,29 @@ class UniformReplay:
         return self._gather(idx, np.ones(batch_size, dtype=np.float32))
 
     def _gather(self, idx: np.ndarray, weights: np.ndarray) -> Batch:
-        return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx],
-                     self.terminated[idx], self.horizons[idx], weights, idx)
+        rec = self.data[idx]  # one scattered read; the fields are strided views of this copy
+        return Batch(rec["obs"], rec["actions"], rec["rewards"], rec["next_obs"], rec["terminated"],
+                     rec["horizons"], weights, idx)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        """``buf.obs``, ``buf.rewards``, ...: each field as a [capacity, ...] view."""
+        data = self.__dict__.get("data")
+        if data is not None and name in data.dtype.names:
+            return data[name]
+        raise AttributeError(name)
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """Contents, position and RNG, enough to resume bit for bit."""
         n = self.size
-        return {
-            "obs": self.obs[:n].copy(), "next_obs": self.next_obs[:n].copy(),
-            "actions": self.actions[:n].copy(), "rewards": self.rewards[:n].copy(),
-            "terminated": self.terminated[:n].copy(), "horizons": self.horizons[:n].copy(),
-            "pos": self.pos, "size": n, "rng": self.rng.bit_generator.state,
-        }
+        fields = {name: self.data[name][:n].copy() for name in self.data.dtype.names}
+        return {**fields, "pos": self.pos, "size": n, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = int(state["size"])
         if n > self.capacity or tuple(state["obs"].shape[1:]) != self.obs_shape:
             raise ValueError("replay state does not match this buffer's capacity or observation shape")
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated", "horizons"):
-            getattr(self, name)[:n] = state[name]
+        for name in self.data.dtype.names:
+            self.data[name][:n] = state[name]
         self.pos, self.size = int(state["pos"]), n
         self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,35 @@
+"""Benchmarks run end to end in a tiny configuration and report every contender."""
+
+import json
+
+from dqnkit.bench.replay import LessonPER
+from dqnkit.cli import main
+
+
+def test_bench_replay_writes_a_table_and_json(tmp_path, capsys):
+    out = tmp_path / "replay.json"
+    assert main(["bench", "replay", "--capacities", "1000,4000", "--seconds", "0.05", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["capacity"] for r in result["rows"]] == [1000, 4000]
+    for row in result["rows"]:
+        assert row["dqnkit_us"] > 0 and row["lesson_us"] > 0
+        assert row["speedup_vs_lesson"] == round(row["lesson_us"] / row["dqnkit_us"], 1)
+    table = capsys.readouterr().out
+    assert "dqnkit µs" in table and "lesson µs" in table
+
+
+def test_lesson_buffer_is_the_lesson_s_algorithm():
+    import numpy as np
+
+    buf = LessonPER(4)
+    buf.buffer = [(np.zeros(2), 0, 0.0, np.zeros(2), False)] * 4
+    buf.priorities[:] = [1.0, 0.0, 0.0, 0.0]
+    np.random.seed(0)
+    *_, indices, weights = buf.sample(8)
+    assert (indices == 0).all() and np.allclose(weights, 1.0)
+
+
+def test_bench_refuses_bad_options(capsys):
+    assert main(["bench", "replay", "--capacities", "10,x"]) == 2
+    assert main(["bench", "replay", "--seconds", "0"]) == 2
+    assert capsys.readouterr().err.count("error:") == 2
