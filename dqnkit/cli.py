@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list presets, or print one preset's full config")
     pr.add_argument("name", nargs="?")
 
+    exp = sub.add_parser("experiment", help="the lesson's experiments over several seeds, with plots")
+    exp.add_argument("name", choices=("target-ablation", "soft-vs-hard", "overestimation"))
+    exp.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    exp.add_argument("--steps", type=int, help="environment steps per run (default: the experiment's)")
+    exp.add_argument("--out", type=Path, help="output directory (default runs/experiment-NAME)")
+    exp.add_argument("--jobs", type=int, help="parallel training processes (default: number of cores)")
+    exp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+
     bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
     bench.add_argument("name", choices=("replay",))
     bench.add_argument("--out", type=Path, help="JSON file to write (default bench-results/NAME.json)")
@@ -81,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             print(__version__)
             return 0
         if args.command is None:
-            raise DqnkitError("missing command: train, eval, presets, tabular or bench (see `dqnkit --help`)")
-        commands = {"train": _train, "eval": _eval, "presets": _presets, "tabular": _tabular, "bench": _bench}
+            raise DqnkitError("missing command: train, eval, presets, experiment, tabular or bench "
+                              "(see `dqnkit --help`)")
+        commands = {"train": _train, "eval": _eval, "presets": _presets, "tabular": _tabular, "bench": _bench,
+                    "experiment": _experiment}
         return commands[args.command](args)
     except DqnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -126,7 +136,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
     agent = load(args.run_dir)
-    returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed)
+    returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed).returns
     result = {"episodes": args.episodes, "return_mean": float(returns.mean()),
               "return_std": float(returns.std()), "returns": returns.tolist()}
     if args.video is not None:
@@ -166,6 +176,20 @@ def _tabular(args: argparse.Namespace) -> int:
     summary = EXPERIMENTS[args.name](out, **options)
     print(json.dumps(summary))
     return 0
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from dqnkit import experiments
+
+    _check_range("--seeds", args.seeds, 1, None)
+    _check_range("--jobs", args.jobs or 1, 1, None)
+    experiments.configs(args.name, args.seeds, args.steps)  # validates every run's config first
+    out = args.out or Path("runs") / f"experiment-{args.name}"
+    _refuse_existing_results(out, args.overwrite)
+    result = experiments.run(args.name, out, seeds=args.seeds, steps=args.steps, jobs=args.jobs)
+    print((out / "summary.md").read_text(), end="")
+    print(f"plots and results.json in {out}")
+    return 0 if result else 1
 
 
 def _bench(args: argparse.Namespace) -> int:

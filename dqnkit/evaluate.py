@@ -1,8 +1,9 @@
-"""Greedy evaluation: play whole episodes, report the undiscounted returns."""
+"""Greedy evaluation: play whole episodes, report their returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -10,15 +11,23 @@ from dqnkit.agent import DQNAgent
 from dqnkit.envs import make_env
 
 
-def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: float = 0.0) -> np.ndarray:
-    """Returns of ``episodes`` episodes, episode i seeded ``seed + i``. [episodes]
+class EvalResult(NamedTuple):
+    returns: np.ndarray  # [E] undiscounted episode returns (the score people report)
+    discounted: np.ndarray  # [E] sum of gamma^t r_t: what Q(s_0, a_0) estimates
+    start_obs: np.ndarray  # [E, *obs] the first observation of each episode
+
+
+def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: float = 0.0,
+             gamma: float = 1.0) -> EvalResult:
+    """Play ``episodes`` episodes, episode i seeded ``seed + i``.
 
     All episodes run side by side so that each step is one batched forward pass.
     """
     envs = [make_env(env_id) for _ in range(episodes)]
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    start_obs = np.stack(obs)
     rng = np.random.default_rng(seed)
-    returns = np.zeros(episodes)
+    returns, discounted, discount = np.zeros(episodes), np.zeros(episodes), np.ones(episodes)
     active = list(range(episodes))
     while active:
         actions = agent.act(np.stack([obs[i] for i in active]), epsilon, rng=rng)
@@ -26,12 +35,14 @@ def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: fl
         for i, action in zip(active, actions):
             obs[i], reward, terminated, truncated, _ = envs[i].step(action)
             returns[i] += reward
+            discounted[i] += discount[i] * reward
+            discount[i] *= gamma
             if not (terminated or truncated):
                 still_running.append(i)
         active = still_running
     for env in envs:
         env.close()
-    return returns
+    return EvalResult(returns, discounted, start_obs)
 
 
 def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) -> Path:

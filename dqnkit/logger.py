@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = ("kind", "step", "episode", "return", "length", "epsilon", "loss", "q_mean",
-           "return_std", "wall_s")
+           "return_std", "wall_s", "q_pred", "q_real")
 
 
 class Logger:
@@ -34,7 +34,7 @@ class Logger:
         """One metrics.csv row (missing columns stay empty) and its TensorBoard scalars."""
         self._csv.writerow({"kind": kind, "step": step, **values})
         if self._tb is not None:
-            for key in ("return", "length", "epsilon", "loss", "q_mean", "return_std"):
+            for key in ("return", "length", "epsilon", "loss", "q_mean", "return_std", "q_pred", "q_real"):
                 if values.get(key) is not None:
                     self._tb.add_scalar(f"{kind}/{key}", values[key], step)
 

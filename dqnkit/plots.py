@@ -106,3 +106,29 @@ def _save(fig: plt.Figure, out_png: str | Path) -> Path:
     fig.savefig(out_png)
     plt.close(fig)
     return out_png
+
+
+def band_curves(grid: np.ndarray, curves: dict[str, np.ndarray], out_png: str | Path, title: str = "") -> Path:
+    """Per variant: the mean over seeds of the 100-episode running mean, with a min-max band."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, runs in curves.items():  # runs: [K, len(grid)]
+        (line,) = ax.plot(grid, np.nanmean(runs, 0), lw=2, label=f"{name} (mean of {len(runs)} seeds)")
+        ax.fill_between(grid, np.nanmin(runs, 0), np.nanmax(runs, 0), color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="environment steps", ylabel="return (100-episode running mean)", title=title)
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, out_png)
+
+
+def overestimation(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], out_png: str | Path) -> Path:
+    """Per variant: predicted max-Q of the start states (solid) and the realised discounted
+    return (dashed), means over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for name, (steps, pred, real) in curves.items():
+        (line,) = ax.plot(steps, pred.mean(0), lw=2, label=f"{name}: predicted max Q(s0)")
+        ax.plot(steps, real.mean(0), lw=2, ls="--", color=line.get_color(), label=f"{name}: realised return")
+    ax.set(xlabel="environment steps", ylabel="discounted return", title="overestimation: prediction vs reality")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)

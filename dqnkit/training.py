@@ -31,6 +31,7 @@ from dqnkit import __version__, schedules
 from dqnkit.agent import DQNAgent
 from dqnkit.checkpoint import CheckpointDir, safe_load
 from dqnkit.config import Config, from_dict
+from dqnkit.diagnostics import overestimation
 from dqnkit.envs import check_env_id, get_env_state, make_vec_env, set_env_state, true_next_obs
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
@@ -296,10 +297,14 @@ def _learn_once(parts: Parts) -> None:
 
 def _evaluate(parts: Parts, logger: Logger, seed: int, clock: _Clock) -> None:
     cfg, loop = parts.config, parts.loop
-    returns = evaluate(parts.agent, cfg.env_id, cfg.eval_episodes, seed, cfg.eval_epsilon)
+    result = evaluate(parts.agent, cfg.env_id, cfg.eval_episodes, seed, cfg.eval_epsilon, gamma=cfg.gamma)
+    returns = result.returns
     loop.eval_mean, loop.eval_std, loop.eval_step = float(returns.mean()), float(returns.std()), loop.step
+    probe = {}
+    if cfg.log_overestimation:
+        probe["q_pred"], probe["q_real"] = overestimation(parts.agent, result)
     logger.row("eval", loop.step, episode=loop.episodes, **{"return": loop.eval_mean}, return_std=loop.eval_std,
-               wall_s=round(clock.wall_s(), 3))
+               wall_s=round(clock.wall_s(), 3), **probe)
     logger.flush()
     if cfg.stop_at_return is not None and loop.eval_mean >= cfg.stop_at_return:
         loop.stopped_early = True

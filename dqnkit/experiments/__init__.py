@@ -1,0 +1,164 @@
+"""The lesson's exercises as one command each: ``dqnkit experiment NAME``.
+
+An experiment is a base preset, a few named variants (config overrides) and a way to read
+the runs. Every variant x seed is an ordinary dqnkit run under ``OUT/runs/`` (so each can be
+inspected, evaluated or resumed on its own), trained in parallel processes; then the runs'
+metrics.csv files are turned into plots, ``results.json`` and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dqnkit import plots, presets
+from dqnkit.config import Config
+from dqnkit.logger import read_metrics
+
+
+@dataclass(frozen=True)
+class Experiment:
+    description: str
+    preset: str
+    steps: int
+    variants: dict[str, dict[str, Any]]
+    extra: Callable[[dict[str, list[list[dict[str, str]]]], Path, int], dict[str, dict[str, float]]] | None = None
+    base: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- metrics
+def episodes(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(end step, return) of every training episode of one run."""
+    ep = [r for r in rows if r["kind"] == "episode"]
+    return np.array([int(r["step"]) for r in ep]), np.array([float(r["return"]) for r in ep])
+
+
+def on_grid(rows: list[dict[str, str]], grid: np.ndarray, window: int = 100) -> np.ndarray:
+    """The run's ``window``-episode running mean, read off at the env steps in ``grid``."""
+    steps, returns = episodes(rows)
+    if len(steps) == 0:
+        return np.full(len(grid), np.nan)
+    return np.interp(grid, steps, plots.running_mean(returns, window))
+
+
+def final_return(rows: list[dict[str, str]]) -> float:
+    """Mean return of the run's last 100 training episodes."""
+    return float(episodes(rows)[1][-100:].mean())
+
+
+def collapses(rows: list[dict[str, str]], window: int = 20, floor: float = 100.0) -> int:
+    """How often the 20-episode running mean falls below half its best value so far
+    (once that best exceeds ``floor``): the sudden forgetting a moving target causes."""
+    curve = plots.running_mean(episodes(rows)[1], window)
+    peak, below, count = -np.inf, False, 0
+    for value in curve:
+        peak = max(peak, value)
+        now_below = peak > floor and value < peak / 2
+        count += now_below and not below
+        below = now_below
+    return count
+
+
+def _stability(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: int) -> dict[str, dict[str, float]]:
+    """Std of the running mean over the last third of training, and the number of collapses."""
+    grid = np.linspace(steps * 2 / 3, steps, 100)
+    return {v: {"late_running_mean_std": float(np.mean([np.nanstd(on_grid(r, grid)) for r in rs])),
+                "collapses_mean": float(np.mean([collapses(r) for r in rs]))} for v, rs in runs.items()}
+
+
+def _overestimation(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: int) -> dict[str, dict[str, float]]:
+    """Predicted max-Q of the start states vs the realised discounted return, per variant."""
+    curves, result = {}, {}
+    for variant, rs in runs.items():
+        evals = [[r for r in rows if r["kind"] == "eval" and r["q_pred"]] for rows in rs]
+        at = np.array([int(r["step"]) for r in evals[0]])
+        pred = np.array([[float(r["q_pred"]) for r in e] for e in evals])  # [K, evals]
+        real = np.array([[float(r["q_real"]) for r in e] for e in evals])
+        late = at >= steps / 2
+        result[variant] = {"bias_mean": float((pred - real)[:, late].mean()),
+                           "bias_std": float((pred - real)[:, late].mean(axis=1).std()),
+                           "q_pred_final": float(pred[:, -1].mean()), "q_real_final": float(real[:, -1].mean())}
+        curves[variant] = (at, pred, real)
+    plots.overestimation(curves, out / "overestimation.png")
+    return result
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "target-ablation": Experiment(
+        "lesson exercise 1: target network refreshed every 1000 steps vs copied every step",
+        "cartpole-lesson", 30_000,
+        {"hard-1000": {"target_update_interval": 1000}, "hard-1": {"target_update_interval": 1}},
+    ),
+    "soft-vs-hard": Experiment(
+        "lesson exercise 2: Polyak tau=0.005 every step vs a hard copy every 1000 steps",
+        "cartpole-lesson", 30_000,
+        {"soft": {"tau": 0.005, "target_update_interval": 1}, "hard": {"tau": 0.0, "target_update_interval": 1000}},
+        extra=_stability,
+    ),
+    "overestimation": Experiment(
+        "lesson exercise 3: predicted Q of the start states vs the return collected, DQN vs Double DQN",
+        "cartpole-lesson", 30_000, {"dqn": {"double": False}, "double_dqn": {"double": True}},
+        extra=_overestimation, base={"log_overestimation": True, "eval_every": 2000, "eval_episodes": 5},
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- runner
+def configs(name: str, seeds: int, steps: int | None) -> dict[tuple[str, int], Config]:
+    """Every run of the experiment, validated before anything starts."""
+    exp = EXPERIMENTS[name]
+    total = steps or exp.steps
+    return {(variant, seed): presets.get(exp.preset, **exp.base, **overrides, seed=seed, total_steps=total,
+                                         checkpoint_every=total)
+            for variant, overrides in exp.variants.items() for seed in range(seeds)}
+
+
+def _train_one(args: tuple[Config, str]) -> dict[str, Any]:
+    from dqnkit.training import train
+
+    config, run_dir = args
+    return train(config, run_dir, overwrite=True)
+
+
+def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: int | None = None) -> dict[str, Any]:
+    """Train every variant x seed (``jobs`` processes), then write plots, results.json, summary.md."""
+    exp, runs_cfg = EXPERIMENTS[name], configs(name, seeds, steps)
+    total = next(iter(runs_cfg.values())).total_steps
+    out.mkdir(parents=True, exist_ok=True)
+    work = [(cfg, str(out / "runs" / f"{variant}-s{seed}")) for (variant, seed), cfg in runs_cfg.items()]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_train_one, work))
+    rows = {v: [read_metrics(out / "runs" / f"{v}-s{s}" / "metrics.csv") for s in range(seeds)] for v in exp.variants}
+    grid = np.linspace(0, total, 200)
+    curves = {v: np.array([on_grid(r, grid) for r in rs]) for v, rs in rows.items()}
+    plots.band_curves(grid, curves, out / f"{name}.png", title=exp.description)
+    variants = {v: {"final_return_mean": float(np.mean(finals := [final_return(r) for r in rs])),
+                    "final_return_std": float(np.std(finals)), "final_return_per_seed": finals}
+                for v, rs in rows.items()}
+    for v, extra in (exp.extra(rows, out, total) if exp.extra else {}).items():
+        variants[v].update(extra)
+    result = {"experiment": name, "description": exp.description, "preset": exp.preset, "steps": total,
+              "seeds": seeds, "variants": variants}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "summary.md").write_text(summary_markdown(result))
+    return result
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """A Markdown table: one row per variant, one column per reported number."""
+    keys = [k for k in next(iter(result["variants"].values())) if not k.endswith("per_seed")]
+    lines = [f"# {result['experiment']}", "", result["description"], "",
+             f"{result['seeds']} seeds x {result['steps']} steps, preset `{result['preset']}`.", "",
+             "| variant | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for variant, values in result["variants"].items():
+        lines.append(f"| {variant} | " + " | ".join(f"{values[k]:.2f}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,64 @@
+"""Each experiment end to end in a tiny configuration, and the measures it reports."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dqnkit import experiments
+from dqnkit.cli import main
+
+
+def _rows(returns, steps=None):
+    steps = steps if steps is not None else np.cumsum(np.maximum(returns, 1)).astype(int)
+    return [{"kind": "episode", "step": str(s), "return": str(r)} for s, r in zip(steps, returns)]
+
+
+def test_final_return_is_the_last_100_episodes():
+    assert experiments.final_return(_rows([0.0] * 50 + [10.0] * 100)) == 10.0
+
+
+def test_collapses_counts_falls_below_half_the_peak():
+    steady = [200.0] * 100
+    assert experiments.collapses(_rows(steady)) == 0
+    twice = [200.0] * 40 + [10.0] * 40 + [200.0] * 40 + [10.0] * 40
+    assert experiments.collapses(_rows(twice)) == 2
+    assert experiments.collapses(_rows([50.0] * 30 + [5.0] * 30)) == 0  # never good enough to collapse
+
+
+def test_on_grid_reads_the_running_mean_at_steps():
+    rows = _rows([10.0, 20.0, 30.0], steps=[10, 20, 30])
+    assert np.allclose(experiments.on_grid(rows, np.array([10, 20, 30])), [10.0, 15.0, 20.0])
+
+
+@pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
+def test_experiment_runs_and_writes_its_files(name, tmp_path):
+    result = experiments.run(name, tmp_path, seeds=2, steps=1500, jobs=2)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(result)) and on_disk["experiment"] == name
+    assert set(on_disk["variants"]) == set(experiments.EXPERIMENTS[name].variants)
+    for stats in on_disk["variants"].values():
+        assert len(stats["final_return_per_seed"]) == 2 and stats["final_return_mean"] > 0
+        assert stats["final_return_std"] >= 0
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| variant |" in (tmp_path / "summary.md").read_text()
+    if name == "overestimation":
+        assert (tmp_path / "overestimation.png").exists()
+        assert all("bias_mean" in v for v in on_disk["variants"].values())
+    if name == "soft-vs-hard":
+        assert all("collapses_mean" in v for v in on_disk["variants"].values())
+
+
+def test_variants_differ_only_in_what_they_ablate():
+    cfgs = experiments.configs("target-ablation", 1, 2000)
+    a, b = cfgs[("hard-1000", 0)].to_dict(), cfgs[("hard-1", 0)].to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"target_update_interval"}
+    cfgs = experiments.configs("soft-vs-hard", 1, 2000)
+    assert cfgs[("soft", 0)].tau == 0.005 and cfgs[("hard", 0)].tau == 0.0
+
+
+def test_cli_refuses_bad_options_before_running(tmp_path, capsys):
+    assert main(["experiment", "soft-vs-hard", "--seeds", "0", "--out", str(tmp_path / "a")]) == 2
+    assert main(["experiment", "soft-vs-hard", "--steps", "10", "--out", str(tmp_path / "b")]) == 2
+    assert "nothing would be learned" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
