@@ -64,6 +64,7 @@ class DQNAgent:
         self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.lr, eps=config.adam_eps, fused=True)
         self.rng = np.random.default_rng([config.seed, 1])  # exploration only
         self.updates = 0  # gradient steps taken
+        self._params = list(self.q_net.parameters())
 
     # ------------------------------------------------------------------ acting
     def q_values(self, obs: np.ndarray) -> np.ndarray:
@@ -117,7 +118,7 @@ class DQNAgent:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self.q_net.parameters(), cfg.max_grad_norm)
+            nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
         self.optimizer.step()
         self.updates += 1
         return LearnStats(loss.detach(), (q_B - target_B).detach().abs(), q_B.detach().mean())

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
     bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
-    bench.add_argument("name", choices=("replay",))
+    bench.add_argument("name", choices=("replay", "speed"))
     bench.add_argument("--out", type=Path, help="JSON file to write (default bench-results/NAME.json)")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per contender and size (default 2)")
     bench.add_argument("--capacities", help="comma-separated replay sizes (default 10000,100000,1000000)")
@@ -193,8 +193,14 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from dqnkit.bench import replay
+    from dqnkit.bench import replay, speed
 
+    out = args.out or Path("bench-results") / f"{args.name}.json"
+    if args.name == "speed":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        speed.run(out=out)
+        print(f"wrote {out}")
+        return 0
     _check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
     try:
         sizes = tuple(int(c) for c in args.capacities.split(",")) if args.capacities else None
@@ -202,7 +208,6 @@ def _bench(args: argparse.Namespace) -> int:
         raise DqnkitError(f"--capacities expects comma-separated integers, got {args.capacities!r}") from None
     if sizes is not None and min(sizes) < 256:
         raise DqnkitError("--capacities must each be at least the batch size, 256")
-    out = args.out or Path("bench-results") / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     replay.run(**({"capacities": sizes} if sizes else {}), seconds=args.seconds, out=out)
     print(f"wrote {out}")

@@ -33,3 +33,15 @@ def test_bench_refuses_bad_options(capsys):
     assert main(["bench", "replay", "--capacities", "10,x"]) == 2
     assert main(["bench", "replay", "--seconds", "0"]) == 2
     assert capsys.readouterr().err.count("error:") == 2
+
+
+def test_bench_speed_runs_both_libraries(tmp_path, capsys):
+    from dqnkit.bench import speed
+
+    result = speed.run(steps=1500, seeds=1, out=tmp_path / "speed.json", cartpole_steps=2000)
+    assert json.loads((tmp_path / "speed.json").read_text()) == result
+    assert result["sb3_zoo"]["wall_s"] > 0 and result["dqnkit_zoo"]["wall_s"] > 0
+    ratio = result["sb3_zoo"]["wall_s"] / result["dqnkit_zoo"]["wall_s"]  # of the rounded times
+    assert abs(result["zoo_speedup"] - ratio) < 0.02 * ratio + 0.01
+    assert len(result["cartpole"]["runs"]) == 1 and result["cartpole"]["runs"][0]["steps"] <= 2000
+    assert "SB3 DQN, rl-zoo settings" in capsys.readouterr().out

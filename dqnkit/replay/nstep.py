@@ -43,6 +43,8 @@ class NStepFolder:
     def push(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
              terminated: np.ndarray, truncated: np.ndarray) -> Transitions:
         """One vector step in (``next_obs`` = true next observations); finished transitions out."""
+        if self.n == 1:
+            return Transitions(obs, actions, rewards, next_obs, terminated, np.ones(len(actions), np.int64))
         out: list[tuple] = []
         for i, queue in enumerate(self.queues):
             queue.append((obs[i], int(actions[i]), float(rewards[i])))
