@@ -7,26 +7,23 @@ from typing import Any
 from dqnkit.config import Config, from_dict
 from dqnkit.errors import ConfigError
 
+# Chosen by a sweep over 5 seeds (README, "How the preset was chosen"): bursts of 64 updates
+# every 64 steps with the target synced after each burst, Double DQN.
+_CARTPOLE: dict[str, Any] = dict(
+    env_id="CartPole-v1", total_steps=50_000, lr=1e-3, batch_size=64, buffer_size=50_000,
+    learning_starts=1000, train_freq=64, gradient_steps=64, target_update_interval=64,
+    double=True, loss="huber", max_grad_norm=10.0, hidden_sizes=(128, 128),
+    exploration_steps=5000, eps_end=0.02, eval_every=1000, eval_episodes=10, stop_at_return=475.0)
+
 # name -> (one-line description, overrides of Config's defaults)
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "cartpole": (
         "dqnkit's fastest reliable CartPole-v1 solver (stops once greedy eval reaches 475)",
-        # Chosen by a sweep over 5 seeds (README, "How the cartpole preset was chosen"): bursts of
-        # 64 updates every 64 steps with the target synced after each burst, Double DQN.
-        dict(env_id="CartPole-v1", total_steps=50_000, lr=1e-3, batch_size=64, buffer_size=50_000,
-             learning_starts=1000, train_freq=64, gradient_steps=64, target_update_interval=64,
-             double=True, loss="huber", max_grad_norm=10.0, hidden_sizes=(128, 128),
-             exploration_steps=5000, eps_end=0.02, eval_every=1000, eval_episodes=10,
-             stop_at_return=475.0),
+        _CARTPOLE,
     ),
     "cartpole-rainbow": (
         "cartpole plus prioritized replay, 3-step returns and a dueling head (Rainbow without noisy nets / C51)",
-        dict(env_id="CartPole-v1", total_steps=50_000, lr=1e-3, batch_size=64, buffer_size=50_000,
-             learning_starts=1000, train_freq=64, gradient_steps=64, target_update_interval=64,
-             double=True, dueling=True, prioritized=True, n_step=3, per_alpha=0.6, per_beta=0.4,
-             loss="huber", max_grad_norm=10.0, hidden_sizes=(128, 128),
-             exploration_steps=5000, eps_end=0.02, eval_every=1000, eval_episodes=10,
-             stop_at_return=475.0),
+        {**_CARTPOLE, "dueling": True, "prioritized": True, "n_step": 3, "per_alpha": 0.6, "per_beta": 0.4},
     ),
     "cartpole-zoo": (
         "rl-baselines3-zoo's DQN settings for CartPole-v1 (for side-by-side comparison with SB3)",
