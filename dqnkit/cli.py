@@ -197,6 +197,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     out = args.out or Path("bench-results") / f"{args.name}.json"
     if args.name == "speed":
+        if args.capacities or args.seconds != 2.0:
+            raise DqnkitError("--capacities and --seconds apply to `bench replay` only")
         out.parent.mkdir(parents=True, exist_ok=True)
         speed.run(out=out)
         print(f"wrote {out}")

@@ -32,7 +32,8 @@ def test_lesson_buffer_is_the_lesson_s_algorithm():
 def test_bench_refuses_bad_options(capsys):
     assert main(["bench", "replay", "--capacities", "10,x"]) == 2
     assert main(["bench", "replay", "--seconds", "0"]) == 2
-    assert capsys.readouterr().err.count("error:") == 2
+    assert main(["bench", "speed", "--capacities", "1000"]) == 2
+    assert capsys.readouterr().err.count("error:") == 3
 
 
 def test_bench_speed_runs_both_libraries(tmp_path, capsys):
