@@ -103,9 +103,9 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
             raise ConfigError(f"--steps {total_steps} is below the {ckpt['loop']['step']} steps this run already has")
         config = config.replace(total_steps=total_steps)
     resolve_device(config.device)
-    (run_dir / "config.json").write_text(config.to_json())
     parts = build(config)
-    restore(parts, ckpt)
+    restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
+    (run_dir / "config.json").write_text(config.to_json())
     if total_steps is not None:
         parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
     return _run(parts, run_dir, Logger(run_dir, resume_step=parts.loop.step), progress)
