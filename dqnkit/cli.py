@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dqnkit.config import check_range
 from dqnkit.errors import DqnkitError
 
 
@@ -167,10 +168,10 @@ def _tabular(args: argparse.Namespace) -> int:
                                  ("seeds", args.seeds)) if v is not None}
     if args.name == "random-walk" and "epsilon" in options:
         raise DqnkitError("random-walk evaluates a fixed random policy: --epsilon does not apply")
-    _check_range("--episodes", options.get("episodes", 1), 1, None)
-    _check_range("--seeds", options.get("seeds", 1), 1, None)
-    _check_range("--alpha", options.get("alpha", 0.5), 0.0, 1.0, lo_open=True)
-    _check_range("--epsilon", options.get("epsilon", 0.1), 0.0, 1.0)
+    check_range("--episodes", options.get("episodes", 1), 1, None)
+    check_range("--seeds", options.get("seeds", 1), 1, None)
+    check_range("--alpha", options.get("alpha", 0.5), 0.0, 1.0, lo_open=True)
+    check_range("--epsilon", options.get("epsilon", 0.1), 0.0, 1.0)
     out = args.out or Path("runs") / f"tabular-{args.name}"
     _refuse_existing_results(out, args.overwrite)
     summary = EXPERIMENTS[args.name](out, **options)
@@ -181,8 +182,8 @@ def _tabular(args: argparse.Namespace) -> int:
 def _experiment(args: argparse.Namespace) -> int:
     from dqnkit import experiments
 
-    _check_range("--seeds", args.seeds, 1, None)
-    _check_range("--jobs", args.jobs or 1, 1, None)
+    check_range("--seeds", args.seeds, 1, None)
+    check_range("--jobs", args.jobs or 1, 1, None)
     experiments.configs(args.name, args.seeds, args.steps)  # validates every run's config first
     out = args.out or Path("runs") / f"experiment-{args.name}"
     _refuse_existing_results(out, args.overwrite)
@@ -203,7 +204,7 @@ def _bench(args: argparse.Namespace) -> int:
         speed.run(out=out)
         print(f"wrote {out}")
         return 0
-    _check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
+    check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
     try:
         sizes = tuple(int(c) for c in args.capacities.split(",")) if args.capacities else None
     except ValueError:
@@ -214,12 +215,6 @@ def _bench(args: argparse.Namespace) -> int:
     replay.run(**({"capacities": sizes} if sizes else {}), seconds=args.seconds, out=out)
     print(f"wrote {out}")
     return 0
-
-
-def _check_range(flag: str, value: float, lo: float, hi: float | None, lo_open: bool = False) -> None:
-    if value < lo or (lo_open and value == lo) or (hi is not None and value > hi):
-        bounds = f"{'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
-        raise DqnkitError(f"{flag} must lie in {bounds}, got {value}")
 
 
 def _refuse_existing_results(out: Path, overwrite: bool) -> None:

@@ -222,9 +222,14 @@ def _check_range(name: str, value: Any, meta: Any) -> None:
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if lo is not None and (value <= lo if meta.get("lo_open") else value < lo):
-        raise ConfigError(f"{name}: {value!r} must be {'>' if meta.get('lo_open') else '>='} {lo}")
+    check_range(name, value, meta.get("lo"), meta.get("hi"), bool(meta.get("lo_open")))
+
+
+def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False) -> None:
+    """Refuse ``value`` outside [lo, hi] (or (lo, hi] with ``lo_open``); also used for CLI flags."""
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigError(f"{name}: {value!r} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and value > hi:
         raise ConfigError(f"{name}: {value!r} must be <= {hi}")
 
