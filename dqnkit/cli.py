@@ -137,7 +137,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
     agent = load(args.run_dir)
-    returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed).returns
+    returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed, agent.config.eval_epsilon).returns
     result = {"episodes": args.episodes, "return_mean": float(returns.mean()),
               "return_std": float(returns.std()), "returns": returns.tolist()}
     if args.video is not None:

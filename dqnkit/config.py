@@ -38,6 +38,7 @@ class Config:
     total_steps: int = _opt(50_000, "Environment transitions to collect, summed over vector envs.", lo=1)
     num_envs: int = _opt(1, "Number of environments stepped in lockstep (gymnasium SyncVectorEnv).", lo=1)
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    repeat_action_probability: float = _opt(0.25, "Atari (ALE/...) only: sticky actions, the chance the emulator repeats the previous action (0.25 as in the v5 envs; 0 for the Nature setting).", lo=0.0, hi=1.0)
     num_threads: int = _opt(1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0)
 
     # --- learning ---

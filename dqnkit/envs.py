@@ -18,22 +18,57 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 from dqnkit.errors import DqnkitError
+from dqnkit.wrappers import make_atari, make_minatar
 
 
-def make_env(env_id: str, render_mode: str | None = None) -> gym.Env:
-    """One gymnasium env for ``env_id``, with its spaces checked."""
-    env = _make(env_id, **({"render_mode": render_mode} if render_mode else {}))
+def make_env(env_id: str, render_mode: str | None = None, *, training: bool = False,
+             repeat_action_probability: float = 0.25) -> gym.Env:
+    """One gymnasium env for ``env_id``, with its spaces checked.
+
+    ``ALE/<Game>-v5`` ids get the Nature preprocessing (:func:`dqnkit.wrappers.make_atari`;
+    ``training`` adds life-loss terminals and reward clipping) and ``MinAtar/<Game>`` ids the
+    MinAtar games; every other id goes to ``gymnasium.make`` unchanged.
+    """
+    if env_id.startswith("ALE/"):
+        env = make_atari(env_id, training=training, repeat_action_probability=repeat_action_probability,
+                         render_mode=render_mode)
+    elif env_id.startswith("MinAtar/"):
+        env = make_minatar(env_id, render_mode=render_mode)
+    else:
+        env = _make(env_id, **({"render_mode": render_mode} if render_mode else {}))
     check_spaces(env.observation_space, env.action_space, env_id)
     return env
 
 
-def make_vec_env(env_id: str, num_envs: int) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset."""
+def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 0.25) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` training copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset."""
     env = gym.vector.SyncVectorEnv(
-        [lambda: make_env(env_id) for _ in range(num_envs)],
+        [lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
+         for _ in range(num_envs)],
         autoreset_mode=AutoresetMode.SAME_STEP,
     )
     return env
+
+
+def game_results(info: dict[str, Any]) -> dict[int, tuple[float, int] | None]:
+    """Sub-envs whose step ended something other than a plain episode.
+
+    Atari training envs end a learning episode at every lost life: those map to None (not a
+    game over, nothing to log). At a real game over they report the raw, unclipped score and
+    length of the whole game, which map to ``(return, length)``. Envs that report neither are
+    absent: their episode is the one the loop counted itself.
+    """
+    final = info.get("final_info")
+    if final is None:
+        return {}
+    out: dict[int, tuple[float, int] | None] = {}
+    for i in np.flatnonzero(final.get("_life_lost", ())):
+        out[int(i)] = None
+    stats = final.get("episode")
+    if stats is not None:
+        for i in np.flatnonzero(final["_episode"]):
+            out[int(i)] = (float(stats["r"][i]), int(stats["l"][i]))
+    return out
 
 
 def check_env_id(env_id: str) -> tuple[tuple[int, ...], np.dtype, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+import gymnasium as gym
 import numpy as np
 
 from dqnkit.agent import DQNAgent
@@ -21,9 +22,10 @@ def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: fl
              gamma: float = 1.0) -> EvalResult:
     """Play ``episodes`` episodes, episode i seeded ``seed + i``.
 
-    All episodes run side by side so that each step is one batched forward pass.
+    All episodes run side by side so that each step is one batched forward pass. Atari
+    games are played whole, with real (unclipped) scores.
     """
-    envs = [make_env(env_id) for _ in range(episodes)]
+    envs = [_eval_env(agent, env_id) for _ in range(episodes)]
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
     start_obs = np.stack(obs)
     rng = np.random.default_rng(seed)
@@ -53,7 +55,7 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) 
         from dqnkit.errors import DqnkitError
 
         raise DqnkitError("--video needs imageio: pip install 'dqnkit[video]'") from None
-    env = make_env(env_id, render_mode="rgb_array")
+    env = _eval_env(agent, env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames = [env.render()]
     done = False
@@ -69,3 +71,7 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) 
     else:
         imageio.mimsave(path, frames, fps=fps)
     return path
+
+
+def _eval_env(agent: DQNAgent, env_id: str, render_mode: str | None = None) -> gym.Env:
+    return make_env(env_id, render_mode, repeat_action_probability=agent.config.repeat_action_probability)

@@ -71,11 +71,30 @@ class NatureCNN(nn.Module):
         return self.head(self.body(obs.float() / 255.0))
 
 
+class MinAtarCNN(nn.Module):
+    """Young & Tian 2019 (https://arxiv.org/abs/1903.03176): one 3x3 convolution with 16
+    filters and a 128-unit layer, for small 0/1 grids [B, C, H, W] (MinAtar: 10x10)."""
+
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, dueling: bool = False) -> None:
+        super().__init__()
+        c, h, w = obs_shape
+        self.body = nn.Sequential(nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
+        features = 16 * (h - 2) * (w - 2)
+        self.head = (DuelingHead(features, n_actions, 128) if dueling
+                     else nn.Sequential(nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, n_actions)))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(obs.float()))
+
+
 def build_q_network(obs_shape: tuple[int, ...], n_actions: int, hidden_sizes: Sequence[int],
                     dueling: bool = False) -> nn.Module:
-    """The Q-network that fits ``obs_shape``: NatureCNN for [C, 84, 84] frames, else an MLP."""
+    """The Q-network that fits ``obs_shape``: NatureCNN for [C, 84, 84] frames, MinAtarCNN
+    for other [C, H, W] grids, else an MLP over the flattened observation."""
     if len(obs_shape) == 3 and obs_shape[1:] == (84, 84):
         return NatureCNN(obs_shape[0], n_actions, dueling=dueling)
+    if len(obs_shape) == 3:
+        return MinAtarCNN(obs_shape, n_actions, dueling=dueling)
     obs_dim = 1
     for d in obs_shape:
         obs_dim *= d

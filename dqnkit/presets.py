@@ -15,6 +15,14 @@ _CARTPOLE: dict[str, Any] = dict(
     double=True, loss="huber", max_grad_norm=10.0, hidden_sizes=(128, 128),
     exploration_steps=5000, eps_end=0.02, eval_every=1000, eval_episodes=10, stop_at_return=475.0)
 
+# Mnih et al. 2015 as CleanRL's dqn_atari.py runs it (Adam instead of RMSProp), Huber loss.
+_ATARI: dict[str, Any] = dict(
+    env_id="ALE/Breakout-v5", total_steps=10_000_000, lr=1e-4, buffer_size=1_000_000, batch_size=32,
+    learning_starts=80_000, train_freq=4, gradient_steps=1, target_update_interval=1000, gamma=0.99,
+    eps_start=1.0, eps_end=0.01, exploration_fraction=0.1, exploration_steps=1_000_000, loss="huber",
+    max_grad_norm=10.0, eval_every=250_000, eval_episodes=10, eval_epsilon=0.05, checkpoint_every=1_000_000,
+    num_threads=0)
+
 # name -> (one-line description, overrides of Config's defaults)
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "cartpole": (
@@ -39,6 +47,21 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
              batch_size=64, buffer_size=100_000, learning_starts=64, train_freq=1, gradient_steps=1,
              loss="mse", max_grad_norm=1.0, eps_schedule="exponential", eps_start=1.0, eps_end=0.01,
              eps_decay=0.995, target_update_interval=1000, tau=0.0, double=False),
+    ),
+    "atari": (
+        "Nature DQN on Atari pixels (CleanRL's dqn_atari settings; Breakout unless --env ALE/<Game>-v5)",
+        _ATARI,
+    ),
+    "atari-double-dueling": (
+        "atari plus Double DQN and a dueling head",
+        {**_ATARI, "double": True, "dueling": True},
+    ),
+    "minatar": (
+        "Young & Tian's MinAtar DQN (small CNN, replay 100k, eps 1 -> 0.1 over 100k steps; Adam for RMSProp)",
+        dict(env_id="MinAtar/Breakout", total_steps=5_000_000, lr=2.5e-4, adam_eps=3.125e-4, batch_size=32,
+             buffer_size=100_000, learning_starts=5000, train_freq=1, gradient_steps=1,
+             target_update_interval=1000, gamma=0.99, eps_start=1.0, eps_end=0.1, exploration_steps=100_000,
+             loss="huber", max_grad_norm=10.0, eval_every=50_000, eval_episodes=10, eval_epsilon=0.0),
     ),
 }
 

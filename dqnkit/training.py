@@ -32,13 +32,13 @@ from dqnkit.agent import DQNAgent
 from dqnkit.checkpoint import CheckpointDir, safe_load
 from dqnkit.config import Config, from_dict
 from dqnkit.diagnostics import overestimation
-from dqnkit.envs import check_env_id, get_env_state, make_vec_env, set_env_state, true_next_obs
+from dqnkit.envs import check_env_id, game_results, get_env_state, make_vec_env, set_env_state, true_next_obs
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
 from dqnkit.logger import Logger, read_metrics
 from dqnkit.networks import build_q_network
 from dqnkit.plots import learning_curve
-from dqnkit.replay import PrioritizedReplay, UniformReplay
+from dqnkit.replay import FrameReplay, PrioritizedFrameReplay, PrioritizedReplay, UniformReplay
 from dqnkit.replay.nstep import NStepFolder
 
 
@@ -71,8 +71,8 @@ class Parts:
     config: Config
     envs: Any
     agent: DQNAgent
-    replay: UniformReplay  # or PrioritizedReplay, its subclass
-    folder: NStepFolder
+    replay: UniformReplay | FrameReplay  # or their prioritized subclasses
+    folder: NStepFolder  # n-step folding for UniformReplay (FrameReplay folds at sample time)
     loop: Loop = field(default_factory=Loop)
 
 
@@ -129,16 +129,26 @@ def build(config: Config) -> Parts:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    envs = make_vec_env(config.env_id, config.num_envs)
+    envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability)
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
-    if config.prioritized:
-        replay = PrioritizedReplay(config.buffer_size, obs_space.shape, obs_space.dtype, alpha=config.per_alpha,
-                                   beta=config.per_beta, eps=config.per_eps, seed=config.seed + 1)
-    else:
-        replay = UniformReplay(config.buffer_size, obs_space.shape, obs_space.dtype, seed=config.seed + 1)
     folder = NStepFolder(config.n_step, config.gamma, config.num_envs, obs_space.shape, obs_space.dtype)
-    return Parts(config, envs, agent, replay, folder)
+    return Parts(config, envs, agent, build_replay(config, obs_space.shape, obs_space.dtype), folder)
+
+
+def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> UniformReplay | FrameReplay:
+    """FrameReplay for stacked uint8 frames [S, H, W] (each frame stored once), else the
+    record-array replay; prioritized when ``config.prioritized``."""
+    per = dict(alpha=config.per_alpha, beta=config.per_beta, eps=config.per_eps)
+    seed = config.seed + 1
+    if len(obs_shape) == 3 and obs_shape[0] > 1 and np.dtype(obs_dtype) == np.uint8 and obs_shape[1:] == (84, 84):
+        frames = dict(num_envs=config.num_envs, n_step=config.n_step, gamma=config.gamma)
+        if config.prioritized:
+            return PrioritizedFrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **frames, **per)
+        return FrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **frames)
+    if config.prioritized:
+        return PrioritizedReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **per)
+    return UniformReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed)
 
 
 def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent:
@@ -217,7 +227,7 @@ def crossed(prev: int, now: int, every: int) -> int:
 
 
 def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[str, Any]:
-    cfg, agent, replay, loop = parts.config, parts.agent, parts.replay, parts.loop
+    cfg, agent, loop = parts.config, parts.agent, parts.loop
     checkpoints = CheckpointDir(run_dir, keep=cfg.keep_checkpoints)
     eval_seed = 1_000_000 + 1000 * cfg.seed  # fixed across evaluations: comparable points
     recent = deque((float(r["return"]) for r in read_metrics(logger.path) if r["kind"] == "episode"), maxlen=100)
@@ -232,20 +242,23 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
             next_obs, rewards, terminated, truncated, info = parts.envs.step(actions)
             real_next = true_next_obs(next_obs, info)
             _check_finite(rewards, real_next, loop.step)
-            replay.add_batch(*parts.folder.push(loop.obs, actions, rewards, real_next, terminated, truncated))
+            _store(parts, actions, rewards, real_next, terminated, truncated)
 
             loop.ep_return += rewards
             loop.ep_length += 1
             prev, loop.obs = loop.step, next_obs
             loop.step += cfg.num_envs
+            games = game_results(info)
             for i in np.flatnonzero(terminated | truncated):
+                ret, length = games.get(i, (float(loop.ep_return[i]), int(loop.ep_length[i]))) or (None, None)
+                loop.ep_return[i], loop.ep_length[i] = 0.0, 0
+                if ret is None:
+                    continue  # an Atari life lost: a learning episode ended, the game goes on
                 loss, q_mean = _pop_learning_stats(loop)
                 loop.episodes += 1
-                recent.append(float(loop.ep_return[i]))
-                logger.row("episode", loop.step, episode=loop.episodes, **{"return": float(loop.ep_return[i])},
-                           length=int(loop.ep_length[i]), epsilon=round(eps, 5), loss=loss, q_mean=q_mean,
-                           wall_s=round(clock.wall_s(), 3))
-                loop.ep_return[i], loop.ep_length[i] = 0.0, 0
+                recent.append(ret)
+                logger.row("episode", loop.step, episode=loop.episodes, **{"return": ret}, length=length,
+                           epsilon=round(eps, 5), loss=loss, q_mean=q_mean, wall_s=round(clock.wall_s(), 3))
                 bar.set_postfix(ep=loop.episodes, ret=f"{np.mean(recent):.1f}", eps=f"{eps:.3f}", refresh=False)
 
             if loop.step >= cfg.learning_starts:
@@ -281,15 +294,26 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
     return _finish(parts, run_dir, clock.steps_per_second())
 
 
+def _store(parts: Parts, actions: np.ndarray, rewards: np.ndarray, real_next: np.ndarray,
+           terminated: np.ndarray, truncated: np.ndarray) -> None:
+    """One vector step into the replay (through the n-step folder unless frames fold themselves)."""
+    obs = parts.loop.obs
+    if isinstance(parts.replay, FrameReplay):
+        parts.replay.add_step(obs, actions, rewards, real_next, terminated, truncated)
+    else:
+        parts.replay.add_batch(*parts.folder.push(obs, actions, rewards, real_next, terminated, truncated))
+
+
 def _learn_once(parts: Parts) -> None:
     """Sample, update, and hand the new |TD errors| back to a prioritized replay."""
     cfg, replay, loop = parts.config, parts.replay, parts.loop
-    if isinstance(replay, PrioritizedReplay):
-        replay.beta = schedules.linear(cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps,
-                                       loop.step)
+    prioritized = hasattr(replay, "priorities")
+    if prioritized:
+        replay.priorities.beta = schedules.linear(cfg.per_beta, cfg.per_beta_final,
+                                                  cfg.per_beta_steps or cfg.total_steps, loop.step)
     batch = replay.sample(cfg.batch_size)
     stats = parts.agent.learn(batch)
-    if isinstance(replay, PrioritizedReplay):
+    if prioritized:
         replay.update_priorities(batch.indices, stats.td_abs.cpu().numpy())
     loop.loss_sum, loop.q_sum = loop.loss_sum + stats.loss, loop.q_sum + stats.q_mean
     loop.n_losses += 1

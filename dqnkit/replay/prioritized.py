@@ -17,45 +17,90 @@ from dqnkit.replay.sumtree import SumTree
 from dqnkit.replay.uniform import Batch, UniformReplay
 
 
+class Priorities:
+    """The sum tree and the rules of proportional PER, shared by every prioritized buffer.
+
+    Slots with priority 0 are never drawn: buffers use that for slots that hold no
+    sampleable transition.
+    """
+
+    def __init__(self, capacity: int, alpha: float, beta: float, eps: float) -> None:
+        self.alpha, self.beta, self.eps = alpha, beta, eps
+        self.tree = SumTree(capacity)
+        self.max_priority = 1.0  # new transitions enter with the largest priority seen
+
+    def set(self, idx: np.ndarray, value: float) -> None:
+        self.tree.update(idx, np.full(len(idx), value))
+
+    def set_max(self, idx: np.ndarray) -> None:
+        self.set(idx, self.max_priority**self.alpha)
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Stratified proportional draw: (slots [B], IS weights [B] with max 1)."""
+        total = self.tree.total
+        if total <= 0:
+            raise ValueError("cannot sample from an empty replay buffer")
+        u = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)
+        idx = self.tree.find(u)
+        bad = self.tree[idx] <= 0  # rounding at a slice edge can land on a zero-width leaf
+        while bad.any():
+            idx[bad] = self.tree.find(rng.random(int(bad.sum())) * total)
+            bad = self.tree[idx] <= 0
+        weights = (self.tree[idx] / total) ** -self.beta  # N cancels in the normalisation
+        return idx, (weights / weights.max()).astype(np.float32)
+
+    def update(self, idx: np.ndarray, td_errors: np.ndarray) -> None:
+        """New priorities |td| + eps (duplicates: the last one wins)."""
+        if len(idx) == 0:
+            return
+        priorities = np.abs(np.asarray(td_errors, dtype=np.float64)) + self.eps
+        self.tree.update(idx, priorities**self.alpha)
+        self.max_priority = max(self.max_priority, float(priorities.max()))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tree": self.tree.nodes.copy(), "max_priority": self.max_priority}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["tree"].shape != self.tree.nodes.shape:
+            raise ValueError("replay state does not match this buffer's capacity")
+        self.tree.nodes[:] = state["tree"]
+        self.max_priority = float(state["max_priority"])
+
+
 class PrioritizedReplay(UniformReplay):
     """A :class:`UniformReplay` whose ``sample`` follows priorities kept in a sum tree."""
 
     def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any = np.float32,
                  alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, seed: int = 0) -> None:
         super().__init__(capacity, obs_shape, obs_dtype, seed)
-        self.alpha, self.beta, self.eps = alpha, beta, eps
-        self.tree = SumTree(capacity)
-        self.max_priority = 1.0  # new transitions enter with the largest priority seen
+        self.priorities = Priorities(capacity, alpha, beta, eps)
+
+    # the PER parameters read and set on the buffer, as the lesson's API does
+    tree = property(lambda self: self.priorities.tree)
+    max_priority = property(lambda self: self.priorities.max_priority)
+    alpha = property(lambda self: self.priorities.alpha)
+    beta = property(lambda self: self.priorities.beta,
+                    lambda self, value: setattr(self.priorities, "beta", value))
 
     def add_batch(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
                   terminated: np.ndarray, horizons: np.ndarray | None = None) -> np.ndarray:
         slots = super().add_batch(obs, actions, rewards, next_obs, terminated, horizons)
-        self.tree.update(slots, np.full(len(slots), self.max_priority**self.alpha))
+        self.priorities.set_max(slots)
         return slots
 
     def sample(self, batch_size: int) -> Batch:
         """Stratified proportional sample with IS weights (max weight in the batch = 1)."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
-        total = self.tree.total
-        u = (np.arange(batch_size) + self.rng.random(batch_size)) * (total / batch_size)
-        idx = np.minimum(self.tree.find(u), self.size - 1)
-        probs = self.tree[idx] / total
-        weights = (self.size * probs) ** -self.beta
-        return self._gather(idx, (weights / weights.max()).astype(np.float32))
+        return self._gather(*self.priorities.sample(batch_size, self.rng))
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
         """New priorities |td| + eps for sampled slots (duplicates: the last one wins)."""
-        priorities = np.abs(np.asarray(td_errors, dtype=np.float64)) + self.eps
-        self.tree.update(indices, priorities**self.alpha)
-        self.max_priority = max(self.max_priority, float(priorities.max()))
+        self.priorities.update(indices, td_errors)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "tree": self.tree.nodes.copy(), "max_priority": self.max_priority}
+        return {**super().state_dict(), **self.priorities.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        if state["tree"].shape != self.tree.nodes.shape:
-            raise ValueError("replay state does not match this buffer's capacity")
-        self.tree.nodes[:] = state["tree"]
-        self.max_priority = float(state["max_priority"])
+        self.priorities.load_state_dict(state)

@@ -1,0 +1,215 @@
+"""Replay for stacked Atari frames that stores each 84x84 frame once.
+
+Storing a transition's stacked ``obs`` and ``next_obs`` naively costs 2 x 4 x 84 x 84 bytes
+= 56 KB, and consecutive transitions share 7 of their 8 frames. :class:`FrameReplay` keeps
+one row per env step instead: the newest frame of ``obs`` (7 KB), the action, the reward and
+the frame's position in its episode. At the end of an episode it writes one extra *final*
+row holding the last frame (the observation a truncated episode must bootstrap from). The
+stacked observations are rebuilt at sample time:
+
+- ``obs`` of row t = frames of rows t-3 .. t; rows before the episode's first are replaced
+  by the first frame again (repeat padding, as gymnasium's FrameStackObservation does at a
+  reset), so frames never leak across episode boundaries;
+- ``next_obs`` = the stack at row t+k, where k = n, or fewer when a final row comes first:
+  the n-step return ``sum_{i<k} gamma^i r_{t+i}`` and ``terminated`` are read off the rows
+  t .. t+k at sample time, so the buffer also does the n-step folding for frames.
+
+Each vector env writes its own ring (rows [env, slot]), so episodes of different envs never
+interleave. A row is sampleable once its n-step window is complete and while all the frames
+of its stack are still in the ring; rows that are not are rejected (uniform) or hold
+priority 0 (:class:`PrioritizedFrameReplay`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from dqnkit.replay.prioritized import Priorities
+from dqnkit.replay.uniform import Batch
+
+_NORMAL, _FINAL_TERMINATED, _FINAL_TRUNCATED = 0, 1, 2
+
+
+class FrameReplay:
+    """``capacity`` rows of single frames, shared across ``num_envs`` per-env rings.
+
+    Rows, not transitions: every episode costs one extra row for its final frame, so a
+    capacity of C holds C * L / (L + 1) transitions of L-step episodes.
+    """
+
+    def __init__(self, capacity: int, frame_shape: tuple[int, int] = (84, 84), stack: int = 4, seed: int = 0,
+                 *, num_envs: int = 1, n_step: int = 1, gamma: float = 0.99) -> None:
+        if capacity < num_envs * (stack + n_step + 1):
+            raise ValueError(f"capacity {capacity} is too small for {num_envs} envs with stack {stack} and n {n_step}")
+        self.num_envs, self.stack, self.n, self.gamma = num_envs, stack, n_step, gamma
+        self.rows = capacity // num_envs  # ring length per env
+        self.capacity = self.rows * num_envs
+        self.frame_shape = tuple(frame_shape)
+        self.obs_shape = (stack, *self.frame_shape)
+        self.frames = np.zeros((num_envs, self.rows, *self.frame_shape), np.uint8)
+        self.actions = np.zeros((num_envs, self.rows), np.int64)
+        self.rewards = np.zeros((num_envs, self.rows), np.float32)
+        self.kind = np.zeros((num_envs, self.rows), np.int8)  # _NORMAL or a final row
+        self.ep_pos = np.zeros((num_envs, self.rows), np.int32)  # index of the frame in its episode
+        self.pos = np.zeros(num_envs, np.int64)  # next row to write, per env
+        self.written = np.zeros(num_envs, np.int64)  # rows ever written, per env
+        self.next_ep_pos = np.zeros(num_envs, np.int32)
+        self.rng = np.random.default_rng(seed)
+        self._discounts = gamma ** np.arange(n_step, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return int(np.minimum(self.written, self.rows).sum())
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffer's arrays."""
+        return sum(a.nbytes for a in (self.frames, self.actions, self.rewards, self.kind, self.ep_pos))
+
+    # ------------------------------------------------------------------ writing
+    def add_step(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+                 terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+        """One vector env step: ``obs``/``next_obs`` [N, stack, H, W] uint8 (``next_obs`` the
+        true next observations, i.e. the final ones where an episode ended). Returns the flat
+        indices of the rows written."""
+        env_ids = np.arange(self.num_envs)
+        written = [self._write(env_ids, obs[:, -1], actions, rewards, np.full(self.num_envs, _NORMAL))]
+        ended = np.flatnonzero(np.asarray(terminated) | np.asarray(truncated))
+        if len(ended):
+            kinds = np.where(np.asarray(terminated)[ended], _FINAL_TERMINATED, _FINAL_TRUNCATED)
+            written.append(self._write(ended, next_obs[ended, -1], np.zeros(len(ended)), np.zeros(len(ended)), kinds))
+            self.next_ep_pos[ended] = 0
+        return np.concatenate(written)
+
+    def _write(self, envs: np.ndarray, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
+               kinds: np.ndarray) -> np.ndarray:
+        slots = self.pos[envs]
+        self.frames[envs, slots] = frames
+        self.actions[envs, slots] = actions
+        self.rewards[envs, slots] = rewards
+        self.kind[envs, slots] = kinds
+        self.ep_pos[envs, slots] = self.next_ep_pos[envs]
+        self.next_ep_pos[envs] += 1
+        self.pos[envs] = (slots + 1) % self.rows
+        self.written[envs] += 1
+        return envs * self.rows + slots
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, batch_size: int) -> Batch:
+        """``batch_size`` transitions drawn uniformly (with replacement) among sampleable rows."""
+        idx = np.empty(0, np.int64)
+        for _ in range(1000):
+            live = np.minimum(self.written, self.rows)
+            draw = self.rng.integers(0, live.sum(), size=batch_size)
+            env = np.searchsorted(np.cumsum(live), draw, side="right")
+            cand = env * self.rows + draw - (np.cumsum(live) - live)[env]
+            idx = np.concatenate([idx, cand[self.sampleable(cand)]])[:batch_size]
+            if len(idx) == batch_size:
+                return self.gather(idx, np.ones(batch_size, np.float32))
+        raise ValueError("no sampleable transition in the replay yet (too few steps stored)")
+
+    def sampleable(self, idx: np.ndarray) -> np.ndarray:
+        """Which rows (flat indices) are complete transitions whose frames are all in the ring."""
+        env, slot = np.divmod(idx, self.rows)
+        age = (self.pos[env] - 1 - slot) % self.rows  # rows written after this one
+        live = np.minimum(self.written[env], self.rows)
+        k, _ = self._horizons(env, slot, age)
+        history = np.minimum(self.ep_pos[env, slot], self.stack - 1)
+        return (self.kind[env, slot] == _NORMAL) & (age < live) & (k > 0) & (history <= live - 1 - age)
+
+    def _horizons(self, env: np.ndarray, slot: np.ndarray, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(k, kind of row t+k) per row; k = 0 while the n-step window is still open."""
+        ahead = np.arange(1, self.n + 1)
+        rows = (slot[:, None] + ahead) % self.rows  # [B, n]
+        kinds = np.where(ahead <= age[:, None], self.kind[env[:, None], rows], -1)  # -1: not written yet
+        final = kinds > 0
+        first_final = np.where(final.any(axis=1), final.argmax(axis=1) + 1, self.n)
+        complete = final.any(axis=1) | (age >= self.n)
+        k = np.where(complete, first_final, 0)
+        end_kind = self.kind[env, (slot + k) % self.rows]
+        return k, end_kind
+
+    def gather(self, idx: np.ndarray, weights: np.ndarray) -> Batch:
+        """The transitions at sampleable rows ``idx`` with their stacked observations."""
+        env, slot = np.divmod(idx, self.rows)
+        age = (self.pos[env] - 1 - slot) % self.rows
+        k, end_kind = self._horizons(env, slot, age)
+        steps = np.arange(self.n)
+        window = (slot[:, None] + steps) % self.rows
+        rewards = np.where(steps < k[:, None], self.rewards[env[:, None], window], 0.0) @ self._discounts
+        return Batch(self._stack(env, slot), self.actions[env, slot], rewards.astype(np.float32),
+                     self._stack(env, (slot + k) % self.rows), (end_kind == _FINAL_TERMINATED).astype(np.float32),
+                     k.astype(np.int64), weights, idx)
+
+    def _stack(self, env: np.ndarray, slot: np.ndarray) -> np.ndarray:
+        """[B, stack, H, W]: frames of rows slot-stack+1 .. slot, the episode's first repeated."""
+        back = np.minimum(np.arange(self.stack - 1, -1, -1)[None, :], self.ep_pos[env, slot][:, None])
+        rows = (slot[:, None] - back) % self.rows
+        flat = self.frames.reshape(-1, *self.frame_shape)
+        return flat.take(env[:, None] * self.rows + rows, axis=0)
+
+    # ------------------------------------------------------------------ state
+    _ARRAYS = ("frames", "actions", "rewards", "kind", "ep_pos", "pos", "written", "next_ep_pos")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name).copy() for name in self._ARRAYS}, "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self._ARRAYS:
+            if state[name].shape != getattr(self, name).shape:
+                raise ValueError("replay state does not match this buffer's capacity, envs or frame shape")
+            getattr(self, name)[...] = state[name]
+        self.rng.bit_generator.state = state["rng"]
+
+
+class PrioritizedFrameReplay(FrameReplay):
+    """:class:`FrameReplay` sampled by priority (one sum tree over all rows).
+
+    A row enters with priority 0 and gets the largest priority seen once it becomes a
+    complete transition; it drops back to 0 when its frames start to be overwritten.
+    """
+
+    def __init__(self, capacity: int, frame_shape: tuple[int, int] = (84, 84), stack: int = 4, seed: int = 0,
+                 *, num_envs: int = 1, n_step: int = 1, gamma: float = 0.99, alpha: float = 0.6, beta: float = 0.4,
+                 eps: float = 1e-6) -> None:
+        super().__init__(capacity, frame_shape, stack, seed, num_envs=num_envs, n_step=n_step, gamma=gamma)
+        self.priorities = Priorities(self.capacity, alpha, beta, eps)
+        self.pending = np.zeros(self.capacity, bool)  # written, not yet sampleable
+
+    def add_step(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
+                 terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+        written = super().add_step(obs, actions, rewards, next_obs, terminated, truncated)
+        self.priorities.set(written, 0.0)
+        self.pending[written] = self.kind.reshape(-1)[written] == _NORMAL
+        # Rows that may have changed state: the newest n + 2 per env (windows closing; an
+        # episode's end writes two rows) and the oldest stack - 1 (their history was overwritten).
+        near = np.concatenate([np.arange(-self.n - 2, 0), np.arange(0, self.stack - 1)])
+        rows = (self.pos[:, None] + near[None, :]) % self.rows
+        candidates = np.unique((np.arange(self.num_envs)[:, None] * self.rows + rows).reshape(-1))
+        ok = self.sampleable(candidates)
+        ready = candidates[ok & self.pending[candidates]]
+        self.priorities.set_max(ready)
+        self.pending[ready] = False
+        self.priorities.set(candidates[~ok & ~self.pending[candidates]], 0.0)
+        return written
+
+    def sample(self, batch_size: int) -> Batch:
+        return self.gather(*self.priorities.sample(batch_size, self.rng))
+
+    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        """New priorities |td| + eps for sampled rows (rows no longer sampleable stay at 0)."""
+        keep = self.sampleable(indices)
+        self.priorities.update(indices[keep], np.asarray(td_errors)[keep])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self.priorities.state_dict(), "pending": self.pending.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.priorities.load_state_dict(state)
+        self.pending[:] = state["pending"]

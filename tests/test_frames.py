@@ -1,0 +1,139 @@
+"""FrameReplay against a naive buffer that stores every stacked obs / next_obs in full.
+
+The naive side is the path vector observations take (NStepFolder + the full stacks), so
+frame replay must reproduce it exactly: every sampleable row, after many episodes with
+resets and after the ring has wrapped around several times.
+"""
+
+import numpy as np
+import pytest
+
+from dqnkit.replay import FrameReplay, PrioritizedFrameReplay
+from dqnkit.replay.nstep import NStepFolder
+
+SHAPE, STACK, GAMMA = (3, 2), 4, 0.9
+
+
+def _simulate(replay, steps, num_envs, n, seed):
+    """Random episodes; returns {flat row index: the naive transition last written there}."""
+    rng = np.random.default_rng(seed)
+    folders = [NStepFolder(n, GAMMA, 1, (STACK, *SHAPE), np.uint8) for _ in range(num_envs)]
+    pending = [[] for _ in range(num_envs)]  # rows whose transition the folder still holds
+    expected = {}
+    counter = 1
+
+    def frame():
+        nonlocal counter
+        counter += 1
+        return np.full(SHAPE, counter % 251, np.uint8) + rng.integers(0, 3, SHAPE, dtype=np.uint8)
+
+    def reset():
+        first = frame()
+        return np.stack([first] * STACK)  # FrameStackObservation's reset padding
+
+    obs = np.stack([reset() for _ in range(num_envs)])
+    for _ in range(steps):
+        actions = rng.integers(0, 4, num_envs)
+        rewards = rng.normal(size=num_envs).astype(np.float32)
+        terminated = rng.random(num_envs) < 0.08
+        truncated = ~terminated & (rng.random(num_envs) < 0.04)
+        next_obs = np.stack([np.concatenate([o[1:], frame()[None]]) for o in obs])
+        written = replay.add_step(obs, actions, rewards, next_obs, terminated, truncated)
+        for e in range(num_envs):
+            pending[e].append(written[e])
+            out = folders[e].push(obs[e:e + 1], actions[e:e + 1], rewards[e:e + 1], next_obs[e:e + 1],
+                                  terminated[e:e + 1], truncated[e:e + 1])
+            for t in zip(*out):
+                expected[int(pending[e].pop(0))] = tuple(np.copy(x) for x in t)
+        for e in np.flatnonzero(terminated | truncated):
+            next_obs[e] = reset()
+        obs = next_obs
+    return expected
+
+
+def _check_exact(replay, expected, rows):
+    batch = replay.gather(rows, np.ones(len(rows), np.float32))
+    for j, row in enumerate(rows):
+        obs, action, ret, next_obs, terminated, k = expected[int(row)]
+        np.testing.assert_array_equal(batch.obs[j], obs)
+        np.testing.assert_array_equal(batch.next_obs[j], next_obs)
+        assert batch.actions[j] == action and batch.horizons[j] == k
+        assert batch.terminated[j] == float(terminated)
+        assert batch.rewards[j] == pytest.approx(ret, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_every_sampleable_row_matches_the_naive_buffer(n, num_envs):
+    replay = FrameReplay(60 * num_envs, SHAPE, STACK, seed=0, num_envs=num_envs, n_step=n, gamma=GAMMA)
+    expected = _simulate(replay, 400, num_envs, n, seed=n + num_envs)  # the ring wraps ~6 times
+    rows = np.arange(replay.capacity)
+    ok = rows[replay.sampleable(rows)]
+    assert len(ok) > 0.8 * replay.capacity
+    assert set(ok.tolist()) <= set(expected)  # nothing sampleable that the naive side lacks
+    _check_exact(replay, expected, ok)
+    batch = replay.sample(256)
+    assert replay.sampleable(batch.indices).all()
+    _check_exact(replay, expected, batch.indices)
+
+
+def test_stacks_never_cross_an_episode_boundary():
+    replay = FrameReplay(200, SHAPE, STACK, seed=0, n_step=1)
+    _simulate(replay, 150, 1, 1, seed=5)
+    rows = np.arange(replay.capacity)
+    ok = rows[replay.sampleable(rows)]
+    first_rows = ok[replay.ep_pos.reshape(-1)[ok] == 0]
+    assert len(first_rows) > 3
+    batch = replay.gather(first_rows, np.ones(len(first_rows), np.float32))
+    # an episode's first obs is its first frame four times (repeat padding), nothing older
+    assert (batch.obs == batch.obs[:, -1:]).all()
+
+
+def test_rows_whose_frames_were_overwritten_are_not_sampled():
+    replay = FrameReplay(20, SHAPE, STACK, seed=0, n_step=1)
+    obs = np.zeros((1, STACK, *SHAPE), np.uint8)
+    for _ in range(30):  # one long episode: the oldest rows lose their history
+        replay.add_step(obs, np.array([0]), np.array([1.0]), obs, np.array([False]), np.array([False]))
+    oldest = replay.pos[0]
+    tail = (oldest + np.arange(STACK - 1)) % replay.rows
+    assert not replay.sampleable(tail).any()
+    assert replay.sampleable(np.array([(oldest + STACK - 1) % replay.rows])).all()
+    newest = (replay.pos[0] - 1) % replay.rows
+    assert not replay.sampleable(np.array([newest])).any()  # its next frame is not there yet
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_prioritized_frames_sample_only_complete_rows(n):
+    replay = PrioritizedFrameReplay(120, SHAPE, STACK, seed=0, num_envs=2, n_step=n, gamma=GAMMA)
+    expected = _simulate(replay, 300, 2, n, seed=11)
+    rows = np.arange(replay.capacity)
+    ok = replay.sampleable(rows)
+    leaves = replay.priorities.tree[rows]
+    assert (leaves[~ok] == 0).all()  # final rows, open windows, lost history: never drawn
+    assert (leaves[ok] > 0).all()  # every complete transition can be drawn
+    batch = replay.sample(64)
+    _check_exact(replay, expected, batch.indices)
+    replay.update_priorities(batch.indices, np.full(64, 7.0))
+    assert replay.priorities.max_priority == pytest.approx(7.0 + 1e-6)
+
+
+def test_memory_per_transition_is_within_target():
+    capacity = 5000
+    replay = FrameReplay(capacity, (84, 84), 4)
+    per_row = replay.nbytes / capacity
+    naive = 2 * 4 * 84 * 84
+    # one extra row per episode: even 20-step episodes stay under 7.5 KB per transition
+    assert per_row * 21 / 20 <= 7.5 * 1024
+    assert per_row < naive / 7.5
+
+
+def test_state_dict_round_trip_continues_identically():
+    a = PrioritizedFrameReplay(90, SHAPE, STACK, seed=3, num_envs=3, n_step=3)
+    _simulate(a, 100, 3, 3, seed=1)
+    b = PrioritizedFrameReplay(90, SHAPE, STACK, seed=99, num_envs=3, n_step=3)
+    b.load_state_dict(a.state_dict())
+    x, y = a.sample(32), b.sample(32)
+    for u, v in zip(x, y):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError):
+        FrameReplay(60, SHAPE, STACK, num_envs=2).load_state_dict(a.state_dict())
