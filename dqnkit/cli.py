@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
     bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
-    bench.add_argument("name", choices=("replay", "speed"))
+    bench.add_argument("name", choices=("replay", "speed", "atari"))
     bench.add_argument("--out", type=Path, help="JSON file to write (default bench-results/NAME.json)")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per contender and size (default 2)")
     bench.add_argument("--capacities", help="comma-separated replay sizes (default 10000,100000,1000000)")
@@ -194,17 +194,24 @@ def _experiment(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from dqnkit.bench import replay, speed
+    from dqnkit.bench import atari, replay, speed
 
     out = args.out or Path("bench-results") / f"{args.name}.json"
+    if args.name != "replay" and args.capacities:
+        raise DqnkitError("--capacities applies to `bench replay` only")
+    check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
     if args.name == "speed":
-        if args.capacities or args.seconds != 2.0:
-            raise DqnkitError("--capacities and --seconds apply to `bench replay` only")
+        if args.seconds != 2.0:
+            raise DqnkitError("--seconds applies to `bench replay` and `bench atari` only")
         out.parent.mkdir(parents=True, exist_ok=True)
         speed.run(out=out)
         print(f"wrote {out}")
         return 0
-    check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
+    if args.name == "atari":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atari.run(seconds=args.seconds, out=out)
+        print(f"wrote {out}")
+        return 0
     try:
         sizes = tuple(int(c) for c in args.capacities.split(",")) if args.capacities else None
     except ValueError:

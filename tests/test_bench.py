@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from dqnkit.bench.replay import LessonPER
 from dqnkit.cli import main
 
@@ -33,7 +35,9 @@ def test_bench_refuses_bad_options(capsys):
     assert main(["bench", "replay", "--capacities", "10,x"]) == 2
     assert main(["bench", "replay", "--seconds", "0"]) == 2
     assert main(["bench", "speed", "--capacities", "1000"]) == 2
-    assert capsys.readouterr().err.count("error:") == 3
+    assert main(["bench", "atari", "--capacities", "1000"]) == 2
+    assert main(["bench", "speed", "--seconds", "1"]) == 2
+    assert capsys.readouterr().err.count("error:") == 5
 
 
 def test_bench_speed_runs_both_libraries(tmp_path, capsys):
@@ -46,3 +50,16 @@ def test_bench_speed_runs_both_libraries(tmp_path, capsys):
     assert abs(result["zoo_speedup"] - ratio) < 0.02 * ratio + 0.01
     assert len(result["cartpole"]["runs"]) == 1 and result["cartpole"]["runs"][0]["steps"] <= 2000
     assert "SB3 DQN, rl-zoo settings" in capsys.readouterr().out
+
+
+def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
+    pytest.importorskip("ale_py")
+    from dqnkit.bench import atari
+
+    result = atari.run(seconds=0.05, transitions=1000, out=tmp_path / "atari.json")
+    assert json.loads((tmp_path / "atari.json").read_text()) == result
+    bytes_ = result["replay_bytes_per_transition"]
+    assert bytes_["dqnkit_frame_replay"] <= 7.5 * 1024 < bytes_["naive_stacked"]
+    assert bytes_["sb3_optimize_memory"] > 3.5 * bytes_["dqnkit_frame_replay"]
+    assert result["env_sps"]["1"] > 0 and result["updates_per_s"]["batch_32"] > 0
+    assert "replay bytes/transition" in capsys.readouterr().out

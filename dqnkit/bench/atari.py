@@ -1,0 +1,119 @@
+"""``dqnkit bench atari``: what Atari training costs on this machine.
+
+- env steps/s of the preprocessed training env (random actions), 1 and 4 vector envs;
+- replay bytes per transition: FrameReplay against storing stacked obs and next_obs
+  naively, and against Stable-Baselines3's ReplayBuffer(optimize_memory_usage=True), whose
+  arrays are built here in the same process (when SB3 is installed);
+- the time to sample a batch of 32 from each filled buffer;
+- gradient updates/s of the Nature CNN at batch 32 on the device ``auto`` picks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dqnkit import presets
+from dqnkit.envs import make_vec_env
+from dqnkit.replay import FrameReplay
+from dqnkit.training import build_agent, resolve_device
+
+ENV_ID = "ALE/Breakout-v5"
+
+
+def _timed(fn: Any, seconds: float) -> tuple[int, float]:
+    """Calls of ``fn`` in about ``seconds``: (calls, elapsed)."""
+    calls, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or calls == 0:
+        fn()
+        calls += 1
+    return calls, elapsed
+
+
+def _env_sps(num_envs: int, seconds: float) -> float:
+    envs = make_vec_env(ENV_ID, num_envs)
+    envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    calls, elapsed = _timed(lambda: envs.step(rng.integers(4, size=num_envs)), seconds)
+    envs.close()
+    return calls * num_envs / elapsed
+
+
+def _fill_frame_replay(transitions: int) -> FrameReplay:
+    replay = FrameReplay(transitions + transitions // 10, seed=0)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 255, (1, 4, 84, 84), dtype=np.uint8)
+    for t in range(transitions):
+        next_obs = np.concatenate([obs[:, 1:], rng.integers(0, 255, (1, 1, 84, 84), dtype=np.uint8)], axis=1)
+        done = np.array([t % 200 == 199])
+        replay.add_step(obs, np.array([t % 4]), np.array([1.0]), next_obs, done, np.array([False]))
+        obs = next_obs
+    return replay
+
+
+def _sb3_buffer(transitions: int) -> Any | None:
+    try:
+        import gymnasium as gym
+        from stable_baselines3.common.buffers import ReplayBuffer
+    except ImportError:
+        return None
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    buf = ReplayBuffer(transitions, space, gym.spaces.Discrete(4), device="cpu", optimize_memory_usage=True,
+                       handle_timeout_termination=False)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 255, (1, 4, 84, 84), dtype=np.uint8)
+    for t in range(transitions):
+        next_obs = np.concatenate([obs[:, 1:], rng.integers(0, 255, (1, 1, 84, 84), dtype=np.uint8)], axis=1)
+        buf.add(obs, next_obs, np.array([t % 4]), np.array([1.0]), np.array([t % 200 == 199]), [{}])
+        obs = next_obs
+    return buf
+
+
+def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = {"benchmark": "atari", "env_id": ENV_ID, "transitions": transitions}
+    result["env_sps"] = {str(n): round(_env_sps(n, seconds), 1) for n in (1, 4)}
+
+    replay = _fill_frame_replay(transitions)
+    naive = 2 * 4 * 84 * 84
+    # rows in use (one per step plus one final row per 200-step episode) per transition
+    per_transition = replay.nbytes / replay.capacity * int(replay.written.sum()) / transitions
+    result["replay_bytes_per_transition"] = {"dqnkit_frame_replay": round(per_transition), "naive_stacked": naive}
+    calls, elapsed = _timed(lambda: replay.sample(32), seconds)
+    result["sample_us"] = {"dqnkit_frame_replay": round(elapsed / calls * 1e6, 1)}
+    sb3 = _sb3_buffer(transitions)
+    if sb3 is not None:
+        arrays = (sb3.observations, sb3.actions, sb3.rewards, sb3.dones, sb3.timeouts)
+        result["replay_bytes_per_transition"]["sb3_optimize_memory"] = round(sum(a.nbytes for a in arrays)
+                                                                             / transitions)
+        calls, elapsed = _timed(lambda: sb3.sample(32), seconds)
+        result["sample_us"]["sb3_optimize_memory"] = round(elapsed / calls * 1e6, 1)
+
+    cfg = presets.get("atari")
+    device = resolve_device(cfg.device)
+    agent = build_agent(cfg, (4, 84, 84), 4)
+    batch = replay.sample(32)
+    calls, elapsed = _timed(lambda: agent.learn(batch), seconds)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    result["updates_per_s"] = {"device": str(device), "batch_32": round(calls / elapsed, 1)}
+    _print(result)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _print(r: dict[str, Any]) -> None:
+    print(f"{'measure':<44} {'value':>12}")
+    for n, sps in r["env_sps"].items():
+        print(f"{f'env steps/s, {n} env(s), preprocessed':<44} {sps:>12.0f}")
+    for name, value in r["replay_bytes_per_transition"].items():
+        print(f"{f'replay bytes/transition, {name}':<44} {value:>12,}")
+    for name, value in r["sample_us"].items():
+        print(f"{f'sample 32 µs, {name}':<44} {value:>12.1f}")
+    u = r["updates_per_s"]
+    print(f"{'Nature CNN updates/s (batch 32, ' + u['device'] + ')':<44} {u['batch_32']:>12.1f}")
