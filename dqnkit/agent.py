@@ -1,14 +1,17 @@
 """The DQN agent: epsilon-greedy acting and the update step.
 
 This module is the one place that computes a TD target. Double DQN, the loss, gradient
-clipping and hard/soft target updates are options of one agent, not subclasses.
+clipping, hard/soft target updates, noisy nets and the distributional heads (C51, QR-DQN)
+are options of one agent, not subclasses: an ablation is one config key away.
 
-Shape legend: B batch, A actions.
+Shape legend: B batch, A actions, K atoms or quantiles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,24 +20,62 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqnkit.config import Config
+from dqnkit.networks import reset_noise
 from dqnkit.replay.uniform import Batch
+
+
+def next_actions(next_q_target_BA: torch.Tensor, next_q_online_BA: torch.Tensor | None = None) -> torch.Tensor:
+    """``a*`` [B] for the bootstrap: argmax of the target network (DQN) or, for Double DQN
+    (van Hasselt et al. 2016, https://arxiv.org/abs/1509.06461), of the online network, so
+    that one network selects and the other evaluates."""
+    return (next_q_target_BA if next_q_online_BA is None else next_q_online_BA).argmax(dim=1)
+
+
+def bootstrap(rewards_B: torch.Tensor, terminated_B: torch.Tensor, discounts_B: torch.Tensor,
+              next_values: torch.Tensor) -> torch.Tensor:
+    """``r + gamma^k * (1 - terminated) * v'`` for ``v'`` [B] (a value) or [B, K] (atoms or
+    quantiles, each shifted alike). Only ``terminated`` stops bootstrapping: a truncated
+    (time-limit) transition keeps its bootstrap term."""
+    if next_values.dim() == 2:
+        rewards_B, terminated_B, discounts_B = rewards_B[:, None], terminated_B[:, None], discounts_B[:, None]
+    return rewards_B + discounts_B * (1.0 - terminated_B) * next_values
 
 
 def td_targets(rewards_B: torch.Tensor, terminated_B: torch.Tensor, discounts_B: torch.Tensor,
                next_q_target_BA: torch.Tensor, next_q_online_BA: torch.Tensor | None = None) -> torch.Tensor:
-    """``r + gamma^k * (1 - terminated) * Q_target(s', a*)``.
+    """The DQN / Double DQN target ``r + gamma^k * (1 - terminated) * Q_target(s', a*)`` [B]."""
+    best_B1 = next_actions(next_q_target_BA, next_q_online_BA).unsqueeze(1)
+    return bootstrap(rewards_B, terminated_B, discounts_B, next_q_target_BA.gather(1, best_B1).squeeze(1))
 
-    DQN takes ``a* = argmax Q_target(s')``; Double DQN (van Hasselt et al. 2016,
-    https://arxiv.org/abs/1509.06461) passes ``next_q_online_BA`` so that the online
-    network selects ``a*`` and the target network only evaluates it. Only ``terminated``
-    stops bootstrapping: a truncated (time-limit) transition keeps its bootstrap term.
-    """
-    if next_q_online_BA is None:
-        next_v_B = next_q_target_BA.max(dim=1).values
-    else:
-        best_B1 = next_q_online_BA.argmax(dim=1, keepdim=True)
-        next_v_B = next_q_target_BA.gather(1, best_B1).squeeze(1)
-    return rewards_B + discounts_B * (1.0 - terminated_B) * next_v_B
+
+def project_distribution(next_probs_BK: torch.Tensor, target_atoms_BK: torch.Tensor,
+                         support_K: torch.Tensor) -> torch.Tensor:
+    """C51's categorical projection (Bellemare et al. 2017, algorithm 1): the probability mass
+    of each shifted atom ``target_atoms_BK`` (clipped to the support) is split between the two
+    nearest atoms of ``support_K`` in proportion to closeness. Returns [B, K], rows sum to 1."""
+    v_min, v_max, k = support_K[0], support_K[-1], support_K.numel()
+    delta = (v_max - v_min) / (k - 1)
+    b = (target_atoms_BK.clamp(v_min, v_max) - v_min) / delta  # fractional atom index
+    lower, upper = b.floor().long(), b.ceil().long()
+    # an atom that lands exactly on a support atom (lower == upper) gives it all its mass
+    lower_weight = torch.where(upper == lower, torch.ones_like(b), upper.float() - b)
+    upper_weight = b - lower.float()
+    projected = torch.zeros_like(next_probs_BK)
+    projected.scatter_add_(1, lower, next_probs_BK * lower_weight)
+    projected.scatter_add_(1, upper, next_probs_BK * upper_weight)
+    return projected
+
+
+def quantile_huber_loss(quantiles_BK: torch.Tensor, targets_BK: torch.Tensor, kappa: float = 1.0) -> torch.Tensor:
+    """QR-DQN's loss per sample [B] (Dabney et al. 2018, eq. 10): for quantile i at
+    ``tau_i = (2i + 1) / 2K`` and every target sample j, ``|tau_i - 1{u_ij < 0}| * L_kappa(u_ij) / kappa``
+    with ``u_ij = target_j - quantile_i``; summed over i, averaged over j."""
+    k = quantiles_BK.shape[1]
+    tau_K = (torch.arange(k, device=quantiles_BK.device, dtype=quantiles_BK.dtype) + 0.5) / k
+    u_BKK = targets_BK[:, None, :] - quantiles_BK[:, :, None]  # [B, i, j]
+    huber = F.huber_loss(u_BKK, torch.zeros_like(u_BKK), reduction="none", delta=kappa)
+    weight = (tau_K[None, :, None] - (u_BKK.detach() < 0).float()).abs()
+    return (weight * huber / kappa).mean(dim=2).sum(dim=1)
 
 
 class LearnStats(NamedTuple):
@@ -63,6 +104,10 @@ class DQNAgent:
         # fused: one kernel for all parameters, about 3x faster than the default on CPU (measured)
         self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.lr, eps=config.adam_eps, fused=True)
         self.rng = np.random.default_rng([config.seed, 1])  # exploration only
+        # noisy nets draw from their own generator: a seed fixes the noise, and evaluating
+        # (which uses the mean weights) never shifts the training noise
+        self.noise = torch.Generator(device=self.device).manual_seed(config.seed + 2)
+        self.support = torch.linspace(config.v_min, config.v_max, config.n_atoms, device=self.device)
         self.updates = 0  # gradient steps taken
         self._params = list(self.q_net.parameters())
         # Optimizer.step's hook-and-profiler wrapper costs tens of µs per call on this CPU,
@@ -71,9 +116,29 @@ class DQNAgent:
 
     # ------------------------------------------------------------------ acting
     def q_values(self, obs: np.ndarray) -> np.ndarray:
-        """Online-network Q-values for a batch of observations: [B, *obs] -> [B, A]."""
+        """Online-network Q-values for a batch of observations: [B, *obs] -> [B, A]. For a
+        distributional agent, the expected value of each action's return distribution."""
         with torch.inference_mode():
-            return self.q_net(self._tensor(obs)).cpu().numpy()
+            return self._expected(self.q_net(self._tensor(obs))).cpu().numpy()
+
+    @contextlib.contextmanager
+    def evaluation(self) -> Iterator[None]:
+        """Noisy layers use their mean weights inside this block (greedy evaluation)."""
+        self.q_net.eval()
+        try:
+            yield
+        finally:
+            self.q_net.train()
+
+    def _expected(self, out: torch.Tensor) -> torch.Tensor:
+        """Network output -> Q [B, A]: as is, the mean of the categorical distribution over
+        the support (c51), or the mean of the quantiles (qr)."""
+        kind = self.config.distributional
+        if kind == "c51":
+            return (out.softmax(dim=2) * self.support).sum(dim=2)
+        if kind == "qr":
+            return out.mean(dim=2)
+        return out
 
     def act(self, obs: np.ndarray, epsilon: float = 0.0, greedy: bool = False,
             rng: np.random.Generator | None = None) -> np.ndarray | int:
@@ -95,6 +160,8 @@ class DQNAgent:
         if explore_B.all():
             actions = random_B
         else:
+            if self.config.noisy and self.q_net.training:
+                reset_noise(self.q_net, self.noise)  # fresh exploration noise every step
             actions = np.where(explore_B, random_B, self.q_values(batch).argmax(axis=1))
         return int(actions[0]) if single else actions.astype(np.int64)
 
@@ -107,15 +174,21 @@ class DQNAgent:
         rewards_B, terminated_B = self._tensor(batch.rewards), self._tensor(batch.terminated)
         discounts_B = cfg.gamma ** self._tensor(batch.horizons).float()
         weights_B = self._tensor(batch.weights)
+        if cfg.noisy:  # independent noise for the online and the target network, every update
+            reset_noise(self.q_net, self.noise)
+            reset_noise(self.target_net, self.noise)
 
         with torch.no_grad():
-            next_q_online = self.q_net(next_obs) if cfg.double else None
-            target_B = td_targets(rewards_B, terminated_B, discounts_B, self.target_net(next_obs), next_q_online)
-        q_B = self.q_net(obs).gather(1, actions_B.unsqueeze(1)).squeeze(1)
-        if cfg.loss == "huber":
-            per_sample_B = F.smooth_l1_loss(q_B, target_B, reduction="none")
+            next_online = self.q_net(next_obs) if cfg.double else None
+            next_target = self.target_net(next_obs)
+        out = self.q_net(obs)
+        if cfg.distributional == "none":
+            per_sample_B, priority_B, q_B = self._td_loss(out, actions_B, rewards_B, terminated_B, discounts_B,
+                                                          next_target, next_online)
         else:
-            per_sample_B = F.mse_loss(q_B, target_B, reduction="none")
+            per_sample_B, q_B = self._distributional_loss(out, actions_B, rewards_B, terminated_B, discounts_B,
+                                                          next_target, next_online)
+            priority_B = per_sample_B.detach()  # Rainbow: the distribution's loss is the priority
         loss = (weights_B * per_sample_B).mean()
 
         for p in self._params:  # zero_grad(set_to_none=True), without its profiler wrapper
@@ -125,7 +198,42 @@ class DQNAgent:
             nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
         self._optimizer_step(self.optimizer)
         self.updates += 1
-        return LearnStats(loss.detach(), (q_B - target_B).detach().abs(), q_B.detach().mean())
+        return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
+
+    def _td_loss(self, q_BA: torch.Tensor, actions_B: torch.Tensor, rewards_B: torch.Tensor,
+                 terminated_B: torch.Tensor, discounts_B: torch.Tensor, next_target_BA: torch.Tensor,
+                 next_online_BA: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-sample Huber/MSE loss, |TD error|, Q(s, a)), each [B]."""
+        with torch.no_grad():
+            target_B = td_targets(rewards_B, terminated_B, discounts_B, next_target_BA, next_online_BA)
+        q_B = q_BA.gather(1, actions_B.unsqueeze(1)).squeeze(1)
+        if self.config.loss == "huber":
+            per_sample_B = F.smooth_l1_loss(q_B, target_B, reduction="none")
+        else:
+            per_sample_B = F.mse_loss(q_B, target_B, reduction="none")
+        return per_sample_B, (q_B - target_B).detach().abs(), q_B
+
+    def _distributional_loss(self, out_BAK: torch.Tensor, actions_B: torch.Tensor, rewards_B: torch.Tensor,
+                             terminated_B: torch.Tensor, discounts_B: torch.Tensor, next_target_BAK: torch.Tensor,
+                             next_online_BAK: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-sample loss, E[Z(s, a)]), each [B]: cross-entropy to the projected target
+        distribution (c51) or the quantile Huber loss (qr)."""
+        cfg = self.config
+        with torch.no_grad():
+            online = None if next_online_BAK is None else self._expected(next_online_BAK)
+            best = next_actions(self._expected(next_target_BAK), online)
+            next_BK = next_target_BAK[torch.arange(len(best), device=best.device), best]
+        chosen_BK = out_BAK[torch.arange(len(actions_B), device=actions_B.device), actions_B]
+        if cfg.distributional == "c51":
+            with torch.no_grad():
+                atoms_BK = bootstrap(rewards_B, terminated_B, discounts_B, self.support.expand_as(next_BK))
+                target_BK = project_distribution(next_BK.softmax(dim=1), atoms_BK, self.support)
+            log_p_BK = chosen_BK.log_softmax(dim=1)
+            q_B = (log_p_BK.exp() * self.support).sum(dim=1)
+            return -(target_BK * log_p_BK).sum(dim=1), q_B
+        with torch.no_grad():
+            target_BK = bootstrap(rewards_B, terminated_B, discounts_B, next_BK)
+        return quantile_huber_loss(chosen_BK, target_BK, cfg.qr_kappa), chosen_BK.mean(dim=1)
 
     def update_target(self) -> None:
         """Hard copy (``tau == 0``) or Polyak blend ``target <- tau*online + (1-tau)*target``."""
@@ -145,7 +253,7 @@ class DQNAgent:
         return {
             "q_net": self.q_net.state_dict(), "target_net": self.target_net.state_dict(),
             "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
-            "updates": self.updates,
+            "noise": self.noise.get_state(), "updates": self.updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -153,6 +261,7 @@ class DQNAgent:
         self.target_net.load_state_dict(state["target_net"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
+        self.noise.set_state(state["noise"])
         self.updates = int(state["updates"])
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:

@@ -59,6 +59,15 @@ class Config:
     hidden_sizes: tuple[int, ...] = _opt((64, 64), "Widths of the MLP's hidden layers, e.g. 256,256.")
     n_step: int = _opt(1, "n-step returns: fold this many rewards into each transition (cut at episode ends).", lo=1)
 
+    # --- Rainbow: noisy nets and distributional heads ---
+    noisy: bool = _opt(False, "Noisy linear layers (Fortunato et al.): learned exploration noise, resampled every step and update; epsilon is 0 unless eps_start is set.")
+    noisy_sigma0: float = _opt(0.5, "Noisy nets: initial noise scale sigma0 (sigma = sigma0 / sqrt(fan_in)).", lo=0.0)
+    distributional: str = _opt("none", "Value distribution: none (expected Q), c51 (categorical over n_atoms fixed atoms in [v_min, v_max], Bellemare et al.) or qr (n_atoms quantiles, QR-DQN, Dabney et al.). The loss key applies to none only.", choices=("none", "c51", "qr"))
+    n_atoms: int = _opt(51, "c51: atoms of the support; qr: quantiles.", lo=2)
+    v_min: float = _opt(-10.0, "c51: lowest atom of the support.")
+    v_max: float = _opt(10.0, "c51: highest atom of the support.")
+    qr_kappa: float = _opt(1.0, "qr: Huber threshold kappa of the quantile loss.", lo=0.0, lo_open=True)
+
     # --- prioritized replay ---
     prioritized: bool = _opt(False, "Proportional prioritized replay (Schaul et al. 2016) on a sum tree.")
     per_alpha: float = _opt(0.6, "PER: priority exponent (0 = uniform).", lo=0.0, hi=1.0)
@@ -69,7 +78,7 @@ class Config:
 
     # --- exploration ---
     eps_schedule: str = _opt("linear", "Epsilon schedule: linear (over exploration_fraction of total_steps) or exponential (eps_decay per gradient step).", choices=("linear", "exponential"))
-    eps_start: float = _opt(1.0, "Initial epsilon.", lo=0.0, hi=1.0)
+    eps_start: float | None = _opt(None, "Initial epsilon; none = 1.0, or 0 (no epsilon-greedy at all) with noisy nets.", lo=0.0, hi=1.0)
     eps_end: float = _opt(0.05, "Final epsilon.", lo=0.0, hi=1.0)
     exploration_fraction: float = _opt(0.1, "Linear schedule: fraction of total_steps over which epsilon falls to eps_end (used when exploration_steps is 0).", lo=0.0, hi=1.0, lo_open=True)
     exploration_steps: int = _opt(0, "Linear schedule: transitions over which epsilon falls to eps_end; 0 = exploration_fraction * total_steps. Absolute steps keep a run's trajectory independent of --steps, so extending a run changes nothing already learned.", lo=0)
@@ -103,6 +112,13 @@ class Config:
     def exploration_duration(self) -> float:
         """Transitions over which the linear schedule anneals epsilon."""
         return self.exploration_steps or self.exploration_fraction * self.total_steps
+
+    @property
+    def epsilon_range(self) -> tuple[float, float]:
+        """(start, end) of the epsilon schedule; (0, 0) for noisy nets unless eps_start is set."""
+        if self.eps_start is None:
+            return (0.0, 0.0) if self.noisy else (1.0, self.eps_end)
+        return self.eps_start, self.eps_end
 
     @property
     def checkpoint_interval(self) -> int:
@@ -213,8 +229,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"learning_starts {cfg.learning_starts} is not below total_steps {cfg.total_steps}: "
             "nothing would be learned; raise --steps or lower learning_starts")
-    if cfg.eps_end > cfg.eps_start:
-        raise ConfigError(f"eps_end {cfg.eps_end} is above eps_start {cfg.eps_start}")
+    start, end = cfg.epsilon_range
+    if end > start:
+        raise ConfigError(f"eps_end {end} is above eps_start {start}")
+    if cfg.distributional == "c51" and cfg.v_min >= cfg.v_max:
+        raise ConfigError(f"v_min {cfg.v_min} must be below v_max {cfg.v_max}")
 
 
 def _check_range(name: str, value: Any, meta: Any) -> None:

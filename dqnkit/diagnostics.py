@@ -17,5 +17,6 @@ from dqnkit.evaluate import EvalResult
 
 def overestimation(agent: DQNAgent, result: EvalResult) -> tuple[float, float]:
     """(mean predicted max_a Q(s_0, a), mean realised discounted return) over the episodes."""
-    predicted = agent.q_values(result.start_obs).max(axis=1).mean()
+    with agent.evaluation():
+        predicted = agent.q_values(result.start_obs).max(axis=1).mean()
     return float(predicted), float(result.discounted.mean())

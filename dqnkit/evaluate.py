@@ -31,17 +31,18 @@ def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: fl
     rng = np.random.default_rng(seed)
     returns, discounted, discount = np.zeros(episodes), np.zeros(episodes), np.ones(episodes)
     active = list(range(episodes))
-    while active:
-        actions = agent.act(np.stack([obs[i] for i in active]), epsilon, rng=rng)
-        still_running = []
-        for i, action in zip(active, actions):
-            obs[i], reward, terminated, truncated, _ = envs[i].step(action)
-            returns[i] += reward
-            discounted[i] += discount[i] * reward
-            discount[i] *= gamma
-            if not (terminated or truncated):
-                still_running.append(i)
-        active = still_running
+    with agent.evaluation():  # noisy nets act on their mean weights
+        while active:
+            actions = agent.act(np.stack([obs[i] for i in active]), epsilon, rng=rng)
+            still_running = []
+            for i, action in zip(active, actions):
+                obs[i], reward, terminated, truncated, _ = envs[i].step(action)
+                returns[i] += reward
+                discounted[i] += discount[i] * reward
+                discount[i] *= gamma
+                if not (terminated or truncated):
+                    still_running.append(i)
+            active = still_running
     for env in envs:
         env.close()
     return EvalResult(returns, discounted, start_obs)
@@ -59,10 +60,11 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) 
     obs, _ = env.reset(seed=seed)
     frames = [env.render()]
     done = False
-    while not done:
-        obs, _, terminated, truncated, _ = env.step(agent.act(obs, greedy=True))
-        frames.append(env.render())
-        done = terminated or truncated
+    with agent.evaluation():
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(agent.act(obs, greedy=True))
+            frames.append(env.render())
+            done = terminated or truncated
     env.close()
     path = Path(path)
     fps = env.metadata.get("render_fps", 30)

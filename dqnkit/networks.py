@@ -1,51 +1,119 @@
-"""Q-networks: an MLP for vector observations, the Nature CNN for stacked frames, and a
-dueling head for either.
+"""Q-networks: an MLP for vector observations, the Nature CNN for stacked frames, the
+MinAtar CNN for small grids, a dueling head for any of them, noisy linear layers, and
+distributional outputs (``atoms`` values per action for C51 / QR-DQN).
 
-Shape legend: B batch, A actions, D observation features, H hidden width.
+Shape legend: B batch, A actions, K atoms (or quantiles), D observation features, H hidden width.
+A network returns Q [B, A] when ``atoms == 1`` and [B, A, K] otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+Linear = Callable[[int, int], nn.Module]
+
+
+class NoisyLinear(nn.Module):
+    """Factorised-Gaussian noisy linear layer (Fortunato et al. 2018, https://arxiv.org/abs/1706.10295).
+
+    ``y = (mu_w + sigma_w * eps_w) x + mu_b + sigma_b * eps_b`` with ``eps_w = f(e_out) f(e_in)^T``,
+    ``f(x) = sign(x) sqrt(|x|)``: the network learns how much to explore per weight, which
+    replaces epsilon-greedy. The noise is a buffer, drawn only by :meth:`reset_noise` (from a
+    generator the agent owns, so a seed fixes it); in ``eval()`` mode the layer uses the means.
+    """
+
+    def __init__(self, in_features: int, out_features: int, sigma0: float = 0.5) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1 / math.sqrt(in_features)
+        self.weight_mu = nn.Parameter(torch.empty(out_features, in_features).uniform_(-bound, bound))
+        self.weight_sigma = nn.Parameter(torch.full((out_features, in_features), sigma0 * bound))
+        self.bias_mu = nn.Parameter(torch.empty(out_features).uniform_(-bound, bound))
+        self.bias_sigma = nn.Parameter(torch.full((out_features,), sigma0 * bound))
+        self.register_buffer("eps_in", torch.zeros(in_features))
+        self.register_buffer("eps_out", torch.zeros(out_features))
+
+    def reset_noise(self, generator: torch.Generator | None = None) -> None:
+        for eps in (self.eps_in, self.eps_out):
+            noise = torch.randn(eps.shape, generator=generator, device=eps.device if generator is None
+                                else generator.device)
+            eps.copy_(noise.sign() * noise.abs().sqrt())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.linear(x, self.weight_mu, self.bias_mu)
+        weight = self.weight_mu + self.weight_sigma * torch.outer(self.eps_out, self.eps_in)
+        return F.linear(x, weight, self.bias_mu + self.bias_sigma * self.eps_out)
+
+
+def reset_noise(net: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Draw fresh noise for every noisy layer of ``net`` (no-op for a plain network)."""
+    for module in net.modules():
+        if isinstance(module, NoisyLinear):
+            module.reset_noise(generator)
 
 
 class DuelingHead(nn.Module):
     """Q = V + A - mean(A) (Wang et al. 2016, https://arxiv.org/abs/1511.06581).
 
     Subtracting the mean advantage makes the split identifiable: without it a constant
-    could move freely between V and A.
+    could move freely between V and A. With atoms, the same holds per atom (Rainbow).
     """
 
-    def __init__(self, in_features: int, n_actions: int, hidden: int) -> None:
+    def __init__(self, in_features: int, n_actions: int, hidden: int, atoms: int = 1,
+                 linear: Linear = nn.Linear) -> None:
         super().__init__()
-        self.value = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        self.advantage = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, n_actions))
+        self.n_actions, self.atoms = n_actions, atoms
+        self.value = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, atoms))
+        self.advantage = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, n_actions * atoms))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        value_B1 = self.value(features)
-        adv_BA = self.advantage(features)
-        return value_B1 + adv_BA - adv_BA.mean(dim=1, keepdim=True)
+        value, adv = self.value(features), self.advantage(features)
+        if self.atoms > 1:
+            value, adv = value.view(-1, 1, self.atoms), adv.view(-1, self.n_actions, self.atoms)
+        return value + adv - adv.mean(dim=1, keepdim=True)
+
+
+class _Head(nn.Module):
+    """Features -> [B, A] (or [B, A, K] with atoms): a dueling head or hidden + output layers."""
+
+    def __init__(self, in_features: int, n_actions: int, hidden: int | None, dueling: bool, atoms: int,
+                 linear: Linear) -> None:
+        super().__init__()
+        self.n_actions, self.atoms = n_actions, atoms
+        if dueling:
+            self.net: nn.Module = DuelingHead(in_features, n_actions, hidden or in_features, atoms, linear)
+        elif hidden:
+            self.net = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, n_actions * atoms))
+        else:
+            self.net = linear(in_features, n_actions * atoms)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.net(features)
+        return out.view(-1, self.n_actions, self.atoms) if self.atoms > 1 else out
 
 
 class MLP(nn.Module):
     """Fully connected Q-network: obs [B, D] -> Q [B, A]."""
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int], dueling: bool = False) -> None:
+    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int], dueling: bool = False,
+                 atoms: int = 1, linear: Linear = nn.Linear) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = obs_dim
-        body_sizes = hidden_sizes[:-1] if dueling else hidden_sizes
-        for h in body_sizes:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.body = nn.Sequential(*layers)
         # The dueling streams take the place of the last hidden layer, so the network's depth
         # and width stay comparable with the plain one.
-        self.head = (DuelingHead(width, n_actions, hidden_sizes[-1]) if dueling
-                     else nn.Linear(width, n_actions))
+        body_sizes = hidden_sizes[:-1] if dueling else hidden_sizes
+        for h in body_sizes:
+            layers += [linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = _Head(width, n_actions, hidden_sizes[-1] if dueling else None, dueling, atoms, linear)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(obs.flatten(1).float()))
@@ -56,7 +124,8 @@ class NatureCNN(nn.Module):
     [B, C, 84, 84] -> Q [B, A]. Scaling to [0, 1] happens here, on the device, so replay
     and the host-to-device copy stay uint8."""
 
-    def __init__(self, in_channels: int, n_actions: int, dueling: bool = False) -> None:
+    def __init__(self, in_channels: int, n_actions: int, dueling: bool = False, atoms: int = 1,
+                 linear: Linear = nn.Linear) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
@@ -64,8 +133,7 @@ class NatureCNN(nn.Module):
             nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
             nn.Flatten(),
         )
-        self.head = (DuelingHead(3136, n_actions, 512) if dueling
-                     else nn.Sequential(nn.Linear(3136, 512), nn.ReLU(), nn.Linear(512, n_actions)))
+        self.head = _Head(3136, n_actions, 512, dueling, atoms, linear)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(obs.float() / 255.0))
@@ -75,27 +143,30 @@ class MinAtarCNN(nn.Module):
     """Young & Tian 2019 (https://arxiv.org/abs/1903.03176): one 3x3 convolution with 16
     filters and a 128-unit layer, for small 0/1 grids [B, C, H, W] (MinAtar: 10x10)."""
 
-    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, dueling: bool = False) -> None:
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, dueling: bool = False, atoms: int = 1,
+                 linear: Linear = nn.Linear) -> None:
         super().__init__()
         c, h, w = obs_shape
         self.body = nn.Sequential(nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
-        features = 16 * (h - 2) * (w - 2)
-        self.head = (DuelingHead(features, n_actions, 128) if dueling
-                     else nn.Sequential(nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, n_actions)))
+        self.head = _Head(16 * (h - 2) * (w - 2), n_actions, 128, dueling, atoms, linear)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(obs.float()))
 
 
 def build_q_network(obs_shape: tuple[int, ...], n_actions: int, hidden_sizes: Sequence[int],
-                    dueling: bool = False) -> nn.Module:
+                    dueling: bool = False, atoms: int = 1, noisy: bool = False,
+                    noisy_sigma0: float = 0.5) -> nn.Module:
     """The Q-network that fits ``obs_shape``: NatureCNN for [C, 84, 84] frames, MinAtarCNN
-    for other [C, H, W] grids, else an MLP over the flattened observation."""
+    for other [C, H, W] grids, else an MLP over the flattened observation. ``noisy`` turns
+    every fully connected layer into a :class:`NoisyLinear`."""
+
+    def linear(i: int, o: int) -> nn.Module:
+        return NoisyLinear(i, o, noisy_sigma0) if noisy else nn.Linear(i, o)
+
+    options = dict(dueling=dueling, atoms=atoms, linear=linear)
     if len(obs_shape) == 3 and obs_shape[1:] == (84, 84):
-        return NatureCNN(obs_shape[0], n_actions, dueling=dueling)
+        return NatureCNN(obs_shape[0], n_actions, **options)
     if len(obs_shape) == 3:
-        return MinAtarCNN(obs_shape, n_actions, dueling=dueling)
-    obs_dim = 1
-    for d in obs_shape:
-        obs_dim *= d
-    return MLP(obs_dim, n_actions, hidden_sizes, dueling=dueling)
+        return MinAtarCNN(obs_shape, n_actions, **options)
+    return MLP(math.prod(obs_shape), n_actions, hidden_sizes, **options)

@@ -33,6 +33,14 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "cartpole plus prioritized replay, 3-step returns and a dueling head (Rainbow without noisy nets / C51)",
         {**_CARTPOLE, "dueling": True, "prioritized": True, "n_step": 3, "per_alpha": 0.6, "per_beta": 0.4},
     ),
+    "cartpole-c51": (
+        "cartpole with a C51 head: 51 atoms on [0, 100] (CartPole's discounted returns), cross-entropy loss",
+        {**_CARTPOLE, "distributional": "c51", "n_atoms": 51, "v_min": 0.0, "v_max": 100.0},
+    ),
+    "cartpole-qr": (
+        "cartpole with a QR-DQN head: 50 quantiles, quantile Huber loss",
+        {**_CARTPOLE, "distributional": "qr", "n_atoms": 50},
+    ),
     "cartpole-zoo": (
         "rl-baselines3-zoo's DQN settings for CartPole-v1 (for side-by-side comparison with SB3)",
         dict(env_id="CartPole-v1", total_steps=50_000, lr=2.3e-3, batch_size=64, buffer_size=100_000,

@@ -153,7 +153,9 @@ def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype
 
 def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent:
     """A fresh agent (network, target, optimizer) for ``config``."""
-    q_net = build_q_network(obs_shape, n_actions, config.hidden_sizes, dueling=config.dueling)
+    atoms = 1 if config.distributional == "none" else config.n_atoms
+    q_net = build_q_network(obs_shape, n_actions, config.hidden_sizes, dueling=config.dueling, atoms=atoms,
+                            noisy=config.noisy, noisy_sigma0=config.noisy_sigma0)
     return DQNAgent(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
 
 
@@ -216,9 +218,10 @@ def _reset_envs(parts: Parts) -> None:
 # ----------------------------------------------------------------------------- the loop
 def epsilon(config: Config, step: int, updates: int) -> float:
     """Exploration rate now: linear in env steps, or exponential in gradient steps."""
+    start, end = config.epsilon_range
     if config.eps_schedule == "exponential":
-        return schedules.exponential(config.eps_start, config.eps_end, config.eps_decay, updates)
-    return schedules.linear(config.eps_start, config.eps_end, config.exploration_duration, step)
+        return schedules.exponential(start, end, config.eps_decay, updates)
+    return schedules.linear(start, end, config.exploration_duration, step)
 
 
 def crossed(prev: int, now: int, every: int) -> int:

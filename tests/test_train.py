@@ -190,7 +190,7 @@ def test_resume_is_exact_with_prioritized_replay_and_n_step(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["cartpole", "cartpole-rainbow"])
+@pytest.mark.parametrize("preset", ["cartpole", "cartpole-rainbow", "cartpole-c51", "cartpole-qr"])
 @pytest.mark.parametrize("seed", range(5))
 def test_presets_solve_cartpole(tmp_path, preset, seed):
     summary = train(presets.get(preset, seed=seed), tmp_path / "run")
