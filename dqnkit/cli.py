@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("name", nargs="?")
 
     exp = sub.add_parser("experiment", help="the lesson's experiments over several seeds, with plots")
-    exp.add_argument("name", choices=("target-ablation", "soft-vs-hard", "overestimation"))
+    exp.add_argument("name", choices=("target-ablation", "soft-vs-hard", "overestimation", "rainbow-ablation"))
     exp.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     exp.add_argument("--steps", type=int, help="environment steps per run (default: the experiment's)")
     exp.add_argument("--out", type=Path, help="output directory (default runs/experiment-NAME)")

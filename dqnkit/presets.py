@@ -64,6 +64,14 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "atari plus Double DQN and a dueling head",
         {**_ATARI, "double": True, "dueling": True},
     ),
+    "atari-rainbow": (
+        "Rainbow (Hessel et al. 2018): noisy, dueling, Double, C51 on [-10, 10], 3-step, PER alpha 0.5, "
+        "Adam 6.25e-5, target every 32k frames",
+        {**_ATARI, "eps_start": None, "noisy": True, "dueling": True, "double": True, "distributional": "c51",
+         "n_atoms": 51, "v_min": -10.0, "v_max": 10.0, "n_step": 3, "prioritized": True, "per_alpha": 0.5,
+         "per_beta": 0.4, "per_beta_final": 1.0, "lr": 6.25e-5, "adam_eps": 1.5e-4,
+         "target_update_interval": 8000, "learning_starts": 20_000},
+    ),
     "minatar": (
         "Young & Tian's MinAtar DQN (small CNN, replay 100k, eps 1 -> 0.1 over 100k steps; Adam for RMSProp)",
         dict(env_id="MinAtar/Breakout", total_steps=5_000_000, lr=2.5e-4, adam_eps=3.125e-4, batch_size=32,

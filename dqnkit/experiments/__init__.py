@@ -112,6 +112,15 @@ EXPERIMENTS: dict[str, Experiment] = {
         extra=_overestimation, base={"log_overestimation": True, "eval_every": 2000, "eval_episodes": 5,
                                      "target_update_interval": 100},
     ),
+    "rainbow-ablation": Experiment(
+        "Rainbow on CartPole: the full agent, and each of its six parts removed in turn",
+        "cartpole-rainbow", 20_000,
+        {"full": {}, "no-double": {"double": False}, "no-prioritized": {"prioritized": False},
+         "no-dueling": {"dueling": False}, "no-multistep": {"n_step": 1},
+         "no-distributional": {"distributional": "none"}, "no-noisy": {"noisy": False, "eps_start": 1.0}},
+        base={"distributional": "c51", "n_atoms": 51, "v_min": 0.0, "v_max": 100.0, "noisy": True,
+              "stop_at_return": None, "eval_every": 5000, "eval_episodes": 5},
+    ),
 }
 
 
@@ -120,7 +129,7 @@ def configs(name: str, seeds: int, steps: int | None) -> dict[tuple[str, int], C
     """Every run of the experiment, validated before anything starts."""
     exp = EXPERIMENTS[name]
     total = steps or exp.steps
-    return {(variant, seed): presets.get(exp.preset, **exp.base, **overrides, seed=seed, total_steps=total,
+    return {(variant, seed): presets.get(exp.preset, **{**exp.base, **overrides}, seed=seed, total_steps=total,
                                          checkpoint_every=total)
             for variant, overrides in exp.variants.items() for seed in range(seeds)}
 
