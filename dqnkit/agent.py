@@ -169,14 +169,34 @@ class DQNAgent:
     def learn(self, batch: Batch) -> LearnStats:
         """One gradient step on ``batch``; IS weights scale each sample's loss."""
         cfg = self.config
+        if cfg.noisy:  # independent noise for the online and the target network, every update
+            reset_noise(self.q_net, self.noise)
+            reset_noise(self.target_net, self.noise)
+        per_sample_B, priority_B, q_B = self._losses(batch)
+        loss = (self._tensor(batch.weights) * per_sample_B).mean()
+
+        for p in self._params:  # zero_grad(set_to_none=True), without its profiler wrapper
+            p.grad = None
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
+        self._optimizer_step(self.optimizer)
+        self.updates += 1
+        return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
+
+    def priorities(self, batch: Batch) -> np.ndarray:
+        """The PER priority signal of each transition [B] without learning from it (Ape-X
+        actors give new transitions these initial priorities)."""
+        with torch.no_grad():
+            return self._losses(batch)[1].cpu().numpy()
+
+    def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-sample loss, priority, Q(s, a)), each [B], for the configured head."""
+        cfg = self.config
         obs, next_obs = self._tensor(batch.obs), self._tensor(batch.next_obs)
         actions_B = self._tensor(batch.actions)
         rewards_B, terminated_B = self._tensor(batch.rewards), self._tensor(batch.terminated)
         discounts_B = cfg.gamma ** self._tensor(batch.horizons).float()
-        weights_B = self._tensor(batch.weights)
-        if cfg.noisy:  # independent noise for the online and the target network, every update
-            reset_noise(self.q_net, self.noise)
-            reset_noise(self.target_net, self.noise)
 
         with torch.no_grad():
             next_online = self.q_net(next_obs) if cfg.double else None
@@ -189,16 +209,7 @@ class DQNAgent:
             per_sample_B, q_B = self._distributional_loss(out, actions_B, rewards_B, terminated_B, discounts_B,
                                                           next_target, next_online)
             priority_B = per_sample_B.detach()  # Rainbow: the distribution's loss is the priority
-        loss = (weights_B * per_sample_B).mean()
-
-        for p in self._params:  # zero_grad(set_to_none=True), without its profiler wrapper
-            p.grad = None
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
-        self._optimizer_step(self.optimizer)
-        self.updates += 1
-        return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
+        return per_sample_B, priority_B, q_B
 
     def _td_loss(self, q_BA: torch.Tensor, actions_B: torch.Tensor, rewards_B: torch.Tensor,
                  terminated_B: torch.Tensor, discounts_B: torch.Tensor, next_target_BA: torch.Tensor,

@@ -46,6 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    apex = sub.add_parser("apex", help="Ape-X: distributed actors, a prioritized replay and a learner on Ray",
+                          formatter_class=argparse.RawDescriptionHelpFormatter,
+                          epilog="config keys for --set: as for `dqnkit train`")
+    apex.add_argument("--preset", default=None, help="starting config (default cartpole)")
+    apex.add_argument("--env", dest="env_id", help="gymnasium env id")
+    apex.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
+    apex.add_argument("--steps", type=int, help="total environment steps over all actors")
+    apex.add_argument("--seed", type=int, help="random seed")
+    apex.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the learner's torch device")
+    apex.add_argument("--ray-address", help="join this Ray cluster (`auto` or host:port); default: start a local one")
+    apex.add_argument("--run-dir", type=Path, help="where to write the run (default runs/apex-<preset>-s<seed>-<time>)")
+    apex.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override any config key (repeatable)")
+    apex.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
+    apex.add_argument("--quiet", action="store_true", help="no progress bar")
+
     ev = sub.add_parser("eval", help="play greedy episodes with a trained run's agent")
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--episodes", type=int, default=10)
@@ -65,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
     bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
-    bench.add_argument("name", choices=("replay", "speed", "atari"))
+    bench.add_argument("name", choices=("replay", "speed", "atari", "apex"))
     bench.add_argument("--out", type=Path, help="JSON file to write (default bench-results/NAME.json)")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per contender and size (default 2)")
     bench.add_argument("--capacities", help="comma-separated replay sizes (default 10000,100000,1000000)")
@@ -93,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DqnkitError("missing command: train, eval, presets, experiment, tabular or bench "
                               "(see `dqnkit --help`)")
         commands = {"train": _train, "eval": _eval, "presets": _presets, "tabular": _tabular, "bench": _bench,
-                    "experiment": _experiment}
+                    "experiment": _experiment, "apex": _apex}
         return commands[args.command](args)
     except DqnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -104,8 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dqnkit import presets
-    from dqnkit.config import parse_overrides
     from dqnkit.training import resume, train
 
     if args.resume is not None:
@@ -118,14 +132,35 @@ def _train(args: argparse.Namespace) -> int:
             raise DqnkitError(f"--steps must be positive, got {args.steps}")
         summary = resume(args.resume, args.steps, progress=not args.quiet)
     else:
-        overrides: dict[str, Any] = parse_overrides(args.overrides)
-        for key in ("env_id", "seed", "device"):
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        if args.steps is not None:
-            overrides["total_steps"] = args.steps
-        config = presets.get(args.preset or "cartpole", **overrides)
-        summary = train(config, args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+        summary = train(_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The Config that --preset, --env, --seed, --device, --steps and --set describe."""
+    from dqnkit import presets
+    from dqnkit.config import parse_overrides
+
+    overrides: dict[str, Any] = parse_overrides(args.overrides)
+    for key in ("env_id", "seed", "device"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.steps is not None:
+        overrides["total_steps"] = args.steps
+    return presets.get(args.preset or "cartpole", **overrides)
+
+
+def _apex(args: argparse.Namespace) -> int:
+    from dqnkit.distributed import apex
+    from dqnkit.training import default_run_dir
+
+    if args.actors < 1:
+        raise DqnkitError(f"--actors must be at least 1, got {args.actors}")
+    config = _config(args)
+    run_dir = args.run_dir or default_run_dir(config, prefix="apex-")
+    options = apex.ApexOptions(actors=args.actors, ray_address=args.ray_address)
+    summary = apex.run(config, run_dir, options, overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 
@@ -200,11 +235,16 @@ def _bench(args: argparse.Namespace) -> int:
     if args.name != "replay" and args.capacities:
         raise DqnkitError("--capacities applies to `bench replay` only")
     check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
-    if args.name == "speed":
+    if args.name in ("speed", "apex"):
         if args.seconds != 2.0:
             raise DqnkitError("--seconds applies to `bench replay` and `bench atari` only")
         out.parent.mkdir(parents=True, exist_ok=True)
-        speed.run(out=out)
+        if args.name == "apex":
+            from dqnkit.bench import apex
+
+            apex.run(out=out)
+        else:
+            speed.run(out=out)
         print(f"wrote {out}")
         return 0
     if args.name == "atari":

@@ -435,10 +435,10 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def default_run_dir(config: Config) -> Path:
+def default_run_dir(config: Config, prefix: str = "") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = config.preset if config.preset != "custom" else config.env_id.replace("/", "_")
-    return Path("runs") / f"{name}-s{config.seed}-{stamp}"
+    return Path("runs") / f"{prefix}{name}-s{config.seed}-{stamp}"
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:

@@ -1,0 +1,1 @@
+"""Distributed training: Ape-X on Ray (``pip install 'dqnkit[ray]'``)."""

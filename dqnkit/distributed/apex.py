@@ -1,0 +1,377 @@
+"""Ape-X (Horgan et al. 2018, https://arxiv.org/abs/1803.00933) on Ray.
+
+Three kinds of process, all Ray actors except the learner, which is the driver:
+
+- ``K`` :class:`Actor` s, each with its own vector envs, its own copy of the network and a
+  fixed epsilon ``0.4 ** (1 + 7 i / (K - 1))``. An actor steps its envs, folds n-step
+  transitions, scores them with its own network (the initial priorities) and sends them to
+  the replay in batches. Every ``sync_every`` steps it pulls the newest weights.
+- one :class:`ReplayServer`: a :class:`PrioritizedReplay` behind a Ray actor.
+- the learner (this process): samples, updates, writes priorities back and publishes its
+  weights to a :class:`WeightStore` every ``publish_every`` updates.
+
+The learner keeps the replay ratio of single-process training (``gradient_steps`` per
+``train_freq`` transitions): collection is throttled while the learner is behind, so on a
+small machine the actors cannot starve it. An actor that dies is restarted by Ray
+(``max_restarts``) and the run goes on; its lost batch is simply not collected.
+
+Runs are not bit-reproducible (actors and learner interleave as the OS schedules them).
+The run directory follows ``dqnkit train``'s contract; checkpoints hold the learner
+(networks, optimizer, counters), not the replay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dqnkit import __version__
+from dqnkit.checkpoint import CheckpointDir
+from dqnkit.config import Config
+from dqnkit.envs import check_env_id, game_results, make_vec_env, true_next_obs
+from dqnkit.errors import DqnkitError
+from dqnkit.evaluate import evaluate
+from dqnkit.logger import Logger
+from dqnkit.plots import learning_curve
+from dqnkit.replay import PrioritizedReplay
+from dqnkit.replay.nstep import NStepFolder
+from dqnkit.replay.uniform import Batch
+
+
+def actor_epsilon(i: int, actors: int, base: float = 0.4, alpha: float = 7.0) -> float:
+    """Ape-X's fixed per-actor exploration rate: from 0.4 (actor 0) down to 0.4**8."""
+    return base if actors == 1 else base ** (1 + alpha * i / (actors - 1))
+
+
+@dataclass(frozen=True)
+class ApexOptions:
+    actors: int = 2
+    ray_address: str | None = None  # None: start a local cluster; "auto" or host:port: join one
+    send_every: int = 50  # vector steps an actor collects per batch it sends
+    sync_every: int = 400  # env steps between an actor's weight pulls
+    publish_every: int = 25  # learner updates between weight publications
+    batches_per_request: int = 8  # batches fetched (and priority updates sent) per replay round trip
+    max_restarts: int = 3  # per actor
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise DqnkitError("Ape-X runs on Ray, which is not installed: pip install 'dqnkit[ray]'") from None
+    return ray
+
+
+def _weights(agent: Any) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in agent.q_net.state_dict().items()}
+
+
+class ActorWorker:
+    """One Ape-X actor (wrapped as a Ray actor by :func:`run`)."""
+
+    def __init__(self, config: Config, index: int, actors: int, replay: Any, store: Any, sync_every: int) -> None:
+        from dqnkit.training import build_agent
+
+        torch.set_num_threads(1)
+        self.config = config.replace(device="cpu", seed=config.seed + 1000 * (index + 1))
+        self.epsilon = actor_epsilon(index, actors)
+        self.envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability)
+        space = self.envs.single_observation_space
+        self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n))
+        self.folder = NStepFolder(config.n_step, config.gamma, config.num_envs, space.shape, space.dtype)
+        self.replay, self.store, self.sync_every = replay, store, sync_every
+        self.obs, _ = self.envs.reset(seed=self.config.seed)
+        self.ep_return = np.zeros(config.num_envs)
+        self.ep_length = np.zeros(config.num_envs, np.int64)
+        self.version, self.steps = -1, 0
+        self._pull()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def collect(self, vector_steps: int) -> dict[str, Any]:
+        """Step the envs, send the finished transitions with their priorities to the replay;
+        returns the env steps taken and the episodes (return, length) that ended."""
+        parts, episodes = [], []
+        for _ in range(vector_steps):
+            actions = self.agent.act(self.obs, self.epsilon)
+            next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+            parts.append(self.folder.push(self.obs, actions, rewards, true_next_obs(next_obs, info),
+                                          terminated, truncated))
+            self.ep_return += rewards
+            self.ep_length += 1
+            games = game_results(info)
+            for i in np.flatnonzero(terminated | truncated):
+                result = games.get(i, (float(self.ep_return[i]), int(self.ep_length[i])))
+                if result is not None:
+                    episodes.append(result)
+                self.ep_return[i], self.ep_length[i] = 0.0, 0
+            self.obs = next_obs
+        self.steps += vector_steps * self.config.num_envs
+        fields = [np.concatenate(f) for f in zip(*parts)]
+        fields[4] = fields[4].astype(np.float32)  # terminated, as the replay stores it
+        if len(fields[1]):
+            batch = Batch(*fields, weights=np.ones(len(fields[1]), np.float32), indices=np.zeros(0, np.int64))
+            self.replay.add.remote(fields, self.agent.priorities(batch))
+        if self.steps % self.sync_every < vector_steps * self.config.num_envs:
+            self._pull()
+        return {"steps": vector_steps * self.config.num_envs, "episodes": episodes, "epsilon": self.epsilon}
+
+    def _pull(self) -> None:
+        import ray
+
+        newer = ray.get(self.store.get.remote(self.version))
+        if newer is not None:
+            self.version, weights = newer
+            self.agent.q_net.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+
+
+class ReplayServer:
+    """A :class:`PrioritizedReplay` shared by every actor and the learner."""
+
+    def __init__(self, config: Config, obs_shape: tuple[int, ...], obs_dtype: Any) -> None:
+        self.replay = PrioritizedReplay(config.buffer_size, obs_shape, obs_dtype, alpha=config.per_alpha,
+                                        beta=config.per_beta, eps=config.per_eps, seed=config.seed + 1)
+
+    def add(self, fields: list[np.ndarray], priorities: np.ndarray) -> None:
+        slots = self.replay.add_batch(*fields)
+        self.replay.update_priorities(slots, priorities)
+
+    def sample(self, batch_size: int, beta: float, count: int) -> list[Batch]:
+        """``count`` batches in one call: one round trip per ``count`` updates."""
+        self.replay.beta = beta
+        return [self.replay.sample(batch_size) for _ in range(count)]
+
+    def update_priorities(self, updates: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for indices, priorities in updates:
+            self.replay.update_priorities(indices, priorities)
+
+    def size(self) -> int:
+        return len(self.replay)
+
+
+class WeightStore:
+    """The newest published weights and their version; actors pull, the learner pushes."""
+
+    def __init__(self) -> None:
+        self.version, self.weights = -1, None
+
+    def put(self, version: int, weights: dict[str, np.ndarray]) -> None:
+        self.version, self.weights = version, weights
+
+    def get(self, known: int) -> tuple[int, dict[str, np.ndarray]] | None:
+        return (self.version, self.weights) if self.version > known else None
+
+
+class Apex:
+    """One Ape-X run: start the cluster's actors, learn until ``total_steps`` env steps."""
+
+    def __init__(self, config: Config, run_dir: Path, options: ApexOptions) -> None:
+        from dqnkit.training import build_agent, resolve_device
+
+        self.ray = ray = _import_ray()
+        self.config, self.run_dir, self.options = config, run_dir, options
+        obs_shape, obs_dtype, n_actions = check_env_id(config.env_id)
+        resolve_device(config.device)
+        quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
+        if options.ray_address:
+            ray.init(address=options.ray_address, **quiet)
+        else:  # a local cluster; one logical CPU per actor even on a smaller machine
+            ray.init(num_cpus=max(os.cpu_count() or 1, options.actors), include_dashboard=False, **quiet)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        torch.manual_seed(config.seed)
+        # batches arrive read-only from the object store; the learner never writes to them
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        self.agent = build_agent(config, obs_shape, n_actions)
+        self.replay = ray.remote(num_cpus=0)(ReplayServer).remote(config, obs_shape, obs_dtype)
+        self.store = ray.remote(num_cpus=0)(WeightStore).remote()
+        self._publish()
+        actor_cls = ray.remote(num_cpus=1, max_restarts=options.max_restarts)(ActorWorker)
+        self.actors = [actor_cls.remote(config, i, options.actors, self.replay, self.store, options.sync_every)
+                       for i in range(options.actors)]
+        self.env_steps, self.episodes, self.restarts, self.stopped = 0, 0, 0, False
+        self.eval_step, self.eval_mean, self.eval_std = -1, float("nan"), float("nan")
+        self.recent: deque[float] = deque(maxlen=100)
+        self.learner_idle_s = 0.0
+
+    def _publish(self) -> None:
+        self.ray.get(self.store.put.remote(self.agent.updates, _weights(self.agent)))
+
+    def run(self, progress: bool = False, callback: Any = None) -> dict[str, Any]:
+        """Train to ``total_steps`` env steps (summed over actors), or until an evaluation
+        reaches ``stop_at_return``; returns the summary.
+
+        ``callback(apex)`` runs once per learner iteration (tests use it to kill an actor).
+        """
+        ray, cfg = self.ray, self.config
+        self.logger, self.start = Logger(self.run_dir), time.perf_counter()
+        checkpoints = CheckpointDir(self.run_dir, keep=cfg.keep_checkpoints)
+        self.bar = tqdm(total=cfg.total_steps, unit="step", disable=not progress, dynamic_ncols=True,
+                        mininterval=0.5)
+        pending: dict[Any, Any] = {}
+        next_eval, next_ckpt, sample = cfg.eval_every or cfg.total_steps, cfg.checkpoint_interval, None
+        while not self._finished() or pending:
+            self._dispatch(pending)
+            idle = self._owed_updates() < 1  # nothing to learn: block until an actor reports
+            waited = time.perf_counter()
+            done, _ = ray.wait(list(pending), num_returns=1 if idle else len(pending),
+                               timeout=0.05 if idle else 0) if pending else ([], [])
+            if idle and self.env_steps >= cfg.learning_starts:
+                self.learner_idle_s += time.perf_counter() - waited  # starved: waiting for data
+            for ref in done:
+                pending.pop(ref)
+                self._record(ref)
+            sample = self._learn(sample)
+            if self.env_steps >= next_eval and not self.stopped:
+                next_eval += cfg.eval_every or cfg.total_steps
+                self._evaluate()
+            if self.env_steps >= next_ckpt and not self._finished():
+                next_ckpt += cfg.checkpoint_interval
+                self.logger.flush()
+                checkpoints.save(self.env_steps, self._snapshot())
+            if callback is not None:
+                callback(self)
+        self.bar.close()
+        wall = time.perf_counter() - self.start
+        if self.eval_step != self.env_steps and not self.stopped:
+            self._evaluate()
+        self.logger.flush()
+        checkpoints.save(self.env_steps, self._snapshot())
+        self.logger.close()
+        return self._finish(wall)
+
+    def _finished(self) -> bool:
+        return self.env_steps >= self.config.total_steps or self.stopped
+
+    def _dispatch(self, pending: dict[Any, Any]) -> None:
+        """Give every idle actor its next batch to collect, unless the learner must catch up."""
+        busy = set(pending.values())
+        for actor in self.actors:
+            if actor not in busy and not self._finished() and not self._learner_behind():
+                pending[actor.collect.remote(self.options.send_every)] = actor
+
+    def _record(self, ref: Any) -> None:
+        """Count an actor's report and log the episodes it finished."""
+        try:
+            report = self.ray.get(ref)
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.ActorUnavailableError):
+            self.restarts += 1  # Ray restarts the actor; its lost batch is not counted
+            return
+        self.env_steps += report["steps"]
+        self.bar.update(report["steps"])
+        for ret, length in report["episodes"]:
+            self.episodes += 1
+            self.recent.append(ret)
+            self.logger.row("episode", self.env_steps, episode=self.episodes, **{"return": ret}, length=length,
+                            epsilon=report["epsilon"], wall_s=round(time.perf_counter() - self.start, 3))
+        if self.recent:
+            self.bar.set_postfix(ret=f"{np.mean(self.recent):.1f}", upd=self.agent.updates, refresh=False)
+
+    def _owed_updates(self) -> float:
+        """Updates the learner is behind single-process training's replay ratio
+        (``gradient_steps`` per ``train_freq`` env steps, once ``learning_starts`` are in)."""
+        cfg = self.config
+        if self.env_steps < cfg.learning_starts:
+            return 0.0
+        return max(0.0, (self.env_steps - cfg.learning_starts) * cfg.gradient_steps / cfg.train_freq
+                   - self.agent.updates)
+
+    def _learner_behind(self) -> bool:
+        """Hold the actors back while more than one round of updates is owed."""
+        return self._owed_updates() > self.config.gradient_steps
+
+    def _learn(self, sample: Any) -> Any:
+        """Up to ``batches_per_request`` updates, the next batches already requested (prefetch)."""
+        cfg, count = self.config, self.options.batches_per_request
+        owed = int(self._owed_updates())
+        if owed < 1:
+            return sample
+        beta = cfg.per_beta + (cfg.per_beta_final - cfg.per_beta) * min(1.0, self.env_steps / (
+            cfg.per_beta_steps or cfg.total_steps))
+        if sample is None:
+            sample = self.replay.sample.remote(cfg.batch_size, beta, count)
+        batches = self.ray.get(sample)
+        sample = self.replay.sample.remote(cfg.batch_size, beta, count)  # travels while we learn
+        priorities = []
+        for batch in batches[:owed]:
+            stats = self.agent.learn(batch)
+            priorities.append((batch.indices, stats.td_abs.cpu().numpy()))
+            self._after_update()
+        self.replay.update_priorities.remote(priorities)
+        return sample
+
+    def _after_update(self) -> None:
+        cfg = self.config
+        # the target refreshes after as many updates as single-process training makes between refreshes
+        if cfg.tau > 0 or self.agent.updates % max(1, round(cfg.target_update_interval * cfg.gradient_steps
+                                                            / cfg.train_freq)) == 0:
+            self.agent.update_target()
+        if self.agent.updates % self.options.publish_every == 0:
+            self._publish()
+
+    def _evaluate(self) -> None:
+        cfg = self.config
+        returns = evaluate(self.agent, cfg.env_id, cfg.eval_episodes, 1_000_000 + 1000 * cfg.seed,
+                           cfg.eval_epsilon, gamma=cfg.gamma).returns
+        self.eval_step, self.eval_mean, self.eval_std = self.env_steps, float(returns.mean()), float(returns.std())
+        self.logger.row("eval", self.env_steps, episode=self.episodes, **{"return": self.eval_mean},
+                        return_std=self.eval_std, wall_s=round(time.perf_counter() - self.start, 3))
+        self.logger.flush()
+        if cfg.stop_at_return is not None and self.eval_mean >= cfg.stop_at_return:
+            self.stopped = True
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "agent": self.agent.state_dict(),
+                "apex": {"env_steps": self.env_steps, "episodes": self.episodes, "actors": self.options.actors},
+                "dqnkit_version": __version__}
+
+    def _finish(self, wall: float) -> dict[str, Any]:
+        cfg = self.config
+        summary = {
+            "env_id": cfg.env_id, "preset": cfg.preset, "seed": cfg.seed, "steps": self.env_steps,
+            "episodes": self.episodes, "updates": self.agent.updates, "eval_return_mean": self.eval_mean,
+            "eval_return_std": self.eval_std, "eval_episodes": cfg.eval_episodes, "stopped_early": self.stopped,
+            "num_actors": self.options.actors,
+            "actor_restarts": self.restarts, "wall_s": round(wall, 3), "sps": round(self.env_steps / wall, 1),
+            "learner_updates_per_s": round(self.agent.updates / wall, 1),
+            "learner_idle_fraction": round(self.learner_idle_s / wall, 3), "device": str(self.agent.device),
+            "dqnkit_version": __version__,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png",
+                       title=f"Ape-X, {self.options.actors} actors, {cfg.env_id}")
+        return summary
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+
+
+def run(config: Config, run_dir: str | Path, options: ApexOptions = ApexOptions(), *, overwrite: bool = False,
+        progress: bool = False, callback: Any = None) -> dict[str, Any]:
+    """Ape-X training of ``config`` into ``run_dir`` (the ``dqnkit train`` run-dir contract)."""
+    from dqnkit.training import prepare_run_dir
+
+    _import_ray()
+    if options.actors < 1:
+        raise DqnkitError(f"--actors must be at least 1, got {options.actors}")
+    check_env_id(config.env_id)
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, overwrite)
+    (run_dir / "config.json").write_text(config.to_json())
+    apex = Apex(config, run_dir, options)
+    try:
+        return apex.run(progress, callback)
+    finally:
+        apex.shutdown()

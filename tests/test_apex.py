@@ -1,0 +1,82 @@
+"""Ape-X on a local Ray cluster: actors' exploration rates, learning with two actors, an
+actor killed mid-run, and the install hint when Ray is missing."""
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+
+from dqnkit import presets
+from dqnkit.cli import main
+from dqnkit.distributed.apex import ApexOptions, actor_epsilon
+
+FAST = dict(stop_at_return=None, eval_every=5000, eval_episodes=5, gradient_steps=16, buffer_size=20_000)
+
+
+def test_actor_epsilons_follow_apex():
+    assert actor_epsilon(0, 8) == pytest.approx(0.4)
+    assert actor_epsilon(7, 8) == pytest.approx(0.4**8)
+    assert actor_epsilon(0, 1) == 0.4
+    eps = [actor_epsilon(i, 4) for i in range(4)]
+    assert eps == sorted(eps, reverse=True)
+
+
+def test_apex_without_ray_says_how_to_install(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["apex", "--steps", "2000", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "pip install 'dqnkit[ray]'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_apex_refuses_bad_input(capsys, tmp_path):
+    assert main(["apex", "--actors", "0", "--run-dir", str(tmp_path / "a")]) == 2
+    assert main(["apex", "--set", "lr=-1", "--run-dir", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.count("error:") == 2
+
+
+@pytest.fixture
+def ray_installed():
+    return pytest.importorskip("ray")
+
+
+def test_two_actors_and_a_learner_learn_cartpole(tmp_path, ray_installed):
+    from dqnkit.distributed import apex
+
+    cfg = presets.get("cartpole", total_steps=40_000, **{**FAST, "stop_at_return": 150.0})
+    summary = apex.run(cfg, tmp_path / "run", ApexOptions(actors=2))
+    assert summary["eval_return_mean"] >= 150, summary
+    assert summary["num_actors"] == 2 and summary["updates"] > 0 and summary["learner_updates_per_s"] > 0
+    for name in ("config.json", "metrics.csv", "summary.json", "learning_curve.png"):
+        assert (tmp_path / "run" / name).exists()
+    assert list((tmp_path / "run" / "checkpoints").glob("step_*.pt"))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+
+
+def test_a_killed_actor_is_restarted_and_the_run_completes(tmp_path, ray_installed):
+    from dqnkit.distributed import apex
+
+    killed = []
+
+    def kill_once(run):
+        if not killed and run.env_steps >= 1000:
+            pid = run.ray.get(run.actors[0].pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    cfg = presets.get("cartpole", total_steps=4000, **FAST)
+    summary = apex.run(cfg, tmp_path / "run", ApexOptions(actors=2), callback=kill_once)
+    assert killed and summary["steps"] >= 4000
+    assert summary["actor_restarts"] >= 1
+
+
+def test_bench_apex_reports_collection_and_learner(tmp_path, capsys, ray_installed):
+    from dqnkit.bench import apex as bench
+
+    result = bench.run(steps=1500, actors=(1,), out=tmp_path / "apex.json")
+    assert json.loads((tmp_path / "apex.json").read_text()) == result
+    row = result["rows"][0]
+    assert row["actors"] == 1 and row["collect_only_sps"] > 0 and row["learner_updates_per_s"] > 0
+    assert 0.0 <= row["learner_idle_fraction"] <= 1.0
+    assert "learner idle" in capsys.readouterr().out
