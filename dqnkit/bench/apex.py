@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from dqnkit import presets
+from dqnkit.bench import report
 from dqnkit.distributed.apex import ApexOptions
 from dqnkit.distributed.apex import run as apex_run
 
@@ -33,10 +33,7 @@ def run(steps: int = 20_000, actors: tuple[int, ...] = (1, 2), out: Path | None 
                          "learner_idle_fraction": full["learner_idle_fraction"],
                          "eval_return_mean": full["eval_return_mean"]})
     result = {"benchmark": "apex", "steps": steps, "preset": "cartpole", "rows": rows}
-    _print(result)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2))
-    return result
+    return report(result, _print, out)
 
 
 def _print(r: dict[str, Any]) -> None:

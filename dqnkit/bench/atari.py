@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from dqnkit import presets
+from dqnkit.bench import report
 from dqnkit.envs import make_vec_env
 from dqnkit.replay import FrameReplay
 from dqnkit.training import build_agent, resolve_device
@@ -101,10 +101,7 @@ def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None
     if device.type == "cuda":
         torch.cuda.synchronize()
     result["updates_per_s"] = {"device": str(device), "batch_32": round(calls / elapsed, 1)}
-    _print(result)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2))
-    return result
+    return report(result, _print, out)
 
 
 def _print(r: dict[str, Any]) -> None:

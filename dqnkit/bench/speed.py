@@ -12,7 +12,6 @@ Needs ``pip install 'dqnkit[bench]'`` (stable-baselines3 is never a runtime depe
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from dqnkit import presets
+from dqnkit.bench import report
 from dqnkit.errors import DqnkitError
 from dqnkit.training import train
 
@@ -72,10 +72,7 @@ def run(steps: int = 50_000, seed: int = 0, seeds: int = 5, out: Path | None = N
         "cartpole": {"runs": solves, "solved": sum(r["eval_return_mean"] >= 475 for r in solves),
                      "median_wall_s": round(median, 2), "median_vs_sb3_zoo": round(median / sb3_wall, 3)},
     }
-    _print(result)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2))
-    return result
+    return report(result, _print, out)
 
 
 def _print(r: dict[str, Any]) -> None:
