@@ -110,6 +110,7 @@ class DQNAgent:
         self.support = torch.linspace(config.v_min, config.v_max, config.n_atoms, device=self.device)
         self.updates = 0  # gradient steps taken
         self._params = list(self.q_net.parameters())
+        self._numpy_layers = _numpy_mlp(self.q_net, config, self.device)
         # Optimizer.step's hook-and-profiler wrapper costs tens of µs per call on this CPU,
         # a large share of a small network's update; call the step it wraps.
         self._optimizer_step = getattr(type(self.optimizer).step, "__wrapped__", type(self.optimizer).step)
@@ -120,6 +121,18 @@ class DQNAgent:
         distributional agent, the expected value of each action's return distribution."""
         with torch.inference_mode():
             return self._expected(self.q_net(self._tensor(obs))).cpu().numpy()
+
+    def _numpy_q(self, obs: np.ndarray) -> np.ndarray:
+        """The plain MLP's forward pass in numpy: [B, *obs] -> [B, A]. Acting needs no
+        autograd and no torch dispatch; on this CPU it is about 5x faster for one
+        observation (15 against 77 µs at 256x256, measured)."""
+        h = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+        last = len(self._numpy_layers) - 1
+        for i, (weight, bias) in enumerate(self._numpy_layers):
+            h = h @ weight.T + bias
+            if i < last:
+                np.maximum(h, 0.0, out=h)
+        return h
 
     @contextlib.contextmanager
     def evaluation(self) -> Iterator[None]:
@@ -162,7 +175,8 @@ class DQNAgent:
         else:
             if self.config.noisy and self.q_net.training:
                 reset_noise(self.q_net, self.noise)  # fresh exploration noise every step
-            actions = np.where(explore_B, random_B, self.q_values(batch).argmax(axis=1))
+            q = self._numpy_q(batch) if self._numpy_layers else self.q_values(batch)
+            actions = np.where(explore_B, random_B, q.argmax(axis=1))
         return int(actions[0]) if single else actions.astype(np.int64)
 
     # ---------------------------------------------------------------- learning
@@ -277,3 +291,16 @@ class DQNAgent:
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), device=self.device)
+
+
+def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(weight, bias) numpy views of a plain CPU MLP's layers, for acting; [] for any other
+    network. The views share memory with the parameters, which the optimizer and
+    ``load_state_dict`` update in place, so they never go stale."""
+    from dqnkit.networks import MLP
+
+    plain = (isinstance(q_net, MLP) and device.type == "cpu" and not config.noisy and not config.dueling
+             and config.distributional == "none")
+    if not plain:
+        return []
+    return [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in q_net.modules() if isinstance(m, nn.Linear)]

@@ -140,3 +140,19 @@ def test_nature_cnn_is_chosen_for_frames():
     net = build_q_network((4, 84, 84), 6, (64,))
     out = net(torch.zeros(2, 4, 84, 84, dtype=torch.uint8))
     assert out.shape == (2, 6) and type(net).__name__ == "NatureCNN"
+
+
+def test_numpy_acting_path_matches_the_network():
+    """Acting uses a numpy copy-free view of a plain MLP; it must follow the live weights."""
+    from dqnkit import presets
+    from dqnkit.training import build_agent
+
+    agent = build_agent(presets.get("cartpole-zoo"), (4,), 2)
+    assert agent._numpy_layers
+    obs = np.random.default_rng(0).standard_normal((256, 4)).astype(np.float32)
+    np.testing.assert_allclose(agent._numpy_q(obs), agent.q_values(obs), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        for p in agent.q_net.parameters():
+            p.add_(0.5)  # in place, as the optimizer updates them
+    np.testing.assert_allclose(agent._numpy_q(obs), agent.q_values(obs), rtol=1e-5, atol=1e-5)
+    assert (agent.act(obs, 0.0) == agent.q_values(obs).argmax(axis=1)).mean() > 0.99
