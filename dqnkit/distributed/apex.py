@@ -17,7 +17,9 @@ small machine the actors cannot starve it. An actor that dies is restarted by Ra
 
 Runs are not bit-reproducible (actors and learner interleave as the OS schedules them).
 The run directory follows ``dqnkit train``'s contract; checkpoints hold the learner
-(networks, optimizer, counters), not the replay.
+(networks, optimizer, counters), not the replay. The replay actor stores whole
+observations (a record-array PrioritizedReplay): for stacked Atari frames that is 56 KB a
+transition, not FrameReplay's 7 KB, so size ``buffer_size`` accordingly.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dqnkit import __version__
+from dqnkit import __version__, schedules
 from dqnkit.checkpoint import CheckpointDir
 from dqnkit.config import Config
 from dqnkit.envs import check_env_id, game_results, make_vec_env, true_next_obs
@@ -298,8 +300,8 @@ class Apex:
         owed = int(self._owed_updates())
         if owed < 1:
             return sample
-        beta = cfg.per_beta + (cfg.per_beta_final - cfg.per_beta) * min(1.0, self.env_steps / (
-            cfg.per_beta_steps or cfg.total_steps))
+        beta = schedules.linear(cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps,
+                                self.env_steps)
         if sample is None:
             sample = self.replay.sample.remote(cfg.batch_size, beta, count)
         batches = self.ray.get(sample)
