@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqnkit.config import Config
-from dqnkit.networks import reset_noise
+from dqnkit.networks import MLP, reset_noise
 from dqnkit.replay.uniform import Batch
 
 
@@ -297,8 +297,6 @@ def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[t
     """(weight, bias) numpy views of a plain CPU MLP's layers, for acting; [] for any other
     network. The views share memory with the parameters, which the optimizer and
     ``load_state_dict`` update in place, so they never go stale."""
-    from dqnkit.networks import MLP
-
     plain = (isinstance(q_net, MLP) and device.type == "cpu" and not config.noisy and not config.dueling
              and config.distributional == "none")
     if not plain:

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(__version__)
             return 0
         if args.command is None:
-            raise DqnkitError("missing command: train, eval, presets, experiment, tabular or bench "
+            raise DqnkitError("missing command: train, eval, presets, experiment, tabular, bench or apex "
                               "(see `dqnkit --help`)")
         commands = {"train": _train, "eval": _eval, "presets": _presets, "tabular": _tabular, "bench": _bench,
                     "experiment": _experiment, "apex": _apex}
