@@ -193,7 +193,7 @@ class DQNAgent:
             p.grad = None
         loss.backward()
         if cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
+            _clip_grad_norm(self._params, cfg.max_grad_norm)
         self._optimizer_step(self.optimizer)
         self.updates += 1
         return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
@@ -302,3 +302,11 @@ def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[t
     if not plain:
         return []
     return [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in q_net.modules() if isinstance(m, nn.Linear)]
+
+
+def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
+    """``nn.utils.clip_grad_norm_``'s arithmetic, op for op (so bit-identical), without its
+    argument handling and wrappers: 60 against 125-140 µs per call at 256x256 here."""
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))

@@ -156,3 +156,18 @@ def test_numpy_acting_path_matches_the_network():
             p.add_(0.5)  # in place, as the optimizer updates them
     np.testing.assert_allclose(agent._numpy_q(obs), agent.q_values(obs), rtol=1e-5, atol=1e-5)
     assert (agent.act(obs, 0.0) == agent.q_values(obs).argmax(axis=1)).mean() > 0.99
+
+
+def test_hand_clipping_is_torch_clipping_bit_for_bit():
+    from dqnkit.agent import _clip_grad_norm
+
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(s)) for s in ((64, 4), (64,), (2, 64))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for p, q in zip(a, b):
+        p.grad = torch.randn_like(p) * 10
+        q.grad = p.grad.clone()
+    _clip_grad_norm(a, 1.0)
+    torch.nn.utils.clip_grad_norm_(b, 1.0)
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a, b))
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in a])) <= 1.0 + 1e-5
