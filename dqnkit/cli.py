@@ -155,8 +155,6 @@ def _apex(args: argparse.Namespace) -> int:
     from dqnkit.distributed import apex
     from dqnkit.training import default_run_dir
 
-    if args.actors < 1:
-        raise DqnkitError(f"--actors must be at least 1, got {args.actors}")
     config = _config(args)
     run_dir = args.run_dir or default_run_dir(config, prefix="apex-")
     options = apex.ApexOptions(actors=args.actors, ray_address=args.ray_address)

@@ -50,6 +50,26 @@ def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 
     return env
 
 
+def finished_episodes(ep_return: np.ndarray, ep_length: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
+                      truncated: np.ndarray, info: dict[str, Any]) -> list[tuple[float, int]]:
+    """Add one vector step to the running episode counters [N] (updated in place); return
+    ``(return, length)`` of every episode the step finished, and reset their counters.
+
+    An Atari life loss ends a learning episode but not the game: its counters reset and
+    nothing is returned. A game over returns the raw score and length of the whole game.
+    """
+    ep_return += rewards
+    ep_length += 1
+    games = game_results(info)
+    finished = []
+    for i in np.flatnonzero(terminated | truncated):
+        result = games.get(int(i), (float(ep_return[i]), int(ep_length[i])))
+        ep_return[i], ep_length[i] = 0.0, 0
+        if result is not None:
+            finished.append(result)
+    return finished
+
+
 def game_results(info: dict[str, Any]) -> dict[int, tuple[float, int] | None]:
     """Sub-envs whose step ended something other than a plain episode.
 

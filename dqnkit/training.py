@@ -32,7 +32,7 @@ from dqnkit.agent import DQNAgent
 from dqnkit.checkpoint import CheckpointDir, safe_load
 from dqnkit.config import Config, from_dict
 from dqnkit.diagnostics import overestimation
-from dqnkit.envs import check_env_id, game_results, get_env_state, make_vec_env, set_env_state, true_next_obs
+from dqnkit.envs import check_env_id, finished_episodes, get_env_state, make_vec_env, set_env_state, true_next_obs
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
 from dqnkit.logger import Logger, read_metrics
@@ -247,16 +247,9 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
             _check_finite(rewards, real_next, loop.step)
             _store(parts, actions, rewards, real_next, terminated, truncated)
 
-            loop.ep_return += rewards
-            loop.ep_length += 1
             prev, loop.obs = loop.step, next_obs
             loop.step += cfg.num_envs
-            games = game_results(info)
-            for i in np.flatnonzero(terminated | truncated):
-                ret, length = games.get(i, (float(loop.ep_return[i]), int(loop.ep_length[i]))) or (None, None)
-                loop.ep_return[i], loop.ep_length[i] = 0.0, 0
-                if ret is None:
-                    continue  # an Atari life lost: a learning episode ended, the game goes on
+            for ret, length in finished_episodes(loop.ep_return, loop.ep_length, rewards, terminated, truncated, info):
                 loss, q_mean = _pop_learning_stats(loop)
                 loop.episodes += 1
                 recent.append(ret)

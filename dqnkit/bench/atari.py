@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,21 @@ def _env_sps(num_envs: int, seconds: float) -> float:
     return calls * num_envs / elapsed
 
 
-def _fill_frame_replay(transitions: int) -> FrameReplay:
-    replay = FrameReplay(transitions + transitions // 10, seed=0)
+def _stream(transitions: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The same synthetic Atari steps for every buffer: (obs, action, next_obs, done),
+    random frames, 200-step episodes."""
     rng = np.random.default_rng(0)
     obs = rng.integers(0, 255, (1, 4, 84, 84), dtype=np.uint8)
     for t in range(transitions):
         next_obs = np.concatenate([obs[:, 1:], rng.integers(0, 255, (1, 1, 84, 84), dtype=np.uint8)], axis=1)
-        done = np.array([t % 200 == 199])
-        replay.add_step(obs, np.array([t % 4]), np.array([1.0]), next_obs, done, np.array([False]))
+        yield obs, np.array([t % 4]), next_obs, np.array([t % 200 == 199])
         obs = next_obs
+
+
+def _fill_frame_replay(transitions: int) -> FrameReplay:
+    replay = FrameReplay(transitions + transitions // 10, seed=0)
+    for obs, action, next_obs, done in _stream(transitions):
+        replay.add_step(obs, action, np.array([1.0]), next_obs, done, np.array([False]))
     return replay
 
 
@@ -65,12 +72,8 @@ def _sb3_buffer(transitions: int) -> Any | None:
     space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     buf = ReplayBuffer(transitions, space, gym.spaces.Discrete(4), device="cpu", optimize_memory_usage=True,
                        handle_timeout_termination=False)
-    rng = np.random.default_rng(0)
-    obs = rng.integers(0, 255, (1, 4, 84, 84), dtype=np.uint8)
-    for t in range(transitions):
-        next_obs = np.concatenate([obs[:, 1:], rng.integers(0, 255, (1, 1, 84, 84), dtype=np.uint8)], axis=1)
-        buf.add(obs, next_obs, np.array([t % 4]), np.array([1.0]), np.array([t % 200 == 199]), [{}])
-        obs = next_obs
+    for obs, action, next_obs, done in _stream(transitions):
+        buf.add(obs, next_obs, action, np.array([1.0]), done, [{}])
     return buf
 
 

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from dqnkit import __version__, schedules
 from dqnkit.checkpoint import CheckpointDir
 from dqnkit.config import Config
-from dqnkit.envs import check_env_id, game_results, make_vec_env, true_next_obs
+from dqnkit.envs import check_env_id, finished_episodes, make_vec_env, true_next_obs
 from dqnkit.errors import DqnkitError
 from dqnkit.evaluate import evaluate
 from dqnkit.logger import Logger
@@ -111,14 +111,7 @@ class ActorWorker:
             next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
             parts.append(self.folder.push(self.obs, actions, rewards, true_next_obs(next_obs, info),
                                           terminated, truncated))
-            self.ep_return += rewards
-            self.ep_length += 1
-            games = game_results(info)
-            for i in np.flatnonzero(terminated | truncated):
-                result = games.get(i, (float(self.ep_return[i]), int(self.ep_length[i])))
-                if result is not None:
-                    episodes.append(result)
-                self.ep_return[i], self.ep_length[i] = 0.0, 0
+            episodes += finished_episodes(self.ep_return, self.ep_length, rewards, terminated, truncated, info)
             self.obs = next_obs
         self.steps += vector_steps * self.config.num_envs
         fields = [np.concatenate(f) for f in zip(*parts)]
@@ -159,9 +152,6 @@ class ReplayServer:
         for indices, priorities in updates:
             self.replay.update_priorities(indices, priorities)
 
-    def size(self) -> int:
-        return len(self.replay)
-
 
 class WeightStore:
     """The newest published weights and their version; actors pull, the learner pushes."""
@@ -179,13 +169,15 @@ class WeightStore:
 class Apex:
     """One Ape-X run: start the cluster's actors, learn until ``total_steps`` env steps."""
 
-    def __init__(self, config: Config, run_dir: Path, options: ApexOptions) -> None:
-        from dqnkit.training import build_agent, resolve_device
+    def __init__(self, config: Config, run_dir: Path, options: ApexOptions,
+                 spaces: tuple[tuple[int, ...], np.dtype, int]) -> None:
+        """``spaces``: (observation shape, observation dtype, number of actions), as
+        :func:`dqnkit.envs.check_env_id` returns them."""
+        from dqnkit.training import build_agent
 
         self.ray = ray = _import_ray()
         self.config, self.run_dir, self.options = config, run_dir, options
-        obs_shape, obs_dtype, n_actions = check_env_id(config.env_id)
-        resolve_device(config.device)
+        obs_shape, obs_dtype, n_actions = spaces
         quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
         if options.ray_address:
             ray.init(address=options.ray_address, **quiet)
@@ -363,16 +355,17 @@ class Apex:
 def run(config: Config, run_dir: str | Path, options: ApexOptions = ApexOptions(), *, overwrite: bool = False,
         progress: bool = False, callback: Any = None) -> dict[str, Any]:
     """Ape-X training of ``config`` into ``run_dir`` (the ``dqnkit train`` run-dir contract)."""
-    from dqnkit.training import prepare_run_dir
+    from dqnkit.training import prepare_run_dir, resolve_device
 
     _import_ray()
     if options.actors < 1:
         raise DqnkitError(f"--actors must be at least 1, got {options.actors}")
-    check_env_id(config.env_id)
+    spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
+    resolve_device(config.device)
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, overwrite)
     (run_dir / "config.json").write_text(config.to_json())
-    apex = Apex(config, run_dir, options)
+    apex = Apex(config, run_dir, options, spaces)
     try:
         return apex.run(progress, callback)
     finally:
