@@ -52,13 +52,24 @@ def project_distribution(next_probs_BK: torch.Tensor, target_atoms_BK: torch.Ten
                          support_K: torch.Tensor) -> torch.Tensor:
     """C51's categorical projection (Bellemare et al. 2017, algorithm 1): the probability mass
     of each shifted atom ``target_atoms_BK`` (clipped to the support) is split between the two
-    nearest atoms of ``support_K`` in proportion to closeness. Returns [B, K], rows sum to 1."""
+    nearest atoms of ``support_K`` in proportion to closeness. Returns [B, K], rows sum to 1.
+
+    Every index lies in [0, K-1] whatever the rounding: ``(z - v_min) / delta`` can come out
+    a hair above K-1 in float32 (v_min -10, v_max 200, K 51 gives 50.000004), and a ceil of
+    that indexes past the support (a CUDA device-side assert; an IndexError on the CPU). An
+    atom equal to a support point keeps all its mass, even where that division is inexact.
+    """
     v_min, v_max, k = support_K[0], support_K[-1], support_K.numel()
     delta = (v_max - v_min) / (k - 1)
-    b = (target_atoms_BK.clamp(v_min, v_max) - v_min) / delta  # fractional atom index
-    lower, upper = b.floor().long(), b.ceil().long()
-    # an atom that lands exactly on a support atom (lower == upper) gives it all its mass
-    lower_weight = torch.where(upper == lower, torch.ones_like(b), upper.float() - b)
+    atoms_BK = target_atoms_BK.clamp(v_min, v_max)
+    b = ((atoms_BK - v_min) / delta).clamp(0, k - 1)  # fractional atom index
+    nearest = b.round().long()
+    b = torch.where(atoms_BK == support_K[nearest], nearest.float(), b)
+    lower = b.floor().long()
+    upper = (lower + 1).clamp(max=k - 1)
+    # lower's share is 1 - (b - lower); an integer b (lower == b) puts all the mass on lower
+    # and adds exactly 0 to upper, which keeps the sums bit-identical to the textbook split
+    lower_weight = (lower + 1).float() - b
     upper_weight = b - lower.float()
     projected = torch.zeros_like(next_probs_BK)
     projected.scatter_add_(1, lower, next_probs_BK * lower_weight)

@@ -36,6 +36,21 @@ def test_c51_projection_of_a_terminal_transition_is_the_reward():
     assert _project([0.1, 0.2, 0.3, 0.4, 0.0], 2.3, 0.99, True) == pytest.approx([0, 0, 0.7, 0.3, 0])
 
 
+@pytest.mark.parametrize("v_min, v_max, k", [(-10.0, 200.0, 51), (-5.0, 100.0, 101), (-10.0, 10.0, 51),
+                                           (-3.3, 21.0, 33), (0.0, 1.0, 2)])
+def test_c51_projection_indexes_inside_the_support_and_keeps_mass_on_its_atoms(v_min, v_max, k):
+    # (-10, 200, 51): (z - v_min) / delta gives 50.000004 at the top atom in float32, whose ceil
+    # indexed one past the support (the CUDA device-side assert of issue 14)
+    support = torch.linspace(v_min, v_max, k)
+    probs = torch.softmax(torch.randn(3, k, generator=torch.Generator().manual_seed(0)), dim=1)
+    same = project_distribution(probs, support.expand(3, k), support)  # r = 0, gamma^k = 1: atoms on the support
+    assert torch.equal(same, probs)
+    for shift in (v_max - v_min, -(v_max - v_min), 0.37, 1e-6):  # far past both edges, between atoms, a hair off
+        projected = project_distribution(probs, support.expand(3, k) + shift, support)
+        assert torch.allclose(projected.sum(dim=1), torch.ones(3))
+        assert (projected >= 0).all()
+
+
 def test_quantile_huber_loss_closed_form():
     # quantiles 0, 1 at tau 1/4, 3/4; targets 0.5, 3; kappa 1 (worked in the comment of the test file)
     # u = [[0.5, 3], [-0.5, 2]], Huber = [[0.125, 2.5], [0.125, 1.5]], weights [[.25, .25], [.25, .75]]
