@@ -36,9 +36,11 @@ class Config:
     env_id: str = _opt("CartPole-v1", "Gymnasium environment id (Box or image observations, Discrete actions).")
     seed: int = _opt(0, "Seed for every random number generator of the run.", lo=0)
     total_steps: int = _opt(50_000, "Environment transitions to collect, summed over vector envs.", lo=1)
-    num_envs: int = _opt(1, "Number of environments stepped in lockstep (gymnasium SyncVectorEnv).", lo=1)
+    num_envs: int = _opt(1, "Number of environments stepped in lockstep (see vector_env).", lo=1)
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu or cuda.", choices=("auto", "cpu", "cuda"))
     repeat_action_probability: float = _opt(0.25, "Atari (ALE/...) only: sticky actions, the chance the emulator repeats the previous action (0.25 as in the v5 envs; 0 for the Nature setting).", lo=0.0, hi=1.0)
+    cuda_graph: bool = _opt(True, "On CUDA, capture the whole update (forward, loss, backward, clipping, Adam) once as a CUDA graph and replay it, fed by one pinned copy per batch: the same arithmetic without the launch overhead of ~100 small kernels. Ignored on the CPU.")
+    vector_env: str = _opt("auto", "How num_envs > 1 envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE and MinAtar ids, whose steps are expensive enough to pay for the processes; sync otherwise).", choices=("auto", "sync", "async"))
     num_threads: int = _opt(1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0)
 
     # --- learning ---

@@ -1,6 +1,7 @@
 """Environment construction and the checks that refuse an env dqnkit cannot train on.
 
-Training uses gymnasium's SyncVectorEnv in SAME_STEP autoreset mode (gymnasium >= 1.1):
+Training uses gymnasium's vector envs (sync, or async worker processes for expensive envs;
+see :func:`make_vec_env`) in SAME_STEP autoreset mode (gymnasium >= 1.1):
 when a sub-env's episode ends, ``step`` already returns the *reset* observation and puts
 the true last observation in ``info["final_obs"]``. Every vector step therefore yields
 exactly ``num_envs`` real transitions, and :func:`true_next_obs` recovers the observation
@@ -40,14 +41,23 @@ def make_env(env_id: str, render_mode: str | None = None, *, training: bool = Fa
     return env
 
 
-def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 0.25) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` training copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset."""
-    env = gym.vector.SyncVectorEnv(
-        [lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
-         for _ in range(num_envs)],
-        autoreset_mode=AutoresetMode.SAME_STEP,
-    )
-    return env
+def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 0.25,
+                 mode: str = "auto") -> gym.vector.VectorEnv:
+    """``num_envs`` training copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset.
+
+    ``mode`` ``sync`` steps them one after another in this process; ``async`` steps them in
+    parallel worker processes (AsyncVectorEnv, observations through shared memory), with the
+    same transitions, ``final_obs`` and ``final_info``; ``auto`` picks async for more than one
+    ALE or MinAtar env, whose steps cost enough to pay for the processes (a CartPole step is
+    ~10 µs, less than one round trip to a worker).
+    """
+    fns = [lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
+           for _ in range(num_envs)]
+    if mode == "auto":
+        mode = "async" if num_envs > 1 and env_id.startswith(("ALE/", "MinAtar/")) else "sync"
+    if mode == "async":
+        return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=AutoresetMode.SAME_STEP)
+    return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
 def finished_episodes(ep_return: np.ndarray, ep_length: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
@@ -146,6 +156,13 @@ def _make(env_id: str, **kwargs: Any) -> gym.Env:
 # code (ALE) cannot be captured this way: they restart their episode on resume.
 
 _PLAIN = (bool, int, float, str, type(None), np.ndarray, np.generic)
+
+
+def get_env_states(envs: gym.vector.VectorEnv) -> list[dict[str, Any] | None]:
+    """:func:`get_env_state` of each sub-env; all None for an AsyncVectorEnv, whose envs live
+    in worker processes (its runs resume with fresh episodes, as ALE runs do)."""
+    subs = getattr(envs, "envs", None)
+    return [None] * envs.num_envs if subs is None else [get_env_state(env) for env in subs]
 
 
 def get_env_state(env: gym.Env) -> dict[str, Any] | None:

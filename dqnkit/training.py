@@ -32,7 +32,7 @@ from dqnkit.agent import DQNAgent
 from dqnkit.checkpoint import CheckpointDir, safe_load
 from dqnkit.config import Config, from_dict
 from dqnkit.diagnostics import overestimation
-from dqnkit.envs import check_env_id, finished_episodes, get_env_state, make_vec_env, set_env_state, true_next_obs
+from dqnkit.envs import check_env_id, finished_episodes, get_env_states, make_vec_env, set_env_state, true_next_obs
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
 from dqnkit.logger import Logger, read_metrics
@@ -129,7 +129,7 @@ def build(config: Config) -> Parts:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability)
+    envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability, config.vector_env)
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
     folder = NStepFolder(config.n_step, config.gamma, config.num_envs, obs_space.shape, obs_space.dtype)
@@ -159,10 +159,14 @@ def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> D
     return DQNAgent(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
 
 
-def load(run_dir: str | Path) -> DQNAgent:
-    """The trained agent of a run (its latest checkpoint): ``agent.act(obs, greedy=True)``."""
+def load(run_dir: str | Path, device: str = "auto") -> DQNAgent:
+    """The trained agent of a run (its latest checkpoint): ``agent.act(obs, greedy=True)``.
+
+    ``device`` is where it runs here (``auto``: cuda if this machine has it), whatever device
+    it was trained on: a run trained on a GPU loads on a CPU-only machine.
+    """
     ckpt = load_checkpoint(run_dir)
-    config = from_dict(ckpt["config"])
+    config = from_dict(ckpt["config"]).replace(device=device)
     obs_shape, _, n_actions = check_env_id(config.env_id)
     agent = build_agent(config, obs_shape, n_actions)
     try:
@@ -183,7 +187,7 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
     loop = Loop(**ckpt["loop"])
     env_states = ckpt["envs"]
     if all(s is not None for s in env_states) and len(env_states) == parts.config.num_envs:
-        for env, state in zip(parts.envs.envs, env_states):
+        for env, state in zip(parts.envs.envs, env_states):  # states are only ever saved from a SyncVectorEnv
             set_env_state(env, state)
     else:  # the env cannot be captured (e.g. ALE): start fresh episodes, say so
         warnings.warn(f"{parts.config.env_id} cannot save its episode in progress: resuming with fresh "
@@ -203,7 +207,7 @@ def snapshot(parts: Parts) -> dict[str, Any]:
         "replay": parts.replay.state_dict(),
         "folder": parts.folder.state_dict(),
         "loop": asdict(parts.loop),
-        "envs": [get_env_state(env) for env in parts.envs.envs],
+        "envs": get_env_states(parts.envs),
         "torch_rng": torch.get_rng_state(),
         "dqnkit_version": __version__,
     }

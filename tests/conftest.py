@@ -35,6 +35,15 @@ gym.register("dqnkit-test/Walk-v0", entry_point=Walk, max_episode_steps=6)
 gym.register("dqnkit-test/WalkGoal-v0", entry_point=Walk, kwargs={"goal": 4}, max_episode_steps=6)
 
 
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(no_gpu)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)

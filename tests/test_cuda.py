@@ -1,0 +1,118 @@
+"""CUDA: every head trains, the captured update equals the eager one, resume and checkpoints
+cross devices. Skipped where torch sees no GPU; run them with `pytest -m cuda` on a GPU machine."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dqnkit import Config, load, presets, resume, train
+from dqnkit.agent import DQNAgent, project_distribution
+from dqnkit.evaluate import evaluate
+from dqnkit.logger import read_metrics
+from dqnkit.networks import build_q_network
+from dqnkit.replay.uniform import Batch
+
+pytestmark = pytest.mark.cuda
+
+HEADS = [{"distributional": "none"}, {"distributional": "c51", "v_min": -10.0, "v_max": 200.0},
+         {"distributional": "qr"}]
+RAINBOW = dict(double=True, dueling=True, noisy=True, prioritized=True, n_step=3)
+SHORT = dict(total_steps=400, learning_starts=100, batch_size=32, buffer_size=2000, train_freq=2, gradient_steps=1,
+             target_update_interval=100, eval_every=200, eval_episodes=2, stop_at_return=None, device="cuda",
+             checkpoint_every=200)
+
+
+def _params(agent: DQNAgent) -> torch.Tensor:
+    return torch.cat([p.detach().flatten().cpu() for p in agent.q_net.parameters()])
+
+
+def test_c51_projection_on_cuda_stays_inside_the_support():
+    support = torch.linspace(-10.0, 200.0, 51, device="cuda")
+    probs = torch.full((4, 51), 1 / 51, device="cuda")
+    projected = project_distribution(probs, support.expand(4, 51), support)
+    torch.cuda.synchronize()  # a device-side assert would surface here
+    assert torch.equal(projected, probs)
+
+
+@pytest.mark.parametrize("head", HEADS, ids=lambda h: h["distributional"])
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "ALE/Breakout-v5"])
+def test_every_head_with_every_rainbow_part_trains_on_cuda(tmp_path, head, env_id):
+    if env_id.startswith("ALE/"):
+        pytest.importorskip("ale_py")
+    preset = "atari" if env_id.startswith("ALE/") else "cartpole"
+    summary = train(presets.get(preset, env_id=env_id, **SHORT, **RAINBOW, **head), tmp_path / "run")
+    assert summary["device"].startswith("cuda") and summary["updates"] > 0
+    losses = [float(r["loss"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")
+              if r["kind"] == "episode" and r["loss"] not in ("", None)]
+    assert losses and np.isfinite(losses).all()
+
+
+def _agent(device: str, graph: bool, **overrides) -> DQNAgent:
+    cfg = Config(hidden_sizes=(64,), lr=1e-3, gamma=0.9, cuda_graph=graph, n_atoms=21, v_min=-2.0, v_max=2.0,
+                 seed=3, **overrides)
+    atoms = 1 if cfg.distributional == "none" else cfg.n_atoms
+    torch.manual_seed(0)
+    net = build_q_network((4, 84, 84), 4, cfg.hidden_sizes, dueling=cfg.dueling, atoms=atoms, noisy=cfg.noisy)
+    return DQNAgent(net, (4, 84, 84), 4, cfg, device=device)
+
+
+def _batches(n: int, b: int = 32) -> list[Batch]:
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        obs = rng.integers(0, 255, (b, 4, 84, 84), dtype=np.uint8)
+        next_obs = rng.integers(0, 255, (b, 4, 84, 84), dtype=np.uint8)
+        out.append(Batch(obs, rng.integers(0, 4, b), rng.standard_normal(b).astype(np.float32), next_obs,
+                         (rng.random(b) < 0.1).astype(np.float32), rng.integers(1, 4, b),
+                         rng.uniform(0.2, 1.0, b).astype(np.float32), np.arange(b)))
+    return out
+
+
+@pytest.mark.parametrize("head", [{}, {"distributional": "c51"}, {"distributional": "qr"},
+                                  {"distributional": "c51", "noisy": True, "double": True, "dueling": True}],
+                         ids=["td", "c51", "qr", "c51-noisy-double-dueling"])
+def test_graphed_updates_equal_eager_updates(head):
+    graphed, eager = _agent("cuda", True, **head), _agent("cuda", False, **head)
+    for batch in _batches(20):
+        a, b = graphed.learn(batch), eager.learn(batch)
+        torch.testing.assert_close(a.loss, b.loss, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.td_abs, b.td_abs, rtol=1e-4, atol=1e-5)
+    assert graphed._graphed is not None and eager._graphed is None
+    torch.testing.assert_close(_params(graphed), _params(eager), rtol=1e-4, atol=1e-5)
+    assert graphed.updates == eager.updates == 20
+
+
+def test_graphed_updates_keep_the_noise_stream_fresh():
+    agent = _agent("cuda", True, noisy=True)
+    noise = []
+    for batch in _batches(3):
+        agent.learn(batch)
+        noise.append(agent.q_net.head.net[0].eps_out.clone())
+    assert not torch.equal(noise[0], noise[1]) and not torch.equal(noise[1], noise[2])
+
+
+def test_resume_on_cuda_matches_the_uninterrupted_run(tmp_path):
+    # schedules in absolute steps, so the 300-step run is the first half of the 600-step one
+    cfg = presets.get("cartpole", **{**SHORT, "total_steps": 600, "eval_every": 0}, **RAINBOW,
+                      distributional="c51", exploration_steps=200, per_beta_steps=600)
+    train(cfg, tmp_path / "full")
+    train(cfg.replace(total_steps=300), tmp_path / "half")
+    resume(tmp_path / "half", total_steps=600)
+    # scatter_add (C51) and cuBLAS may sum in another order between runs: equal within float tolerance
+    torch.testing.assert_close(_params(load(tmp_path / "half")), _params(load(tmp_path / "full")),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_a_cuda_checkpoint_loads_and_evaluates_on_the_cpu(tmp_path):
+    summary = train(presets.get("cartpole", **SHORT, **RAINBOW, log_overestimation=True), tmp_path / "run")
+    on_gpu, on_cpu = load(tmp_path / "run"), load(tmp_path / "run", device="cpu")
+    assert on_gpu.device.type == "cuda" and on_cpu.device.type == "cpu"
+    obs = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
+    with on_gpu.evaluation(), on_cpu.evaluation():
+        np.testing.assert_allclose(on_cpu.q_values(obs), on_gpu.q_values(obs), rtol=1e-4, atol=1e-5)
+    assert len(evaluate(on_cpu, "CartPole-v1", 2, seed=0).returns) == 2
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["kind"] == "eval"]
+    assert evals and all(np.isfinite(float(r["q_pred"])) and np.isfinite(float(r["q_real"])) for r in evals)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["device"] == summary["device"]

@@ -1,0 +1,69 @@
+"""Parallel vector envs: AsyncVectorEnv must give exactly the transitions SyncVectorEnv gives,
+with the same SAME_STEP autoreset (reset observation returned, true last one in final_obs)."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from dqnkit import presets, train
+from dqnkit.envs import finished_episodes, get_env_states, make_vec_env, true_next_obs
+
+
+def _rollout(env_id: str, num_envs: int, mode: str, steps: int) -> list[tuple]:
+    envs = make_vec_env(env_id, num_envs, mode=mode)
+    obs, _ = envs.reset(seed=3)
+    rng = np.random.default_rng(0)
+    ep_return, ep_length = np.zeros(num_envs), np.zeros(num_envs, np.int64)
+    out = []
+    for _ in range(steps):
+        actions = rng.integers(envs.single_action_space.n, size=num_envs)
+        next_obs, rewards, terminated, truncated, info = envs.step(actions)
+        real_next = true_next_obs(next_obs, info)
+        games = finished_episodes(ep_return, ep_length, rewards, terminated, truncated, info)
+        out.append((obs.copy(), rewards, terminated, truncated, real_next.copy(), games))
+        obs = next_obs
+    envs.close()
+    return out
+
+
+@pytest.mark.parametrize("env_id, steps",
+                         [("CartPole-v1", 300), ("dqnkit-test/WalkGoal-v0", 20), ("dqnkit-test/Walk-v0", 20)])
+def test_async_envs_give_the_sync_transitions(env_id, steps):
+    sync, parallel = _rollout(env_id, 3, "sync", steps), _rollout(env_id, 3, "async", steps)
+    assert any(t[2].any() or t[3].any() for t in sync)  # episodes ended inside the window
+    for a, b in zip(sync, parallel):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_async_breakout_gives_the_sync_transitions_and_game_results():
+    pytest.importorskip("ale_py")
+    sync, parallel = _rollout("ALE/Breakout-v5", 2, "sync", 400), _rollout("ALE/Breakout-v5", 2, "async", 400)
+    assert any(t[2].any() for t in sync)  # life losses inside the window
+    for a, b in zip(sync, parallel):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_auto_picks_processes_for_atari_only():
+    cartpole = make_vec_env("CartPole-v1", 2)
+    assert isinstance(cartpole, gym.vector.SyncVectorEnv)
+    assert all(s is not None for s in get_env_states(cartpole))
+    cartpole.close()
+    pytest.importorskip("minatar")
+    minatar = make_vec_env("MinAtar/Breakout", 2)
+    assert isinstance(minatar, gym.vector.AsyncVectorEnv)
+    assert get_env_states(minatar) == [None, None]  # worker processes: fresh episodes on resume
+    minatar.close()
+    assert isinstance(make_vec_env("MinAtar/Breakout", 1), gym.vector.SyncVectorEnv)
+
+
+def test_async_training_run_resumes_with_fresh_episodes(tmp_path):
+    cfg = presets.get("cartpole", total_steps=600, learning_starts=100, num_envs=2, vector_env="async",
+                      eval_every=0, eval_episodes=1, stop_at_return=None)
+    train(cfg, tmp_path / "run")
+    from dqnkit.training import resume
+
+    with pytest.warns(UserWarning, match="fresh episodes"):
+        summary = resume(tmp_path / "run", total_steps=800)
+    assert summary["steps"] == 800 and summary["resumed_with_fresh_episodes"]
