@@ -203,16 +203,27 @@ class DQNAgent:
         (:class:`dqnkit.cuda_graph.GraphedUpdate`), built at the first call; elsewhere it runs
         eagerly. Both run :meth:`_step`, so the arithmetic is the same.
         """
-        if self._graph_wanted:
-            if self._graphed is None or self._graphed.batch_size != len(batch.actions):
-                from dqnkit.cuda_graph import GraphedUpdate  # CUDA-only code stays out of CPU imports
-
-                self._graphed = GraphedUpdate(self, batch)
+        if self._graph_wanted and (self._graphed is None or self._graphed.batch_size != len(batch.actions)):
+            self._capture(batch)
+        if self._graphed is not None:
             stats = self._graphed(batch)
         else:
             stats = self._step(self._tensors(batch))
         self.updates += 1
         return stats
+
+    def _capture(self, batch: Batch) -> None:
+        """Build the graphed update; where capture fails (an old driver, an op that cannot be
+        captured), say so once and keep updating eagerly: same results, only slower."""
+        from dqnkit.cuda_graph import GraphedUpdate  # CUDA-only code stays out of CPU imports
+
+        try:
+            self._graphed = GraphedUpdate(self, batch)
+        except RuntimeError as exc:
+            self._graph_wanted, self._graphed = False, None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"CUDA graph capture failed ({first}); updating eagerly (--set cuda_graph=false "
+                          "silences this)", stacklevel=3)
 
     def _step(self, batch: Batch) -> LearnStats:
         """The update on a batch of device tensors: fresh noise, loss, backward, clipping,

@@ -81,10 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
     bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
-    bench.add_argument("name", choices=("replay", "speed", "atari", "apex"))
+    bench.add_argument("name", choices=("replay", "speed", "atari", "atari-train", "apex"))
     bench.add_argument("--out", type=Path, help="JSON file to write (default bench-results/NAME.json)")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per contender and size (default 2)")
     bench.add_argument("--capacities", help="comma-separated replay sizes (default 10000,100000,1000000)")
+    bench.add_argument("--steps", type=int, help="atari-train: env steps per run (default 25000)")
+    bench.add_argument("--envs", type=int, help="atari-train: envs of the second row (default 8)")
+    bench.add_argument("--device", choices=("auto", "cpu", "cuda"), help="atari-train: torch device (default auto)")
 
     tab = sub.add_parser("tabular", help="tabular TD exercises: cliff-walking, random-walk")
     tab.add_argument("name", choices=("cliff-walking", "random-walk"))
@@ -233,6 +236,22 @@ def _bench(args: argparse.Namespace) -> int:
     if args.name != "replay" and args.capacities:
         raise DqnkitError("--capacities applies to `bench replay` only")
     check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
+    given = [flag for flag, value in (("--steps", args.steps), ("--envs", args.envs), ("--device", args.device))
+             if value is not None]
+    if given and args.name != "atari-train":
+        raise DqnkitError(f"{', '.join(given)} apply to `bench atari-train` only")
+    if args.name == "atari-train":
+        from dqnkit.bench import atari_train
+
+        if args.seconds != 2.0:
+            raise DqnkitError("--seconds applies to `bench replay` and `bench atari` only")
+        steps, envs = args.steps or 25_000, args.envs or 8
+        check_range("--steps", steps, 1000, None)
+        check_range("--envs", envs, 1, None)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atari_train.run(steps=steps, envs=envs, device=args.device or "auto", out=out)
+        print(f"wrote {out}")
+        return 0
     if args.name in ("speed", "apex"):
         if args.seconds != 2.0:
             raise DqnkitError("--seconds applies to `bench replay` and `bench atari` only")

@@ -90,6 +90,7 @@ class Config:
     eval_every: int = _opt(10_000, "Greedy evaluation every this many transitions (0 = only at the end).", lo=0)
     eval_episodes: int = _opt(10, "Episodes per evaluation.", lo=1)
     eval_epsilon: float = _opt(0.0, "Epsilon used during evaluation (0 = greedy).", lo=0.0, hi=1.0)
+    final_eval: bool = _opt(True, "Evaluate once more when training ends (unless the last periodic evaluation was at that step). Off: the summary keeps the last periodic evaluation, or none.")
     log_overestimation: bool = _opt(False, "At each evaluation, log the mean predicted max-Q of the start states (q_pred) and the discounted return the greedy agent then collects (q_real).")
     stop_at_return: float | None = _opt(None, "Stop training early once an evaluation's mean return reaches this (none = never).")
     checkpoint_every: int = _opt(0, "Checkpoint every this many transitions (0 = about ten per run).", lo=0)

@@ -285,13 +285,14 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
         logger.close()
         raise KeyboardInterrupt(f"interrupted at step {loop.step}; checkpoint saved, continue with "
                                 f"`dqnkit train --resume {run_dir}`")
-    if loop.eval_step != loop.step:
+    sps = clock.steps_per_second()  # the loop's own rate, before the final evaluation and checkpoint
+    if cfg.final_eval and loop.eval_step != loop.step:
         _evaluate(parts, logger, eval_seed, clock)
     _check_loss(loop)
     _save(parts, checkpoints, logger, clock)
     logger.close()
     loop.wall_s = clock.wall_s()
-    return _finish(parts, run_dir, clock.steps_per_second())
+    return _finish(parts, run_dir, sps)
 
 
 def _store(parts: Parts, actions: np.ndarray, rewards: np.ndarray, real_next: np.ndarray,

@@ -1,6 +1,7 @@
 """CUDA: every head trains, the captured update equals the eager one, resume and checkpoints
 cross devices. Skipped where torch sees no GPU; run them with `pytest -m cuda` on a GPU machine."""
 
+import copy
 import json
 
 import numpy as np
@@ -41,8 +42,9 @@ def test_c51_projection_on_cuda_stays_inside_the_support():
 def test_every_head_with_every_rainbow_part_trains_on_cuda(tmp_path, head, env_id):
     if env_id.startswith("ALE/"):
         pytest.importorskip("ale_py")
-    preset = "atari" if env_id.startswith("ALE/") else "cartpole"
-    summary = train(presets.get(preset, env_id=env_id, **SHORT, **RAINBOW, **head), tmp_path / "run")
+    atari = env_id.startswith("ALE/")
+    settings = {**SHORT, **RAINBOW, **head, **({"eval_every": 0} if atari else {})}  # one (final) eval of Breakout
+    summary = train(presets.get("atari" if atari else "cartpole", env_id=env_id, **settings), tmp_path / "run")
     assert summary["device"].startswith("cuda") and summary["updates"] > 0
     losses = [float(r["loss"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")
               if r["kind"] == "episode" and r["loss"] not in ("", None)]
@@ -70,18 +72,37 @@ def _batches(n: int, b: int = 32) -> list[Batch]:
     return out
 
 
-@pytest.mark.parametrize("head", [{}, {"distributional": "c51"}, {"distributional": "qr"},
-                                  {"distributional": "c51", "noisy": True, "double": True, "dueling": True}],
-                         ids=["td", "c51", "qr", "c51-noisy-double-dueling"])
-def test_graphed_updates_equal_eager_updates(head):
+GRAPH_HEADS = [{}, {"distributional": "c51"}, {"distributional": "qr"},
+               {"distributional": "c51", "noisy": True, "double": True, "dueling": True}]
+GRAPH_IDS = ["td", "c51", "qr", "c51-noisy-double-dueling"]
+
+
+@pytest.fixture
+def exact_kernels():
+    """cuDNN's deterministic algorithms and no TF32, so that float rounding is all that differs."""
+    flags = torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = True, False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+@pytest.mark.parametrize("head", GRAPH_HEADS, ids=GRAPH_IDS)
+def test_n_graphed_updates_each_equal_the_eager_update_from_the_same_state(head, exact_kernels):
+    """The graphed agent takes 10 updates; before each, the eager agent is given its state, so
+    every update is compared on its own. (Run side by side without that, two agents drift apart
+    as rounding compounds through Adam, graph or not: on an H200 with TF32 convolutions, |td|
+    differed by up to 0.014 after 20 updates on random frames.) Measured there: loss and |td|
+    within 1e-5 relative, parameters within 1.6e-6 absolute after a step of up to lr = 1e-3."""
     graphed, eager = _agent("cuda", True, **head), _agent("cuda", False, **head)
-    for batch in _batches(20):
+    for batch in _batches(10):
+        # networks, Adam's moments, the noise generator (copied: Adam would share the same tensors)
+        eager.load_state_dict(copy.deepcopy(graphed.state_dict()))
         a, b = graphed.learn(batch), eager.learn(batch)
-        torch.testing.assert_close(a.loss, b.loss, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(a.td_abs, b.td_abs, rtol=1e-4, atol=1e-5)
-    assert graphed._graphed is not None and eager._graphed is None
-    torch.testing.assert_close(_params(graphed), _params(eager), rtol=1e-4, atol=1e-5)
-    assert graphed.updates == eager.updates == 20
+        torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a.td_abs, b.td_abs, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(_params(graphed), _params(eager), rtol=1e-5, atol=1e-5)
+    assert graphed._graphed is not None and eager._graphed is None and graphed.updates == 10
 
 
 def test_graphed_updates_keep_the_noise_stream_fresh():

@@ -1,0 +1,175 @@
+"""``dqnkit bench atari-train``: Atari training throughput against Stable-Baselines3 DQN.
+
+Both train Breakout for the same env steps, at the same settings (the ``atari`` preset's
+Nature DQN with a smaller buffer and an earlier start, so that a short run is mostly
+learning), in one process, on the same device:
+
+- one row for 1 env and one for ``envs`` envs. dqnkit steps several envs in worker
+  processes (AsyncVectorEnv), SB3 in its SubprocVecEnv. Both keep one update per 4
+  transitions: SB3 counts ``train_freq`` in vector steps, so it gets ``train_freq`` and
+  ``gradient_steps`` that give the same replay ratio;
+- env steps/s of each and their ratio, gradient updates/s, and on CUDA the GPU's busy
+  fraction (NVML's utilization, sampled while each trains);
+- the cost of one update of the Nature CNN at batch 32, eager and (on CUDA) captured as a
+  CUDA graph.
+
+dqnkit's figure is its training loop's own rate (``summary.json``'s ``sps``, without the
+final checkpoint); SB3's is ``model.learn()``. Needs ``pip install 'dqnkit[bench,atari]'``.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dqnkit import presets
+from dqnkit.bench import report
+from dqnkit.errors import DqnkitError
+from dqnkit.replay.uniform import Batch
+from dqnkit.training import build_agent, resolve_device, train
+
+ENV_ID = "ALE/Breakout-v5"
+
+
+def _settings(steps: int) -> dict[str, Any]:
+    """The atari preset, scaled to a short run: learning from 20% of it, epsilon over 10%."""
+    return dict(total_steps=steps, buffer_size=min(100_000, steps), learning_starts=steps // 5,
+                exploration_steps=max(1, steps // 10), eval_every=0, final_eval=False, checkpoint_every=0)
+
+
+class _GpuBusy:
+    """The GPU's mean utilization (NVML, in [0, 1]) while the block runs; None off CUDA."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.on = device.type == "cuda"
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _GpuBusy:
+        if self.on:
+            try:
+                torch.cuda.utilization()
+            except Exception:  # no NVML bindings (nvidia-ml-py) on this machine
+                self.on = False
+        if self.on:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self.samples.append(torch.cuda.utilization() / 100)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self.on:
+            self._thread.join()
+
+    @property
+    def fraction(self) -> float | None:
+        return round(float(np.mean(self.samples)), 3) if self.samples else None
+
+
+def _ale_env(**kwargs: Any) -> Any:
+    """Breakout for SB3's env workers (a module-level function, so it pickles)."""
+    import ale_py
+    import gymnasium as gym
+
+    gym.register_envs(ale_py)
+    return gym.make(ENV_ID, **kwargs)
+
+
+def _sb3(steps: int, envs: int, device: torch.device, seed: int) -> dict[str, Any]:
+    try:
+        from stable_baselines3 import DQN
+        from stable_baselines3.common.env_util import make_atari_env
+        from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack
+    except ImportError:
+        raise DqnkitError("bench atari-train needs Stable-Baselines3: pip install 'dqnkit[bench]'") from None
+    cfg = presets.get("atari", **_settings(steps))
+    # frameskip=1: SB3's AtariWrapper skips 4 frames itself, as dqnkit's AtariPreprocessing does
+    env = VecFrameStack(make_atari_env(_ale_env, n_envs=envs, seed=seed,
+                                       vec_env_cls=SubprocVecEnv if envs > 1 else DummyVecEnv,
+                                       env_kwargs={"frameskip": 1,
+                                                   "repeat_action_probability": cfg.repeat_action_probability}), 4)
+    per_round = math.gcd(cfg.train_freq, envs)  # SB3 counts train_freq in vector steps
+    model = DQN("CnnPolicy", env, learning_rate=cfg.lr, buffer_size=cfg.buffer_size,
+                learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, gamma=cfg.gamma,
+                train_freq=cfg.train_freq // per_round, gradient_steps=envs // per_round,
+                target_update_interval=cfg.target_update_interval,
+                exploration_fraction=cfg.exploration_steps / steps, exploration_final_eps=cfg.eps_end,
+                max_grad_norm=cfg.max_grad_norm, optimize_memory_usage=True,
+                replay_buffer_kwargs={"handle_timeout_termination": False}, seed=seed, device=device, verbose=0)
+    with _GpuBusy(device) as busy:
+        start = time.perf_counter()
+        model.learn(steps)
+        wall = time.perf_counter() - start
+    env.close()
+    return {"sps": round(steps / wall, 1), "updates_per_s": round(model._n_updates / wall, 1),
+            "gpu_busy": busy.fraction}
+
+
+def _dqnkit(steps: int, envs: int, device: torch.device, seed: int, tmp: Path) -> dict[str, Any]:
+    cfg = presets.get("atari", **_settings(steps), num_envs=envs, seed=seed, device=device.type)
+    with _GpuBusy(device) as busy:
+        summary = train(cfg, tmp / f"dqnkit-{envs}")
+    loop_s = summary["steps"] / summary["sps"]
+    return {"sps": summary["sps"], "updates_per_s": round(summary["updates"] / loop_s, 1),
+            "gpu_busy": busy.fraction}
+
+
+def _update_ms(device: torch.device, graph: bool, updates: int = 200) -> float:
+    """Milliseconds per Nature-CNN update at batch 32, the GPU's work included."""
+    cfg = presets.get("atari", cuda_graph=graph, device=device.type)
+    agent = build_agent(cfg, (4, 84, 84), 4)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (32, 4, 84, 84), dtype=np.uint8)
+    ones = np.ones(32, np.float32)
+    batch = Batch(frames, rng.integers(0, 4, 32), ones, frames, 0 * ones, np.ones(32, np.int64), ones, np.arange(32))
+    for _ in range(10):  # warm-up (and, with graph, the capture)
+        agent.learn(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(updates):
+        agent.learn(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return round((time.perf_counter() - start) / updates * 1e3, 3)
+
+
+def run(steps: int = 25_000, envs: int = 8, device: str = "auto", seed: int = 0,
+        out: Path | None = None) -> dict[str, Any]:
+    dev = resolve_device(device)
+    result: dict[str, Any] = {"benchmark": "atari-train", "env_id": ENV_ID, "steps": steps, "device": str(dev),
+                              "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+                              "settings": _settings(steps), "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in sorted({1, envs}):
+            sb3 = _sb3(steps, k, dev, seed)
+            ours = _dqnkit(steps, k, dev, seed, Path(tmp))
+            result["rows"].append({"envs": k, "sb3": sb3, "dqnkit": ours,
+                                   "speedup": round(ours["sps"] / sb3["sps"], 2)})
+    result["update_ms"] = {"eager": _update_ms(dev, graph=False)}
+    if dev.type == "cuda":
+        result["update_ms"]["cuda_graph"] = _update_ms(dev, graph=True)
+    return report(result, _print, out)
+
+
+def _print(r: dict[str, Any]) -> None:
+    print(f"Breakout, {r['steps']} env steps, {r['device']}{' (' + r['gpu'] + ')' if r['gpu'] else ''}")
+    print(f"{'envs':>4} {'run':<8} {'env steps/s':>12} {'updates/s':>10} {'GPU busy':>9}")
+    for row in r["rows"]:
+        for name in ("sb3", "dqnkit"):
+            m = row[name]
+            busy = "-" if m["gpu_busy"] is None else f"{m['gpu_busy']:.0%}"
+            print(f"{row['envs']:>4} {name:<8} {m['sps']:>12.0f} {m['updates_per_s']:>10.1f} {busy:>9}")
+        print(f"{row['envs']:>4} dqnkit vs SB3: {row['speedup']:.2f}x")
+    print("one Nature-CNN update at batch 32: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["update_ms"].items()))
