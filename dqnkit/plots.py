@@ -24,22 +24,23 @@ def running_mean(x: np.ndarray, window: int = 100) -> np.ndarray:
     return (csum[idx] - csum[start]) / (idx - start)
 
 
-def learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "") -> Path:
-    """Per-episode return, its 100-episode running mean, and evaluation points with std."""
+def learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "", x: str = "step") -> Path:
+    """Per-episode return, its 100-episode running mean, and evaluation points with std,
+    against environment steps (``x="step"``) or training wall seconds (``x="wall_s"``)."""
     rows = read_metrics(metrics_csv)
     ep = [r for r in rows if r["kind"] == "episode"]
     ev = [r for r in rows if r["kind"] == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if ep:
-        steps = np.array([int(r["step"]) for r in ep])
+        steps = np.array([float(r[x]) for r in ep])
         returns = np.array([float(r["return"]) for r in ep])
         ax.plot(steps, returns, color="tab:blue", alpha=0.25, lw=0.8, label="episode return")
         ax.plot(steps, running_mean(returns), color="tab:blue", lw=2, label="100-episode running mean")
     if ev:
-        ax.errorbar([int(r["step"]) for r in ev], [float(r["return"]) for r in ev],
+        ax.errorbar([float(r[x]) for r in ev], [float(r["return"]) for r in ev],
                     yerr=[float(r["return_std"] or 0) for r in ev], fmt="o", color="tab:red",
                     capsize=3, label="greedy evaluation (mean ± std)")
-    ax.set_xlabel("environment steps")
+    ax.set_xlabel("environment steps" if x == "step" else "training wall seconds")
     ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
