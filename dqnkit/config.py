@@ -41,6 +41,7 @@ class Config:
     repeat_action_probability: float = _opt(0.25, "Atari (ALE/...) only: sticky actions, the chance the emulator repeats the previous action (0.25 as in the v5 envs; 0 for the Nature setting).", lo=0.0, hi=1.0)
     cuda_graph: bool = _opt(True, "On CUDA, capture the whole update (forward, loss, backward, clipping, Adam) once as a CUDA graph and replay it, fed by one pinned copy per batch: the same arithmetic without the launch overhead of ~100 small kernels. Ignored on the CPU.")
     vector_env: str = _opt("auto", "How num_envs > 1 envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE and MinAtar ids, whose steps are expensive enough to pay for the processes; sync otherwise).", choices=("auto", "sync", "async"))
+    env_backend: str = _opt("gymnasium", "Who runs ALE envs for training: gymnasium (dqnkit's wrapper stack) or envpool (C++ thread pool, pip install envpool envpool-assets; ALE/<Game>-v5 ids only; same transition semantics, envpool's own resize).", choices=("gymnasium", "envpool"))
     num_threads: int = _opt(1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0)
 
     # --- learning ---
@@ -235,6 +236,9 @@ def _validate(cfg: Config) -> None:
     start, end = cfg.epsilon_range
     if end > start:
         raise ConfigError(f"eps_end {end} is above eps_start {start}")
+    if cfg.env_backend == "envpool" and not cfg.env_id.startswith("ALE/"):
+        raise ConfigError(f"env_backend=envpool runs ALE/<Game>-v5 ids only, not {cfg.env_id!r}; "
+                          "use env_backend=gymnasium")
     if cfg.distributional == "c51" and cfg.v_min >= cfg.v_max:
         raise ConfigError(f"v_min {cfg.v_min} must be below v_max {cfg.v_max}")
 

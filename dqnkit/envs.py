@@ -42,15 +42,21 @@ def make_env(env_id: str, render_mode: str | None = None, *, training: bool = Fa
 
 
 def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 0.25,
-                 mode: str = "auto") -> gym.vector.VectorEnv:
+                 mode: str = "auto", backend: str = "gymnasium", seed: int = 0) -> Any:
     """``num_envs`` training copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset.
 
     ``mode`` ``sync`` steps them one after another in this process; ``async`` steps them in
     parallel worker processes (AsyncVectorEnv, observations through shared memory), with the
     same transitions, ``final_obs`` and ``final_info``; ``auto`` picks async for more than one
     ALE or MinAtar env, whose steps cost enough to pay for the processes (a CartPole step is
-    ~10 µs, less than one round trip to a worker).
+    ~10 µs, less than one round trip to a worker). ``backend="envpool"`` runs ALE ids in
+    envpool instead (:class:`dqnkit.envpool_env.EnvpoolAtari`, seeded with ``seed``), with the
+    same transition semantics.
     """
+    if backend == "envpool":
+        from dqnkit.envpool_env import EnvpoolAtari
+
+        return EnvpoolAtari(env_id, num_envs, seed, repeat_action_probability)
     fns = [lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
            for _ in range(num_envs)]
     if mode == "auto":

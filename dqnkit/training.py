@@ -32,6 +32,7 @@ from dqnkit.agent import DQNAgent
 from dqnkit.checkpoint import CheckpointDir, safe_load
 from dqnkit.config import Config, from_dict
 from dqnkit.diagnostics import overestimation
+from dqnkit.envpool_env import import_envpool
 from dqnkit.envs import check_env_id, finished_episodes, get_env_states, make_vec_env, set_env_state, true_next_obs
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
@@ -84,6 +85,8 @@ def train(config: Config, run_dir: str | Path | None = None, *, overwrite: bool 
     Refuses a non-empty ``run_dir`` unless ``overwrite`` (which deletes it first).
     """
     check_env_id(config.env_id)  # refuse a bad env before touching the disk
+    if config.env_backend == "envpool":
+        import_envpool()
     resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     prepare_run_dir(run_dir, overwrite)
@@ -129,7 +132,8 @@ def build(config: Config) -> Parts:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability, config.vector_env)
+    envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability, config.vector_env,
+                        config.env_backend, config.seed)
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
     folder = NStepFolder(config.n_step, config.gamma, config.num_envs, obs_space.shape, obs_space.dtype)

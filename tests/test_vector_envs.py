@@ -67,3 +67,17 @@ def test_async_training_run_resumes_with_fresh_episodes(tmp_path):
     with pytest.warns(UserWarning, match="fresh episodes"):
         summary = resume(tmp_path / "run", total_steps=800)
     assert summary["steps"] == 800 and summary["resumed_with_fresh_episodes"]
+
+
+def test_envpool_missing_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from dqnkit.cli import main
+
+    pytest.importorskip("ale_py")
+    monkeypatch.setitem(sys.modules, "envpool", None)  # as if it were not installed
+    run = tmp_path / "run"
+    code = main(["train", "--env", "ALE/Breakout-v5", "--set", "env_backend=envpool", "--steps", "2000",
+                 "--run-dir", str(run)])
+    assert code == 2 and "pip install envpool envpool-assets" in capsys.readouterr().err
+    assert not run.exists()  # refused before anything was written

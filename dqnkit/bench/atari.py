@@ -1,6 +1,7 @@
 """``dqnkit bench atari``: what Atari training costs on this machine.
 
-- env steps/s of the preprocessed training env (random actions), 1 and 4 vector envs;
+- env steps/s of the preprocessed training env (random actions), 1 and 4 vector envs (4 in
+  worker processes), and 4 in envpool when it is installed;
 - replay bytes per transition: FrameReplay against storing stacked obs and next_obs
   naively, and against Stable-Baselines3's ReplayBuffer(optimize_memory_usage=True), whose
   arrays are built here in the same process (when SB3 is installed);
@@ -10,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +38,8 @@ def _timed(fn: Any, seconds: float) -> tuple[int, float]:
     return calls, elapsed
 
 
-def _env_sps(num_envs: int, seconds: float) -> float:
-    envs = make_vec_env(ENV_ID, num_envs)
+def _env_sps(num_envs: int, seconds: float, backend: str = "gymnasium") -> float:
+    envs = make_vec_env(ENV_ID, num_envs, backend=backend)
     envs.reset(seed=0)
     rng = np.random.default_rng(0)
     calls, elapsed = _timed(lambda: envs.step(rng.integers(4, size=num_envs)), seconds)
@@ -80,6 +82,8 @@ def _sb3_buffer(transitions: int) -> Any | None:
 def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "atari", "env_id": ENV_ID, "transitions": transitions}
     result["env_sps"] = {str(n): round(_env_sps(n, seconds), 1) for n in (1, 4)}
+    if importlib.util.find_spec("envpool") is not None:
+        result["env_sps"]["4 envpool"] = round(_env_sps(4, seconds, "envpool"), 1)
 
     replay = _fill_frame_replay(transitions)
     naive = 2 * 4 * 84 * 84

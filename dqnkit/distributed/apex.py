@@ -89,7 +89,7 @@ class ActorWorker:
         self.config = config.replace(device="cpu", seed=config.seed + 1000 * (index + 1))
         self.epsilon = actor_epsilon(index, actors)
         self.envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability,
-                                 config.vector_env)
+                                 config.vector_env, config.env_backend, self.config.seed)
         space = self.envs.single_observation_space
         self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n))
         self.folder = NStepFolder(config.n_step, config.gamma, config.num_envs, space.shape, space.dtype)

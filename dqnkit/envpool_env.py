@@ -1,0 +1,121 @@
+"""envpool's C++ Atari envs behind the vector-env interface the training loop already uses.
+
+envpool (``pip install envpool envpool-assets``) steps every env of the batch in its own
+thread pool, without a process per env. Its autoreset differs from gymnasium's SAME_STEP
+mode: the step after an episode ends ignores its action and returns the reset observation,
+a transition that must never be stored. :class:`EnvpoolAtari` therefore keeps envpool's
+episodes whole (``episodic_life=False``) and gives the loop exactly what dqnkit's gymnasium
+Atari stack gives:
+
+- a lost life is ``terminated`` for learning, reported as ``final_info["_life_lost"]``, and
+  the game goes on (as :class:`dqnkit.wrappers.EpisodicLife`); the next learning episode
+  starts from the frame the life ended on;
+- a game over (or envpool's 27k-step limit, as ``truncated``) resets that env at once
+  (``reset(env_id=...)``), returns the reset observation, puts the true last one in
+  ``info["final_obs"]`` and the raw score in ``final_info["episode"]``;
+- frames are stacked here (envpool gives one), repeating the first frame of every learning
+  episode, as gymnasium's FrameStackObservation does at a reset: the stacks the agent acts
+  on are the ones FrameReplay rebuilds, and no stack crosses an episode start;
+- rewards are clipped to [-1, 1] for learning; the scores reported are the raw ones.
+
+The preprocessing is envpool's (its resize and max-pooling), close to but not bit-equal to
+gymnasium's AtariPreprocessing; evaluation still plays the gymnasium env.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from dqnkit.errors import DqnkitError
+
+STACK = 4
+
+
+def envpool_task(env_id: str) -> str:
+    """``ALE/Breakout-v5`` -> envpool's ``Breakout-v5``; anything else is refused."""
+    if not env_id.startswith("ALE/"):
+        raise DqnkitError(f"env_backend=envpool runs ALE/<Game>-v5 ids only, not {env_id!r}; "
+                          "use env_backend=gymnasium")
+    return env_id.removeprefix("ALE/")
+
+
+def import_envpool() -> Any:
+    try:
+        import envpool
+    except ImportError:
+        raise DqnkitError("env_backend=envpool needs envpool: pip install envpool envpool-assets") from None
+    return envpool
+
+
+class EnvpoolAtari:
+    """``num_envs`` Atari games in envpool, with SAME_STEP autoreset and life-loss terminals."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int = 0, repeat_action_probability: float = 0.25,
+                 max_episode_steps: int = 27_000) -> None:
+        envpool = import_envpool()
+        self.num_envs = num_envs
+        self._pool = envpool.make_gymnasium(
+            envpool_task(env_id), num_envs=num_envs, seed=seed, episodic_life=False, reward_clip=False,
+            stack_num=1, repeat_action_probability=repeat_action_probability, noop_max=30, frame_skip=4,
+            use_fire_reset=True, max_episode_steps=max_episode_steps)
+        frame = self._pool.single_observation_space.shape[1:]
+        self.single_observation_space = gym.spaces.Box(0, 255, (STACK, *frame), np.uint8)
+        self.single_action_space = self._pool.single_action_space
+        self._stack = np.zeros((num_envs, STACK, *frame), np.uint8)
+        self._lives = np.zeros(num_envs, np.int64)
+        self._score = np.zeros(num_envs)  # raw game score so far
+        self._length = np.zeros(num_envs, np.int64)
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start every game; ``seed`` is taken at construction (envpool seeds its envs then)."""
+        frames, info = self._pool.reset()
+        self._start(np.arange(self.num_envs), frames[:, -1])
+        self._lives[:] = info["lives"]
+        self._score[:], self._length[:] = 0.0, 0
+        return self._stack.copy(), {}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        frames, raw, game_over, truncated, info = self._pool.step(np.asarray(actions))
+        assert (info["env_id"] == np.arange(self.num_envs)).all()  # a synchronous pool answers in order
+        self._stack[:, :-1] = self._stack[:, 1:]
+        self._stack[:, -1] = frames[:, -1]
+        self._score += raw
+        self._length += 1
+        life_lost = (info["lives"] < self._lives) & ~game_over & ~truncated
+        self._lives[:] = info["lives"]
+        terminated = game_over | life_lost
+        ended = terminated | truncated
+        out: dict[str, Any] = {}
+        if ended.any():
+            out = self._end(np.flatnonzero(ended), game_over | truncated, life_lost)
+        return self._stack.copy(), np.clip(raw, -1.0, 1.0), terminated, truncated, out
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # ------------------------------------------------------------------ internals
+    def _start(self, ids: np.ndarray, first_frames: np.ndarray) -> None:
+        self._stack[ids] = first_frames[:, None]  # the first frame repeated through the stack
+
+    def _end(self, ended: np.ndarray, game_ended: np.ndarray, life_lost: np.ndarray) -> dict[str, Any]:
+        """SAME_STEP bookkeeping for the envs whose learning episode ended this step."""
+        n = self.num_envs
+        final_obs = np.empty(n, dtype=object)
+        final_obs[ended] = list(self._stack[ended].copy())
+        mask = np.zeros(n, bool)
+        mask[ended] = True
+        games = np.flatnonzero(game_ended)
+        final_info = {"_life_lost": life_lost.copy(), "episode": {"r": self._score.copy(), "l": self._length.copy()},
+                      "_episode": game_ended.copy()}
+        if len(games):
+            frames, info = self._pool.reset(env_id=games)
+            assert (info["env_id"] == games).all()
+            self._lives[games] = info["lives"]
+            self._score[games], self._length[games] = 0.0, 0
+            self._start(games, frames[:, -1])
+        lives = np.flatnonzero(life_lost)
+        self._start(lives, self._stack[lives, -1])  # the next life's episode starts on its first frame
+        return {"final_obs": final_obs, "_final_obs": mask, "final_info": final_info}
