@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqnkit.config import Config
+from dqnkit.errors import first_line
 from dqnkit.networks import MLP, reset_noise
 from dqnkit.replay.uniform import Batch
 
@@ -221,8 +222,7 @@ class DQNAgent:
             self._graphed = GraphedUpdate(self, batch)
         except RuntimeError as exc:
             self._graph_wanted, self._graphed = False, None
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            warnings.warn(f"CUDA graph capture failed ({first}); updating eagerly (--set cuda_graph=false "
+            warnings.warn(f"CUDA graph capture failed ({first_line(exc)}); updating eagerly (--set cuda_graph=false "
                           "silences this)", stacklevel=3)
 
     def _step(self, batch: Batch) -> LearnStats:

@@ -19,3 +19,9 @@ class CheckpointError(DqnkitError):
 
 class NonFiniteError(DqnkitError):
     """A reward, observation or loss became NaN or infinite during training."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type name if it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

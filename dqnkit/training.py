@@ -34,7 +34,7 @@ from dqnkit.config import Config, from_dict
 from dqnkit.diagnostics import overestimation
 from dqnkit.envpool_env import import_envpool
 from dqnkit.envs import check_env_id, finished_episodes, get_env_states, make_vec_env, set_env_state, true_next_obs
-from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError
+from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError, first_line
 from dqnkit.evaluate import evaluate
 from dqnkit.logger import Logger, read_metrics
 from dqnkit.networks import build_q_network
@@ -176,7 +176,7 @@ def load(run_dir: str | Path, device: str = "auto") -> DQNAgent:
     try:
         agent.load_state_dict(ckpt["agent"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint does not match its config ({_first_line(exc)})") from None
+        raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
     return agent
 
 
@@ -187,7 +187,7 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
         parts.replay.load_state_dict(ckpt["replay"])
         parts.folder.load_state_dict(ckpt["folder"])
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint does not match its config ({_first_line(exc)})") from None
+        raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
     loop = Loop(**ckpt["loop"])
     env_states = ckpt["envs"]
     if all(s is not None for s in env_states) and len(env_states) == parts.config.num_envs:
@@ -423,11 +423,6 @@ class _StopFlag:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu. Asking for cuda without one is an error."""
     if name == "auto":
