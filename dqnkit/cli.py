@@ -135,7 +135,10 @@ def _train(args: argparse.Namespace) -> int:
             raise DqnkitError(f"--steps must be positive, got {args.steps}")
         summary = resume(args.resume, args.steps, progress=not args.quiet)
     else:
-        summary = train(_config(args), args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
+        config = _config(args)
+        if not args.quiet:
+            print(f"training preset {config.preset} on {config.env_id}", file=sys.stderr)
+        summary = train(config, args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
     print(json.dumps(summary))
     return 0
 
@@ -151,7 +154,15 @@ def _config(args: argparse.Namespace) -> Any:
             overrides[key] = getattr(args, key)
     if args.steps is not None:
         overrides["total_steps"] = args.steps
-    return presets.get(args.preset or "cartpole", **overrides)
+    env_id = overrides.get("env_id")
+    if args.preset is None:  # --env alone: that env family's defaults
+        return presets.get(presets.for_env(env_id or "CartPole-v1"), **overrides)
+    config = presets.get(args.preset, **overrides)
+    fitting, own = presets.for_env(config.env_id), presets.for_env(presets.get(args.preset).env_id)
+    if env_id is not None and fitting != own:
+        print(f"warning: preset {args.preset} is made for {own}-like envs; for {env_id} dqnkit would pick "
+              f"--preset {fitting}", file=sys.stderr)
+    return config
 
 
 def _apex(args: argparse.Namespace) -> int:
@@ -167,11 +178,13 @@ def _apex(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from dqnkit.evaluate import evaluate, record_video
+    from dqnkit.evaluate import VIDEO_FORMATS, evaluate, record_video
     from dqnkit.training import load
 
     if args.episodes < 1:
         raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
+    if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_FORMATS:
+        raise DqnkitError(f"--video writes {' or '.join(VIDEO_FORMATS)} files, not {Path(args.video).name!r}")
     agent = load(args.run_dir)
     returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed, agent.config.eval_epsilon).returns
     result = {"episodes": args.episodes, "return_mean": float(returns.mean()),

@@ -48,6 +48,9 @@ def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: fl
     return EvalResult(returns, discounted, start_obs)
 
 
+VIDEO_FORMATS = (".mp4", ".gif")
+
+
 def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) -> Path:
     """Play one greedy episode and write it to ``path`` (.mp4 or .gif; needs ``dqnkit[video]``)."""
     try:
@@ -58,12 +61,12 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) 
         raise DqnkitError("--video needs imageio: pip install 'dqnkit[video]'") from None
     env = _eval_env(agent, env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
-    frames = [env.render()]
+    frames = [_video_frame(env.render())]
     done = False
     with agent.evaluation():
         while not done:
             obs, _, terminated, truncated, _ = env.step(agent.act(obs, greedy=True))
-            frames.append(env.render())
+            frames.append(_video_frame(env.render()))
             done = terminated or truncated
     env.close()
     path = Path(path)
@@ -73,6 +76,20 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) 
     else:
         imageio.mimsave(path, frames, fps=fps)
     return path
+
+
+def _video_frame(frame: np.ndarray, min_side: int = 160) -> np.ndarray:
+    """uint8 RGB [H, W, 3] that a video encoder takes and a person can see: float frames in
+    [0, 1] (MinAtar renders 10x10 of them) become uint8, and small ones are scaled up by whole
+    pixels. Sides are padded to even numbers, which H.264 needs."""
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
+    scale = -(-min_side // min(frame.shape[:2]))
+    if scale > 1:
+        frame = frame.repeat(scale, axis=0).repeat(scale, axis=1)
+    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
+    return np.pad(frame, pad) if any(p[1] for p in pad) else frame
 
 
 def _eval_env(agent: DQNAgent, env_id: str, render_mode: str | None = None) -> gym.Env:

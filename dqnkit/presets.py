@@ -92,6 +92,16 @@ def describe(name: str) -> str:
     return _lookup(name)[0]
 
 
+def for_env(env_id: str) -> str:
+    """The preset of ``env_id``'s family: ``atari`` for ALE ids, ``minatar`` for MinAtar ids,
+    ``cartpole`` (a small MLP) for any other, vector-observation env."""
+    if env_id.startswith("ALE/"):
+        return "atari"
+    if env_id.startswith("MinAtar/"):
+        return "minatar"
+    return "cartpole"
+
+
 def get(name: str, **overrides: Any) -> Config:
     """The preset ``name`` with ``overrides`` applied, validated."""
     _, values = _lookup(name)
@@ -104,4 +114,4 @@ def _lookup(name: str) -> tuple[str, dict[str, Any]]:
     return _PRESETS[name]
 
 
-__all__ = ["Config", "get", "names", "describe"]
+__all__ = ["Config", "get", "names", "describe", "for_env"]

@@ -1,0 +1,67 @@
+"""Each env family gets its own defaults, a preset of another family is flagged, and
+videos come out for every family in both formats (or the format is refused in one line)."""
+
+import imageio.v2 as imageio
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from dqnkit import presets, train
+from dqnkit.cli import _config, build_parser, main
+from dqnkit.evaluate import _video_frame
+
+
+def _cfg(*argv):
+    return _config(build_parser().parse_args(["train", *argv]))
+
+
+@pytest.mark.parametrize("env_id, preset", [("ALE/Pong-v5", "atari"), ("MinAtar/Breakout", "minatar"),
+                                             ("LunarLander-v3", "cartpole"), ("CartPole-v1", "cartpole")])
+def test_env_alone_picks_its_familys_preset(env_id, preset, capsys):
+    config = _cfg("--env", env_id)
+    assert config.preset == preset and config.env_id == env_id
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_preset_of_another_family_is_flagged_in_one_line(capsys):
+    config = _cfg("--preset", "atari", "--env", "CartPole-v1")
+    assert config.preset == "atari"  # the user's choice stands
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "would pick --preset cartpole" in err
+    _cfg("--preset", "cartpole-c51", "--env", "LunarLander-v3")  # same family: nothing to say
+    assert capsys.readouterr().err == ""
+
+
+def test_video_frames_are_uint8_rgb_big_enough_to_see():
+    minatar = _video_frame(np.random.default_rng(0).random((10, 10, 3)))
+    assert minatar.dtype == np.uint8 and minatar.shape == (160, 160, 3)
+    atari = np.zeros((210, 160, 3), np.uint8)
+    assert _video_frame(atari) is atari  # already fine: untouched
+
+
+@pytest.fixture(scope="module")
+def minatar_run(tmp_path_factory):
+    pytest.importorskip("minatar")
+    run = tmp_path_factory.mktemp("minatar") / "run"
+    train(presets.get("minatar", env_id="MinAtar/Breakout", total_steps=300, learning_starts=100, buffer_size=1000,
+                      eval_every=0, eval_episodes=1, device="cpu"), run)
+    return run
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_minatar_video_in_both_formats(minatar_run, tmp_path, suffix):
+    out = tmp_path / f"play{suffix}"
+    assert main(["eval", str(minatar_run), "--episodes", "1", "--video", str(out)]) == 0
+    if suffix == ".gif":
+        frames = imageio.mimread(out, memtest=False)
+        count, size = len(frames), frames[0].shape[1::-1]
+    else:
+        count = imageio_ffmpeg.count_frames_and_secs(str(out))[0]
+        size = next(imageio_ffmpeg.read_frames(str(out)))["size"]
+    assert count >= 2 and tuple(size) == (160, 160)
+
+
+def test_an_unsupported_video_format_is_refused_before_any_work(minatar_run, tmp_path, capsys):
+    assert main(["eval", str(minatar_run), "--video", str(tmp_path / "play.avi")]) == 2
+    assert "--video writes .mp4 or .gif files" in capsys.readouterr().err
+    assert not (tmp_path / "play.avi").exists()
