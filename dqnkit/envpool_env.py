@@ -35,10 +35,9 @@ STACK = 4
 
 
 def envpool_task(env_id: str) -> str:
-    """``ALE/Breakout-v5`` -> envpool's ``Breakout-v5``; anything else is refused."""
+    """``ALE/Breakout-v5`` -> envpool's ``Breakout-v5`` (Config refuses envpool for other ids)."""
     if not env_id.startswith("ALE/"):
-        raise DqnkitError(f"env_backend=envpool runs ALE/<Game>-v5 ids only, not {env_id!r}; "
-                          "use env_backend=gymnasium")
+        raise ValueError(f"envpool runs ALE/<Game>-v5 ids only, not {env_id!r}")
     return env_id.removeprefix("ALE/")
 
 
