@@ -78,6 +78,7 @@ def test_envpool_missing_is_a_one_line_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "envpool", None)  # as if it were not installed
     run = tmp_path / "run"
     code = main(["train", "--env", "ALE/Breakout-v5", "--set", "env_backend=envpool", "--steps", "2000",
+                 "--set", "learning_starts=100",
                  "--run-dir", str(run)])
     assert code == 2 and "pip install envpool envpool-assets" in capsys.readouterr().err
     assert not run.exists()  # refused before anything was written
