@@ -103,12 +103,12 @@ class EnvpoolAtari:
         """SAME_STEP bookkeeping for the envs whose learning episode ended this step."""
         n = self.num_envs
         final_obs = np.empty(n, dtype=object)
-        final_obs[ended] = list(self._stack[ended].copy())
+        final_obs[ended] = list(self._stack[ended])  # fancy indexing copies
         mask = np.zeros(n, bool)
         mask[ended] = True
         games = np.flatnonzero(game_ended)
-        final_info = {"_life_lost": life_lost.copy(), "episode": {"r": self._score.copy(), "l": self._length.copy()},
-                      "_episode": game_ended.copy()}
+        final_info = {"_life_lost": life_lost, "episode": {"r": self._score.copy(), "l": self._length.copy()},
+                      "_episode": game_ended}
         if len(games):
             frames, info = self._pool.reset(env_id=games)
             assert (info["env_id"] == games).all()

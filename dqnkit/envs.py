@@ -41,6 +41,16 @@ def make_env(env_id: str, render_mode: str | None = None, *, training: bool = Fa
     return env
 
 
+def env_family(env_id: str) -> str:
+    """``atari`` for ALE ids, ``minatar`` for MinAtar ids, ``vector`` for any other env: the
+    one place that sorts ids into the families whose defaults and env stepping differ."""
+    if env_id.startswith("ALE/"):
+        return "atari"
+    if env_id.startswith("MinAtar/"):
+        return "minatar"
+    return "vector"
+
+
 def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 0.25,
                  mode: str = "auto", backend: str = "gymnasium", seed: int = 0) -> Any:
     """``num_envs`` training copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset.
@@ -60,7 +70,7 @@ def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 
     fns = [lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
            for _ in range(num_envs)]
     if mode == "auto":
-        mode = "async" if num_envs > 1 and env_id.startswith(("ALE/", "MinAtar/")) else "sync"
+        mode = "async" if num_envs > 1 and env_family(env_id) != "vector" else "sync"
     if mode == "async":
         return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=AutoresetMode.SAME_STEP)
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)

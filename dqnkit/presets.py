@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dqnkit.config import Config, from_dict
+from dqnkit.envs import env_family
 from dqnkit.errors import ConfigError
 
 # Chosen by a sweep over 5 seeds (README, "How the preset was chosen"): bursts of 64 updates
@@ -95,11 +96,8 @@ def describe(name: str) -> str:
 def for_env(env_id: str) -> str:
     """The preset of ``env_id``'s family: ``atari`` for ALE ids, ``minatar`` for MinAtar ids,
     ``cartpole`` (a small MLP) for any other, vector-observation env."""
-    if env_id.startswith("ALE/"):
-        return "atari"
-    if env_id.startswith("MinAtar/"):
-        return "minatar"
-    return "cartpole"
+    family = env_family(env_id)
+    return "cartpole" if family == "vector" else family
 
 
 def get(name: str, **overrides: Any) -> Config:
