@@ -190,11 +190,15 @@ def _eval(args: argparse.Namespace) -> int:
     result = {"episodes": args.episodes, "return_mean": float(returns.mean()),
               "return_std": float(returns.std()), "returns": returns.tolist()}
     if args.video is not None:
-        result["video"] = str(record_video(agent, agent.config.env_id, args.video, seed=args.seed))
+        video = record_video(agent, agent.config.env_id, args.video, seed=args.seed)
+        result.update(video=str(video.path), video_frames=video.frames, video_fps=video.fps,
+                      video_return=video.episode_return)
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{args.episodes} episodes: return {result['return_mean']:.2f} ± {result['return_std']:.2f}")
+        if args.video is not None:
+            print(f"video: {video.path} ({video.frames} frames, return {video.episode_return:g})")
     return 0
 
 

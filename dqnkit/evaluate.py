@@ -51,8 +51,21 @@ def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: fl
 VIDEO_FORMATS = (".mp4", ".gif")
 
 
-def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) -> Path:
-    """Play one greedy episode and write it to ``path`` (.mp4 or .gif; needs ``dqnkit[video]``)."""
+class Video(NamedTuple):
+    path: Path
+    frames: int  # frames written: the episode's steps + 1 (its first observation)
+    fps: float
+    episode_return: float
+
+
+def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0,
+                 epsilon: float | None = None) -> Video:
+    """Play one episode and write it to ``path`` (.mp4 or .gif; needs ``dqnkit[video]``).
+
+    The agent acts as in evaluation, with ``epsilon`` (default: the run's ``eval_epsilon``):
+    a purely greedy Breakout agent that never presses FIRE after losing a life would film
+    27,000 steps of a frozen screen, which is why the Atari protocol keeps ε = 0.05.
+    """
     try:
         import imageio.v2 as imageio
     except ImportError:
@@ -62,20 +75,36 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0) 
     env = _eval_env(agent, env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
     frames = [_video_frame(env.render())]
-    done = False
+    rng = np.random.default_rng(seed)
+    epsilon = agent.config.eval_epsilon if epsilon is None else epsilon
+    done, episode_return = False, 0.0
     with agent.evaluation():
         while not done:
-            obs, _, terminated, truncated, _ = env.step(agent.act(obs, greedy=True))
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, epsilon, rng=rng))
+            episode_return += float(reward)
             frames.append(_video_frame(env.render()))
             done = terminated or truncated
     env.close()
     path = Path(path)
-    fps = env.metadata.get("render_fps", 30)
+    fps = _video_fps(env, path.suffix)
     if path.suffix == ".gif":
-        imageio.mimsave(path, frames, duration=1000 / fps)
+        imageio.mimsave(path, frames, duration=round(1000 / fps))  # whole ms: Pillow truncates 29.99 to 20
     else:
         imageio.mimsave(path, frames, fps=fps)
-    return path
+    return Video(path, len(frames), fps, episode_return)
+
+
+def _video_fps(env: gym.Env, suffix: str) -> float:
+    """Frames per second that play the episode in real time: an Atari step is ``frame_skip``
+    frames of a 60 Hz console. A GIF stores each frame's duration in hundredths of a second,
+    so its rate is rounded to one it can hold (and that rate is the one reported)."""
+    try:
+        fps = 60 / env.get_wrapper_attr("frame_skip")
+    except AttributeError:
+        fps = env.metadata.get("render_fps") or 30
+    if suffix == ".gif":
+        fps = 100 / max(1, round(100 / fps))
+    return float(fps)
 
 
 def _video_frame(frame: np.ndarray, min_side: int = 160) -> np.ndarray:
