@@ -1,11 +1,12 @@
-# `make run` trains the default CartPole agent; `make test` runs the test suite.
+# `make run` trains the default CartPole agent; `make test` runs the fast test suite and
+# `make test-slow` the long runs (learning to a score, Ray, SB3, the env matrix): CI runs both.
 # Each creates .venv if needed and installs torch from constraints.txt first, so pip
 # takes the CPU build instead of resolving a multi-GB CUDA build.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install clean
+.PHONY: run test test-slow lint install clean
 
 $(BIN)/dqnkit: pyproject.toml constraints.txt dqnkit/replay/_sumtree.c
 	$(PY) -m venv $(VENV)
@@ -22,6 +23,9 @@ run: install
 test: install
 	$(BIN)/ruff check dqnkit tests examples
 	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 lint: install
 	$(BIN)/ruff check dqnkit tests examples

@@ -101,6 +101,7 @@ def _cli(*args, timeout=300):
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_short_breakout_run_through_the_cli(tmp_path):
     run = tmp_path / "breakout"
     proc = _cli("train", "--preset", "atari", "--steps", "600", "--run-dir", str(run), "--quiet",
@@ -114,6 +115,7 @@ def test_short_breakout_run_through_the_cli(tmp_path):
     assert json.loads((run / "summary.json").read_text())["resumed_with_fresh_episodes"] is True
 
 
+@pytest.mark.slow
 def test_short_minatar_run_through_the_cli(tmp_path):
     run = tmp_path / "minatar"
     proc = _cli("train", "--preset", "minatar", "--steps", "1500", "--run-dir", str(run), "--quiet",

@@ -40,6 +40,7 @@ def test_bench_refuses_bad_options(capsys):
     assert capsys.readouterr().err.count("error:") == 5
 
 
+@pytest.mark.slow
 def test_bench_speed_runs_both_libraries(tmp_path, capsys):
     from dqnkit.bench import speed
 

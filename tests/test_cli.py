@@ -1,4 +1,5 @@
-"""The CLI as a user meets it: real subprocesses, exit codes, one-line errors."""
+"""The CLI as a user meets it: exit codes, one-line errors, and (where the process matters)
+real subprocesses of ``python -m dqnkit``."""
 
 import json
 import os
@@ -8,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from dqnkit.cli import main
+
 TINY = ["--steps", "600", "--set", "learning_starts=100", "--set", "eval_every=300", "--set", "eval_episodes=2",
         "--set", "hidden_sizes=16", "--set", "stop_at_return=none", "--quiet"]
 
 
 def dqnkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "dqnkit.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dqnkit", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
 
@@ -45,12 +48,12 @@ def test_train_eval_resume_round_trip(tmp_path):
     assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 900
 
 
-def test_presets_listing_and_detail():
-    result = dqnkit("presets")
-    assert result.returncode == 0
-    names = [line.split()[0] for line in result.stdout.splitlines()]
+def test_presets_listing_and_detail(capsys):
+    assert main(["presets"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert {"cartpole", "cartpole-zoo", "cartpole-lesson"} <= set(names)
-    detail = json.loads(dqnkit("presets", "cartpole-zoo").stdout)
+    assert main(["presets", "cartpole-zoo"]) == 0
+    detail = json.loads(capsys.readouterr().out)
     assert detail["train_freq"] == 256 and detail["gradient_steps"] == 128
 
 
@@ -69,17 +72,24 @@ def test_presets_listing_and_detail():
     (["train", "--resume", "no/such/run"], "does not exist"),
     (["train", "--bogus-flag"], "unrecognized arguments"),
 ])
-def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path):
-    result = dqnkit(*args, "--quiet" if args[0] == "train" else "--json", cwd=tmp_path)
-    assert_refused(result, fragment)
+def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # in-process (a subprocess per case would cost seconds of imports)
+    code = main([*args, "--quiet" if args[0] == "train" else "--json"])
+    assert_refused(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), fragment)
     assert not (tmp_path / "runs").exists(), "nothing may be written for refused input"
 
 
-def test_existing_run_is_not_overwritten(tmp_path):
+def test_a_refusal_from_the_installed_command_is_one_line_exit_2(tmp_path):
+    assert_refused(dqnkit("train", "--env", "NoSuchEnv-v0", "--quiet", cwd=tmp_path), "unknown environment")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "notes.txt").write_text("mine")
-    assert_refused(dqnkit("train", "--run-dir", str(run), *TINY), "not empty")
+    code = main(["train", "--run-dir", str(run), *TINY])
+    assert_refused(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), "not empty")
     assert (run / "notes.txt").read_text() == "mine"
 
 

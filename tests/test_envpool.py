@@ -68,6 +68,7 @@ def test_same_seed_same_episodes():
     assert scores() == scores()
 
 
+@pytest.mark.slow
 def test_training_runs_on_envpool(tmp_path):
     cfg = presets.get("atari", env_backend="envpool", num_envs=4, total_steps=800, learning_starts=200,
                       buffer_size=2000, eval_every=0, eval_episodes=1, eval_epsilon=1.0, device="cpu")

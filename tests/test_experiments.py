@@ -31,6 +31,7 @@ def test_on_grid_reads_the_running_mean_at_steps():
     assert np.allclose(experiments.on_grid(rows, np.array([10, 20, 30])), [10.0, 15.0, 20.0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
 def test_experiment_runs_and_writes_its_files(name, tmp_path):
     result = experiments.run(name, tmp_path, seeds=2, steps=1500, jobs=2)

@@ -148,6 +148,7 @@ def test_build_is_seeded():
 
 
 # --------------------------------------------------------------------- learning
+@pytest.mark.slow
 def test_cartpole_learns(tmp_path):
     """A short run must clearly beat the random policy (about 22 per episode)."""
     cfg = presets.get("cartpole", total_steps=12_000, eval_every=4000, stop_at_return=None)
