@@ -6,7 +6,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow lint install clean
+.PHONY: run test test-slow lint format install clean
 
 $(BIN)/dqnkit: pyproject.toml constraints.txt dqnkit/replay/_sumtree.c
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check dqnkit tests examples
+	$(BIN)/ruff format --check dqnkit tests examples
 	$(BIN)/python -m pytest -q
 
 test-slow: install
@@ -30,6 +31,9 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check dqnkit tests examples
 	$(BIN)/ruff format --check dqnkit tests examples
+
+format: install
+	$(BIN)/ruff format dqnkit tests examples
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,9 +1,9 @@
 """dqnkit: value-based deep RL you can read, trust and run fast.
 
-    from dqnkit import Config, train, load, presets
-    cfg = presets.get("cartpole").replace(seed=1)
-    summary = train(cfg, run_dir="runs/x")
-    agent = load("runs/x")
+from dqnkit import Config, train, load, presets
+cfg = presets.get("cartpole").replace(seed=1)
+summary = train(cfg, run_dir="runs/x")
+agent = load("runs/x")
 """
 
 __version__ = "0.1.0"

@@ -33,8 +33,9 @@ def next_actions(next_q_target_BA: torch.Tensor, next_q_online_BA: torch.Tensor 
     return (next_q_target_BA if next_q_online_BA is None else next_q_online_BA).argmax(dim=1)
 
 
-def bootstrap(rewards_B: torch.Tensor, terminated_B: torch.Tensor, discounts_B: torch.Tensor,
-              next_values: torch.Tensor) -> torch.Tensor:
+def bootstrap(
+    rewards_B: torch.Tensor, terminated_B: torch.Tensor, discounts_B: torch.Tensor, next_values: torch.Tensor
+) -> torch.Tensor:
     """``r + gamma^k * (1 - terminated) * v'`` for ``v'`` [B] (a value) or [B, K] (atoms or
     quantiles, each shifted alike). Only ``terminated`` stops bootstrapping: a truncated
     (time-limit) transition keeps its bootstrap term."""
@@ -43,15 +44,21 @@ def bootstrap(rewards_B: torch.Tensor, terminated_B: torch.Tensor, discounts_B: 
     return rewards_B + discounts_B * (1.0 - terminated_B) * next_values
 
 
-def td_targets(rewards_B: torch.Tensor, terminated_B: torch.Tensor, discounts_B: torch.Tensor,
-               next_q_target_BA: torch.Tensor, next_q_online_BA: torch.Tensor | None = None) -> torch.Tensor:
+def td_targets(
+    rewards_B: torch.Tensor,
+    terminated_B: torch.Tensor,
+    discounts_B: torch.Tensor,
+    next_q_target_BA: torch.Tensor,
+    next_q_online_BA: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The DQN / Double DQN target ``r + gamma^k * (1 - terminated) * Q_target(s', a*)`` [B]."""
     best_B1 = next_actions(next_q_target_BA, next_q_online_BA).unsqueeze(1)
     return bootstrap(rewards_B, terminated_B, discounts_B, next_q_target_BA.gather(1, best_B1).squeeze(1))
 
 
-def project_distribution(next_probs_BK: torch.Tensor, target_atoms_BK: torch.Tensor,
-                         support_K: torch.Tensor) -> torch.Tensor:
+def project_distribution(
+    next_probs_BK: torch.Tensor, target_atoms_BK: torch.Tensor, support_K: torch.Tensor
+) -> torch.Tensor:
     """C51's categorical projection (Bellemare et al. 2017, algorithm 1): the probability mass
     of each shifted atom ``target_atoms_BK`` (clipped to the support) is split between the two
     nearest atoms of ``support_K`` in proportion to closeness. Returns [B, K], rows sum to 1.
@@ -106,8 +113,14 @@ class DQNAgent:
     env and the replay and decides *when* to learn and to update the target.
     """
 
-    def __init__(self, q_net: nn.Module, obs_shape: tuple[int, ...], n_actions: int, config: Config,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        q_net: nn.Module,
+        obs_shape: tuple[int, ...],
+        n_actions: int,
+        config: Config,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.config = config
         self.obs_shape = tuple(obs_shape)
         self.n_actions = int(n_actions)
@@ -118,8 +131,9 @@ class DQNAgent:
         # A captured update needs Adam's step count on the device (capturable).
         self._graph_wanted = self.device.type == "cuda" and config.cuda_graph
         self._graphed: Any = None  # the captured update, built at the first learn()
-        self.optimizer = torch.optim.Adam(self.q_net.parameters(), lr=config.lr, eps=config.adam_eps, fused=True,
-                                          capturable=self._graph_wanted)
+        self.optimizer = torch.optim.Adam(
+            self.q_net.parameters(), lr=config.lr, eps=config.adam_eps, fused=True, capturable=self._graph_wanted
+        )
         self.rng = np.random.default_rng([config.seed, 1])  # exploration only
         # noisy nets draw from their own generator: a seed fixes the noise, and evaluating
         # (which uses the mean weights) never shifts the training noise
@@ -170,8 +184,9 @@ class DQNAgent:
             return out.mean(dim=2)
         return out
 
-    def act(self, obs: np.ndarray, epsilon: float = 0.0, greedy: bool = False,
-            rng: np.random.Generator | None = None) -> np.ndarray | int:
+    def act(
+        self, obs: np.ndarray, epsilon: float = 0.0, greedy: bool = False, rng: np.random.Generator | None = None
+    ) -> np.ndarray | int:
         """Epsilon-greedy actions for a batch [B, *obs] -> [B] int64.
 
         A single unbatched observation returns a plain int. ``greedy=True`` means epsilon 0.
@@ -222,8 +237,11 @@ class DQNAgent:
             self._graphed = GraphedUpdate(self, batch)
         except RuntimeError as exc:
             self._graph_wanted, self._graphed = False, None
-            warnings.warn(f"CUDA graph capture failed ({first_line(exc)}); updating eagerly (--set cuda_graph=false "
-                          "silences this)", stacklevel=3)
+            warnings.warn(
+                f"CUDA graph capture failed ({first_line(exc)}); updating eagerly (--set cuda_graph=false "
+                "silences this)",
+                stacklevel=3,
+            )
 
     def _step(self, batch: Batch) -> LearnStats:
         """The update on a batch of device tensors: fresh noise, loss, backward, clipping,
@@ -266,17 +284,26 @@ class DQNAgent:
             next_target = self.target_net(next_obs)
         out = self.q_net(obs)
         if cfg.distributional == "none":
-            per_sample_B, priority_B, q_B = self._td_loss(out, actions_B, rewards_B, terminated_B, discounts_B,
-                                                          next_target, next_online)
+            per_sample_B, priority_B, q_B = self._td_loss(
+                out, actions_B, rewards_B, terminated_B, discounts_B, next_target, next_online
+            )
         else:
-            per_sample_B, q_B = self._distributional_loss(out, actions_B, rewards_B, terminated_B, discounts_B,
-                                                          next_target, next_online)
+            per_sample_B, q_B = self._distributional_loss(
+                out, actions_B, rewards_B, terminated_B, discounts_B, next_target, next_online
+            )
             priority_B = per_sample_B.detach()  # Rainbow: the distribution's loss is the priority
         return per_sample_B, priority_B, q_B
 
-    def _td_loss(self, q_BA: torch.Tensor, actions_B: torch.Tensor, rewards_B: torch.Tensor,
-                 terminated_B: torch.Tensor, discounts_B: torch.Tensor, next_target_BA: torch.Tensor,
-                 next_online_BA: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _td_loss(
+        self,
+        q_BA: torch.Tensor,
+        actions_B: torch.Tensor,
+        rewards_B: torch.Tensor,
+        terminated_B: torch.Tensor,
+        discounts_B: torch.Tensor,
+        next_target_BA: torch.Tensor,
+        next_online_BA: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(per-sample Huber/MSE loss, |TD error|, Q(s, a)), each [B]."""
         with torch.no_grad():
             target_B = td_targets(rewards_B, terminated_B, discounts_B, next_target_BA, next_online_BA)
@@ -287,9 +314,16 @@ class DQNAgent:
             per_sample_B = F.mse_loss(q_B, target_B, reduction="none")
         return per_sample_B, (q_B - target_B).detach().abs(), q_B
 
-    def _distributional_loss(self, out_BAK: torch.Tensor, actions_B: torch.Tensor, rewards_B: torch.Tensor,
-                             terminated_B: torch.Tensor, discounts_B: torch.Tensor, next_target_BAK: torch.Tensor,
-                             next_online_BAK: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _distributional_loss(
+        self,
+        out_BAK: torch.Tensor,
+        actions_B: torch.Tensor,
+        rewards_B: torch.Tensor,
+        terminated_B: torch.Tensor,
+        discounts_B: torch.Tensor,
+        next_target_BAK: torch.Tensor,
+        next_online_BAK: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-sample loss, E[Z(s, a)]), each [B]: cross-entropy to the projected target
         distribution (c51) or the quantile Huber loss (qr)."""
         cfg = self.config
@@ -325,9 +359,12 @@ class DQNAgent:
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {
-            "q_net": self.q_net.state_dict(), "target_net": self.target_net.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "rng": self.rng.bit_generator.state,
-            "noise": self.noise.get_state(), "updates": self.updates,
+            "q_net": self.q_net.state_dict(),
+            "target_net": self.target_net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "noise": self.noise.get_state(),
+            "updates": self.updates,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -347,8 +384,11 @@ class DQNAgent:
         try:
             self.noise.set_state(noise_state)
         except RuntimeError:
-            warnings.warn("the checkpoint's noisy-net generator belongs to another device type: its noise "
-                          "stream restarts from the seed here", stacklevel=3)
+            warnings.warn(
+                "the checkpoint's noisy-net generator belongs to another device type: its noise "
+                "stream restarts from the seed here",
+                stacklevel=3,
+            )
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(array), device=self.device)
@@ -358,8 +398,13 @@ def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[t
     """(weight, bias) numpy views of a plain CPU MLP's layers, for acting; [] for any other
     network. The views share memory with the parameters, which the optimizer and
     ``load_state_dict`` update in place, so they never go stale."""
-    plain = (isinstance(q_net, MLP) and device.type == "cpu" and not config.noisy and not config.dueling
-             and config.distributional == "none")
+    plain = (
+        isinstance(q_net, MLP)
+        and device.type == "cpu"
+        and not config.noisy
+        and not config.dueling
+        and config.distributional == "none"
+    )
     if not plain:
         return []
     return [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in q_net.modules() if isinstance(m, nn.Linear)]

@@ -31,24 +31,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    train = sub.add_parser("train", help="train an agent (or continue one with --resume)",
-                           formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog="config keys for --set:\n" + keys)
+    train = sub.add_parser(
+        "train",
+        help="train an agent (or continue one with --resume)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys for --set:\n" + keys,
+    )
     train.add_argument("--preset", default=None, help="starting config (see `dqnkit presets`; default cartpole)")
     train.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
     train.add_argument("--steps", type=int, help="total environment steps")
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
     train.add_argument("--run-dir", type=Path, help="where to write the run (default runs/<preset>-s<seed>-<time>)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override any config key (repeatable)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key (repeatable)",
+    )
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    apex = sub.add_parser("apex", help="Ape-X: distributed actors, a prioritized replay and a learner on Ray",
-                          formatter_class=argparse.RawDescriptionHelpFormatter,
-                          epilog="config keys for --set: as for `dqnkit train`")
+    apex = sub.add_parser(
+        "apex",
+        help="Ape-X: distributed actors, a prioritized replay and a learner on Ray",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys for --set: as for `dqnkit train`",
+    )
     apex.add_argument("--preset", default=None, help="starting config (default cartpole)")
     apex.add_argument("--env", dest="env_id", help="gymnasium env id")
     apex.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
@@ -57,8 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     apex.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the learner's torch device")
     apex.add_argument("--ray-address", help="join this Ray cluster (`auto` or host:port); default: start a local one")
     apex.add_argument("--run-dir", type=Path, help="where to write the run (default runs/apex-<preset>-s<seed>-<time>)")
-    apex.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override any config key (repeatable)")
+    apex.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key (repeatable)",
+    )
     apex.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
     apex.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -109,10 +127,18 @@ def main(argv: list[str] | None = None) -> int:
             print(__version__)
             return 0
         if args.command is None:
-            raise DqnkitError("missing command: train, eval, presets, experiment, tabular, bench or apex "
-                              "(see `dqnkit --help`)")
-        commands = {"train": _train, "eval": _eval, "presets": _presets, "tabular": _tabular, "bench": _bench,
-                    "experiment": _experiment, "apex": _apex}
+            raise DqnkitError(
+                "missing command: train, eval, presets, experiment, tabular, bench or apex (see `dqnkit --help`)"
+            )
+        commands = {
+            "train": _train,
+            "eval": _eval,
+            "presets": _presets,
+            "tabular": _tabular,
+            "bench": _bench,
+            "experiment": _experiment,
+            "apex": _apex,
+        }
         return commands[args.command](args)
     except DqnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -126,9 +152,18 @@ def _train(args: argparse.Namespace) -> int:
     from dqnkit.training import resume, train
 
     if args.resume is not None:
-        given = [flag for flag, value in (("--preset", args.preset), ("--env", args.env_id), ("--seed", args.seed),
-                                          ("--set", args.overrides), ("--run-dir", args.run_dir),
-                                          ("--device", args.device)) if value]
+        given = [
+            flag
+            for flag, value in (
+                ("--preset", args.preset),
+                ("--env", args.env_id),
+                ("--seed", args.seed),
+                ("--set", args.overrides),
+                ("--run-dir", args.run_dir),
+                ("--device", args.device),
+            )
+            if value
+        ]
         if given:
             raise DqnkitError(f"--resume continues the run with its own config; drop {', '.join(given)}")
         if args.steps is not None and args.steps < 1:
@@ -160,8 +195,11 @@ def _config(args: argparse.Namespace) -> Any:
     config = presets.get(args.preset, **overrides)
     fitting, own = presets.for_env(config.env_id), presets.for_env(presets.get(args.preset).env_id)
     if env_id is not None and fitting != own:
-        print(f"warning: preset {args.preset} is made for {own}-like envs; for {env_id} dqnkit would pick "
-              f"--preset {fitting}", file=sys.stderr)
+        print(
+            f"warning: preset {args.preset} is made for {own}-like envs; for {env_id} dqnkit would pick "
+            f"--preset {fitting}",
+            file=sys.stderr,
+        )
     return config
 
 
@@ -187,12 +225,17 @@ def _eval(args: argparse.Namespace) -> int:
         raise DqnkitError(f"--video writes {' or '.join(VIDEO_FORMATS)} files, not {Path(args.video).name!r}")
     agent = load(args.run_dir)
     returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed, agent.config.eval_epsilon).returns
-    result = {"episodes": args.episodes, "return_mean": float(returns.mean()),
-              "return_std": float(returns.std()), "returns": returns.tolist()}
+    result = {
+        "episodes": args.episodes,
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "returns": returns.tolist(),
+    }
     if args.video is not None:
         video = record_video(agent, agent.config.env_id, args.video, seed=args.seed)
-        result.update(video=str(video.path), video_frames=video.frames, video_fps=video.fps,
-                      video_return=video.episode_return)
+        result.update(
+            video=str(video.path), video_frames=video.frames, video_fps=video.fps, video_return=video.episode_return
+        )
     if args.json:
         print(json.dumps(result))
     else:
@@ -217,8 +260,16 @@ def _presets(args: argparse.Namespace) -> int:
 def _tabular(args: argparse.Namespace) -> int:
     from dqnkit.tabular.experiments import EXPERIMENTS
 
-    options = {k: v for k, v in (("episodes", args.episodes), ("alpha", args.alpha), ("epsilon", args.epsilon),
-                                 ("seeds", args.seeds)) if v is not None}
+    options = {
+        k: v
+        for k, v in (
+            ("episodes", args.episodes),
+            ("alpha", args.alpha),
+            ("epsilon", args.epsilon),
+            ("seeds", args.seeds),
+        )
+        if v is not None
+    }
     if args.name == "random-walk" and "epsilon" in options:
         raise DqnkitError("random-walk evaluates a fixed random policy: --epsilon does not apply")
     check_range("--episodes", options.get("episodes", 1), 1, None)
@@ -253,8 +304,11 @@ def _bench(args: argparse.Namespace) -> int:
     if args.name != "replay" and args.capacities:
         raise DqnkitError("--capacities applies to `bench replay` only")
     check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
-    given = [flag for flag, value in (("--steps", args.steps), ("--envs", args.envs), ("--device", args.device))
-             if value is not None]
+    given = [
+        flag
+        for flag, value in (("--steps", args.steps), ("--envs", args.envs), ("--device", args.device))
+        if value is not None
+    ]
     if given and args.name != "atari-train":
         raise DqnkitError(f"{', '.join(given)} apply to `bench atari-train` only")
     if args.name == "atari-train":

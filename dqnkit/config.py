@@ -20,8 +20,15 @@ from typing import Any
 from dqnkit.errors import ConfigError
 
 
-def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-         lo_open: bool = False, choices: tuple[str, ...] | None = None) -> Any:
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     """A dataclass field with its help text and allowed range attached."""
     meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
     return field(default=default, metadata=meta)
@@ -38,11 +45,29 @@ class Config:
     total_steps: int = _opt(50_000, "Environment transitions to collect, summed over vector envs.", lo=1)
     num_envs: int = _opt(1, "Number of environments stepped in lockstep (see vector_env).", lo=1)
     device: str = _opt("auto", "Torch device: auto (cuda if available), cpu or cuda.", choices=("auto", "cpu", "cuda"))
-    repeat_action_probability: float = _opt(0.25, "Atari (ALE/...) only: sticky actions, the chance the emulator repeats the previous action (0.25 as in the v5 envs; 0 for the Nature setting).", lo=0.0, hi=1.0)
-    cuda_graph: bool = _opt(True, "On CUDA, capture the whole update (forward, loss, backward, clipping, Adam) once as a CUDA graph and replay it, fed by one pinned copy per batch: the same arithmetic without the launch overhead of ~100 small kernels. Ignored on the CPU.")
-    vector_env: str = _opt("auto", "How num_envs > 1 envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE and MinAtar ids, whose steps are expensive enough to pay for the processes; sync otherwise).", choices=("auto", "sync", "async"))
-    env_backend: str = _opt("gymnasium", "Who runs ALE envs for training: gymnasium (dqnkit's wrapper stack) or envpool (C++ thread pool, pip install envpool envpool-assets; ALE/<Game>-v5 ids only; same transition semantics, envpool's own resize).", choices=("gymnasium", "envpool"))
-    num_threads: int = _opt(1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0)
+    repeat_action_probability: float = _opt(
+        0.25,
+        "Atari (ALE/...) only: sticky actions, the chance the emulator repeats the previous action (0.25 as in the v5 envs; 0 for the Nature setting).",
+        lo=0.0,
+        hi=1.0,
+    )
+    cuda_graph: bool = _opt(
+        True,
+        "On CUDA, capture the whole update (forward, loss, backward, clipping, Adam) once as a CUDA graph and replay it, fed by one pinned copy per batch: the same arithmetic without the launch overhead of ~100 small kernels. Ignored on the CPU.",
+    )
+    vector_env: str = _opt(
+        "auto",
+        "How num_envs > 1 envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE and MinAtar ids, whose steps are expensive enough to pay for the processes; sync otherwise).",
+        choices=("auto", "sync", "async"),
+    )
+    env_backend: str = _opt(
+        "gymnasium",
+        "Who runs ALE envs for training: gymnasium (dqnkit's wrapper stack) or envpool (C++ thread pool, pip install envpool envpool-assets; ALE/<Game>-v5 ids only; same transition semantics, envpool's own resize).",
+        choices=("gymnasium", "envpool"),
+    )
+    num_threads: int = _opt(
+        1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0
+    )
 
     # --- learning ---
     gamma: float = _opt(0.99, "Discount factor, in (0, 1].", lo=0.0, hi=1.0, lo_open=True)
@@ -54,7 +79,12 @@ class Config:
     train_freq: int = _opt(1, "Run `gradient_steps` updates every this many transitions.", lo=1)
     gradient_steps: int = _opt(1, "Gradient steps per training round.", lo=1)
     target_update_interval: int = _opt(1000, "Update the target network every this many transitions.", lo=1)
-    tau: float = _opt(0.0, "0 = hard copy of the online weights; in (0, 1] = Polyak blend target <- tau*online + (1-tau)*target.", lo=0.0, hi=1.0)
+    tau: float = _opt(
+        0.0,
+        "0 = hard copy of the online weights; in (0, 1] = Polyak blend target <- tau*online + (1-tau)*target.",
+        lo=0.0,
+        hi=1.0,
+    )
     double: bool = _opt(False, "Double DQN: the online network picks the next action, the target network values it.")
     dueling: bool = _opt(False, "Dueling head: Q = V + A - mean(A).")
     loss: str = _opt("huber", "TD loss: huber (smooth L1) or mse.", choices=("huber", "mse"))
@@ -63,9 +93,16 @@ class Config:
     n_step: int = _opt(1, "n-step returns: fold this many rewards into each transition (cut at episode ends).", lo=1)
 
     # --- Rainbow: noisy nets and distributional heads ---
-    noisy: bool = _opt(False, "Noisy linear layers (Fortunato et al.): learned exploration noise, resampled every step and update; epsilon is 0 unless eps_start is set.")
+    noisy: bool = _opt(
+        False,
+        "Noisy linear layers (Fortunato et al.): learned exploration noise, resampled every step and update; epsilon is 0 unless eps_start is set.",
+    )
     noisy_sigma0: float = _opt(0.5, "Noisy nets: initial noise scale sigma0 (sigma = sigma0 / sqrt(fan_in)).", lo=0.0)
-    distributional: str = _opt("none", "Value distribution: none (expected Q), c51 (categorical over n_atoms fixed atoms in [v_min, v_max], Bellemare et al.) or qr (n_atoms quantiles, QR-DQN, Dabney et al.). The loss key applies to none only.", choices=("none", "c51", "qr"))
+    distributional: str = _opt(
+        "none",
+        "Value distribution: none (expected Q), c51 (categorical over n_atoms fixed atoms in [v_min, v_max], Bellemare et al.) or qr (n_atoms quantiles, QR-DQN, Dabney et al.). The loss key applies to none only.",
+        choices=("none", "c51", "qr"),
+    )
     n_atoms: int = _opt(51, "c51: atoms of the support; qr: quantiles.", lo=2)
     v_min: float = _opt(-10.0, "c51: lowest atom of the support.")
     v_max: float = _opt(10.0, "c51: highest atom of the support.")
@@ -80,20 +117,46 @@ class Config:
     per_eps: float = _opt(1e-6, "PER: added to |TD error| so no priority is zero.", lo=0.0, lo_open=True)
 
     # --- exploration ---
-    eps_schedule: str = _opt("linear", "Epsilon schedule: linear (over exploration_fraction of total_steps) or exponential (eps_decay per gradient step).", choices=("linear", "exponential"))
-    eps_start: float | None = _opt(None, "Initial epsilon; none = 1.0, or 0 (no epsilon-greedy at all) with noisy nets.", lo=0.0, hi=1.0)
+    eps_schedule: str = _opt(
+        "linear",
+        "Epsilon schedule: linear (over exploration_fraction of total_steps) or exponential (eps_decay per gradient step).",
+        choices=("linear", "exponential"),
+    )
+    eps_start: float | None = _opt(
+        None, "Initial epsilon; none = 1.0, or 0 (no epsilon-greedy at all) with noisy nets.", lo=0.0, hi=1.0
+    )
     eps_end: float = _opt(0.05, "Final epsilon.", lo=0.0, hi=1.0)
-    exploration_fraction: float = _opt(0.1, "Linear schedule: fraction of total_steps over which epsilon falls to eps_end (used when exploration_steps is 0).", lo=0.0, hi=1.0, lo_open=True)
-    exploration_steps: int = _opt(0, "Linear schedule: transitions over which epsilon falls to eps_end; 0 = exploration_fraction * total_steps. Absolute steps keep a run's trajectory independent of --steps, so extending a run changes nothing already learned.", lo=0)
-    eps_decay: float = _opt(0.995, "Exponential schedule: epsilon is multiplied by this per gradient step.", lo=0.0, hi=1.0, lo_open=True)
+    exploration_fraction: float = _opt(
+        0.1,
+        "Linear schedule: fraction of total_steps over which epsilon falls to eps_end (used when exploration_steps is 0).",
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+    )
+    exploration_steps: int = _opt(
+        0,
+        "Linear schedule: transitions over which epsilon falls to eps_end; 0 = exploration_fraction * total_steps. Absolute steps keep a run's trajectory independent of --steps, so extending a run changes nothing already learned.",
+        lo=0,
+    )
+    eps_decay: float = _opt(
+        0.995, "Exponential schedule: epsilon is multiplied by this per gradient step.", lo=0.0, hi=1.0, lo_open=True
+    )
 
     # --- evaluation, logging, checkpoints ---
     eval_every: int = _opt(10_000, "Greedy evaluation every this many transitions (0 = only at the end).", lo=0)
     eval_episodes: int = _opt(10, "Episodes per evaluation.", lo=1)
     eval_epsilon: float = _opt(0.0, "Epsilon used during evaluation (0 = greedy).", lo=0.0, hi=1.0)
-    final_eval: bool = _opt(True, "Evaluate once more when training ends (unless the last periodic evaluation was at that step). Off: the summary keeps the last periodic evaluation, or none.")
-    log_overestimation: bool = _opt(False, "At each evaluation, log the mean predicted max-Q of the start states (q_pred) and the discounted return the greedy agent then collects (q_real).")
-    stop_at_return: float | None = _opt(None, "Stop training early once an evaluation's mean return reaches this (none = never).")
+    final_eval: bool = _opt(
+        True,
+        "Evaluate once more when training ends (unless the last periodic evaluation was at that step). Off: the summary keeps the last periodic evaluation, or none.",
+    )
+    log_overestimation: bool = _opt(
+        False,
+        "At each evaluation, log the mean predicted max-Q of the start states (q_pred) and the discounted return the greedy agent then collects (q_real).",
+    )
+    stop_at_return: float | None = _opt(
+        None, "Stop training early once an evaluation's mean return reaches this (none = never)."
+    )
     checkpoint_every: int = _opt(0, "Checkpoint every this many transitions (0 = about ten per run).", lo=0)
     keep_checkpoints: int = _opt(3, "Numbered checkpoints to keep besides `latest`.", lo=1)
 
@@ -232,13 +295,15 @@ def _validate(cfg: Config) -> None:
     if cfg.learning_starts >= cfg.total_steps:
         raise ConfigError(
             f"learning_starts {cfg.learning_starts} is not below total_steps {cfg.total_steps}: "
-            "nothing would be learned; raise --steps or lower learning_starts")
+            "nothing would be learned; raise --steps or lower learning_starts"
+        )
     start, end = cfg.epsilon_range
     if end > start:
         raise ConfigError(f"eps_end {end} is above eps_start {start}")
     if cfg.env_backend == "envpool" and not cfg.env_id.startswith("ALE/"):
-        raise ConfigError(f"env_backend=envpool runs ALE/<Game>-v5 ids only, not {cfg.env_id!r}; "
-                          "use env_backend=gymnasium")
+        raise ConfigError(
+            f"env_backend=envpool runs ALE/<Game>-v5 ids only, not {cfg.env_id!r}; use env_backend=gymnasium"
+        )
     if cfg.distributional == "c51" and cfg.v_min >= cfg.v_max:
         raise ConfigError(f"v_min {cfg.v_min} must be below v_max {cfg.v_max}")
 
@@ -252,8 +317,9 @@ def _check_range(name: str, value: Any, meta: Any) -> None:
     check_range(name, value, meta.get("lo"), meta.get("hi"), bool(meta.get("lo_open")))
 
 
-def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
-                lo_open: bool = False) -> None:
+def check_range(
+    name: str, value: float, lo: float | None = None, hi: float | None = None, lo_open: bool = False
+) -> None:
     """Refuse ``value`` outside [lo, hi] (or (lo, hi] with ``lo_open``); also used for CLI flags."""
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ConfigError(f"{name}: {value!r} must be {'>' if lo_open else '>='} {lo}")
@@ -269,11 +335,23 @@ def describe_fields() -> list[tuple[str, str, str]]:
 def markdown_table() -> str:
     """docs/config.md: every key with its type, default and help (a test keeps it in sync)."""
     defaults = Config().to_dict()
-    rows = [f"| `{name}` | {kind} | `{json.dumps(defaults[name])}` | {help} |" for name, kind, help in describe_fields()]
-    return "\n".join(["# Config keys", "", "Set any of them with `dqnkit train --set key=value` or "
-                      "`presets.get(name, key=value)`. Generated from `dqnkit/config.py` by "
-                      "`python -m dqnkit.config`.", "", "| key | type | default | meaning |", "|---|---|---|---|",
-                      *rows, ""])
+    rows = [
+        f"| `{name}` | {kind} | `{json.dumps(defaults[name])}` | {help} |" for name, kind, help in describe_fields()
+    ]
+    return "\n".join(
+        [
+            "# Config keys",
+            "",
+            "Set any of them with `dqnkit train --set key=value` or "
+            "`presets.get(name, key=value)`. Generated from `dqnkit/config.py` by "
+            "`python -m dqnkit.config`.",
+            "",
+            "| key | type | default | meaning |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

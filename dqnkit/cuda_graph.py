@@ -79,8 +79,16 @@ class GraphedUpdate:
     def _static_batch(self) -> Batch:
         """The device buffers as the batch of tensors ``_step`` takes (conversions are captured too)."""
         b, small = self.batch_size, self._small_dev
-        return Batch(self._obs_dev[:b], small[0].long(), small[1].float(), self._obs_dev[b:], small[2].float(),
-                     small[3].long(), small[4].float(), None)
+        return Batch(
+            self._obs_dev[:b],
+            small[0].long(),
+            small[1].float(),
+            self._obs_dev[b:],
+            small[2].float(),
+            small[3].long(),
+            small[4].float(),
+            None,
+        )
 
     def _capture(self) -> tuple[torch.cuda.CUDAGraph, Any]:
         agent = self.agent
@@ -111,8 +119,10 @@ class _Saved:
     def __init__(self, agent: DQNAgent) -> None:
         self.agent = agent
         self.nets = [{k: v.clone() for k, v in net.state_dict().items()} for net in (agent.q_net, agent.target_net)]
-        self.optim = {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-                      for p, state in agent.optimizer.state.items()}
+        self.optim = {
+            id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+            for p, state in agent.optimizer.state.items()
+        }
         self.noise = agent.noise.get_state()
 
     def restore(self) -> None:

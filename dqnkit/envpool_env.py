@@ -52,14 +52,29 @@ def import_envpool() -> Any:
 class EnvpoolAtari:
     """``num_envs`` Atari games in envpool, with SAME_STEP autoreset and life-loss terminals."""
 
-    def __init__(self, env_id: str, num_envs: int, seed: int = 0, repeat_action_probability: float = 0.25,
-                 max_episode_steps: int = 27_000) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int = 0,
+        repeat_action_probability: float = 0.25,
+        max_episode_steps: int = 27_000,
+    ) -> None:
         envpool = import_envpool()
         self.num_envs = num_envs
         self._pool = envpool.make_gymnasium(
-            envpool_task(env_id), num_envs=num_envs, seed=seed, episodic_life=False, reward_clip=False,
-            stack_num=1, repeat_action_probability=repeat_action_probability, noop_max=30, frame_skip=4,
-            use_fire_reset=True, max_episode_steps=max_episode_steps)
+            envpool_task(env_id),
+            num_envs=num_envs,
+            seed=seed,
+            episodic_life=False,
+            reward_clip=False,
+            stack_num=1,
+            repeat_action_probability=repeat_action_probability,
+            noop_max=30,
+            frame_skip=4,
+            use_fire_reset=True,
+            max_episode_steps=max_episode_steps,
+        )
         frame = self._pool.single_observation_space.shape[1:]
         self.single_observation_space = gym.spaces.Box(0, 255, (STACK, *frame), np.uint8)
         self.single_action_space = self._pool.single_action_space
@@ -107,8 +122,11 @@ class EnvpoolAtari:
         mask = np.zeros(n, bool)
         mask[ended] = True
         games = np.flatnonzero(game_ended)
-        final_info = {"_life_lost": life_lost, "episode": {"r": self._score.copy(), "l": self._length.copy()},
-                      "_episode": game_ended}
+        final_info = {
+            "_life_lost": life_lost,
+            "episode": {"r": self._score.copy(), "l": self._length.copy()},
+            "_episode": game_ended,
+        }
         if len(games):
             frames, info = self._pool.reset(env_id=games)
             assert (info["env_id"] == games).all()

@@ -22,8 +22,9 @@ from dqnkit.errors import DqnkitError
 from dqnkit.wrappers import make_atari, make_minatar
 
 
-def make_env(env_id: str, render_mode: str | None = None, *, training: bool = False,
-             repeat_action_probability: float = 0.25) -> gym.Env:
+def make_env(
+    env_id: str, render_mode: str | None = None, *, training: bool = False, repeat_action_probability: float = 0.25
+) -> gym.Env:
     """One gymnasium env for ``env_id``, with its spaces checked.
 
     ``ALE/<Game>-v5`` ids get the Nature preprocessing (:func:`dqnkit.wrappers.make_atari`;
@@ -31,8 +32,9 @@ def make_env(env_id: str, render_mode: str | None = None, *, training: bool = Fa
     MinAtar games; every other id goes to ``gymnasium.make`` unchanged.
     """
     if env_id.startswith("ALE/"):
-        env = make_atari(env_id, training=training, repeat_action_probability=repeat_action_probability,
-                         render_mode=render_mode)
+        env = make_atari(
+            env_id, training=training, repeat_action_probability=repeat_action_probability, render_mode=render_mode
+        )
     elif env_id.startswith("MinAtar/"):
         env = make_minatar(env_id, render_mode=render_mode)
     else:
@@ -51,8 +53,14 @@ def env_family(env_id: str) -> str:
     return "vector"
 
 
-def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 0.25,
-                 mode: str = "auto", backend: str = "gymnasium", seed: int = 0) -> Any:
+def make_vec_env(
+    env_id: str,
+    num_envs: int,
+    repeat_action_probability: float = 0.25,
+    mode: str = "auto",
+    backend: str = "gymnasium",
+    seed: int = 0,
+) -> Any:
     """``num_envs`` training copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset.
 
     ``mode`` ``sync`` steps them one after another in this process; ``async`` steps them in
@@ -67,8 +75,10 @@ def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 
         from dqnkit.envpool_env import EnvpoolAtari
 
         return EnvpoolAtari(env_id, num_envs, seed, repeat_action_probability)
-    fns = [lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
-           for _ in range(num_envs)]
+    fns = [
+        lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
+        for _ in range(num_envs)
+    ]
     if mode == "auto":
         mode = "async" if num_envs > 1 and env_family(env_id) != "vector" else "sync"
     if mode == "async":
@@ -76,8 +86,14 @@ def make_vec_env(env_id: str, num_envs: int, repeat_action_probability: float = 
     return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
-def finished_episodes(ep_return: np.ndarray, ep_length: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
-                      truncated: np.ndarray, info: dict[str, Any]) -> list[tuple[float, int]]:
+def finished_episodes(
+    ep_return: np.ndarray,
+    ep_length: np.ndarray,
+    rewards: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    info: dict[str, Any],
+) -> list[tuple[float, int]]:
     """Add one vector step to the running episode counters [N] (updated in place); return
     ``(return, length)`` of every episode the step finished, and reset their counters.
 
@@ -134,11 +150,13 @@ def check_spaces(obs_space: gym.Space, action_space: gym.Space, env_id: str) -> 
     if not isinstance(action_space, gym.spaces.Discrete):
         raise DqnkitError(
             f"{env_id} has a {type(action_space).__name__} action space; DQN needs Discrete actions "
-            "(for continuous control use an actor-critic method such as SAC or TD3)")
+            "(for continuous control use an actor-critic method such as SAC or TD3)"
+        )
     if not isinstance(obs_space, gym.spaces.Box):
         raise DqnkitError(
             f"{env_id} has a {type(obs_space).__name__} observation space; dqnkit needs a Box "
-            "(array) observation: wrap the env, e.g. with gymnasium.wrappers.FlattenObservation")
+            "(array) observation: wrap the env, e.g. with gymnasium.wrappers.FlattenObservation"
+        )
 
 
 def true_next_obs(next_obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
@@ -162,7 +180,8 @@ def _make(env_id: str, **kwargs: Any) -> gym.Env:
     except ModuleNotFoundError as exc:
         raise DqnkitError(
             f"environment {env_id!r} needs the missing package {exc.name!r}; install the matching "
-            "extra, e.g. pip install 'dqnkit[box2d]'") from None
+            "extra, e.g. pip install 'dqnkit[box2d]'"
+        ) from None
 
 
 # --------------------------------------------------------------------------- env state

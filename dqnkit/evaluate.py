@@ -18,8 +18,9 @@ class EvalResult(NamedTuple):
     start_obs: np.ndarray  # [E, *obs] the first observation of each episode
 
 
-def evaluate(agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: float = 0.0,
-             gamma: float = 1.0) -> EvalResult:
+def evaluate(
+    agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: float = 0.0, gamma: float = 1.0
+) -> EvalResult:
     """Play ``episodes`` episodes, episode i seeded ``seed + i``.
 
     All episodes run side by side so that each step is one batched forward pass. Atari
@@ -58,8 +59,7 @@ class Video(NamedTuple):
     episode_return: float
 
 
-def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0,
-                 epsilon: float | None = None) -> Video:
+def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, epsilon: float | None = None) -> Video:
     """Play one episode and write it to ``path`` (.mp4 or .gif; needs ``dqnkit[video]``).
 
     The agent acts as in evaluation, with ``epsilon`` (default: the run's ``eval_epsilon``):

@@ -7,8 +7,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("kind", "step", "episode", "return", "length", "epsilon", "loss", "q_mean",
-           "return_std", "wall_s", "q_pred", "q_real")
+COLUMNS = (
+    "kind",
+    "step",
+    "episode",
+    "return",
+    "length",
+    "epsilon",
+    "loss",
+    "q_mean",
+    "return_std",
+    "wall_s",
+    "q_pred",
+    "q_real",
+)
 
 
 class Logger:

@@ -40,8 +40,9 @@ class NoisyLinear(nn.Module):
 
     def reset_noise(self, generator: torch.Generator | None = None) -> None:
         for eps in (self.eps_in, self.eps_out):
-            noise = torch.randn(eps.shape, generator=generator, device=eps.device if generator is None
-                                else generator.device)
+            noise = torch.randn(
+                eps.shape, generator=generator, device=eps.device if generator is None else generator.device
+            )
             eps.copy_(noise.sign() * noise.abs().sqrt())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +66,9 @@ class DuelingHead(nn.Module):
     could move freely between V and A. With atoms, the same holds per atom (Rainbow).
     """
 
-    def __init__(self, in_features: int, n_actions: int, hidden: int, atoms: int = 1,
-                 linear: Linear = nn.Linear) -> None:
+    def __init__(
+        self, in_features: int, n_actions: int, hidden: int, atoms: int = 1, linear: Linear = nn.Linear
+    ) -> None:
         super().__init__()
         self.n_actions, self.atoms = n_actions, atoms
         self.value = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, atoms))
@@ -82,8 +84,9 @@ class DuelingHead(nn.Module):
 class _Head(nn.Module):
     """Features -> [B, A] (or [B, A, K] with atoms): a dueling head or hidden + output layers."""
 
-    def __init__(self, in_features: int, n_actions: int, hidden: int | None, dueling: bool, atoms: int,
-                 linear: Linear) -> None:
+    def __init__(
+        self, in_features: int, n_actions: int, hidden: int | None, dueling: bool, atoms: int, linear: Linear
+    ) -> None:
         super().__init__()
         self.n_actions, self.atoms = n_actions, atoms
         if dueling:
@@ -101,8 +104,15 @@ class _Head(nn.Module):
 class MLP(nn.Module):
     """Fully connected Q-network: obs [B, D] -> Q [B, A]."""
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden_sizes: Sequence[int], dueling: bool = False,
-                 atoms: int = 1, linear: Linear = nn.Linear) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden_sizes: Sequence[int],
+        dueling: bool = False,
+        atoms: int = 1,
+        linear: Linear = nn.Linear,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = obs_dim
@@ -124,13 +134,17 @@ class NatureCNN(nn.Module):
     [B, C, 84, 84] -> Q [B, A]. Scaling to [0, 1] happens here, on the device, so replay
     and the host-to-device copy stay uint8."""
 
-    def __init__(self, in_channels: int, n_actions: int, dueling: bool = False, atoms: int = 1,
-                 linear: Linear = nn.Linear) -> None:
+    def __init__(
+        self, in_channels: int, n_actions: int, dueling: bool = False, atoms: int = 1, linear: Linear = nn.Linear
+    ) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         self.head = _Head(3136, n_actions, 512, dueling, atoms, linear)
@@ -143,8 +157,14 @@ class MinAtarCNN(nn.Module):
     """Young & Tian 2019 (https://arxiv.org/abs/1903.03176): one 3x3 convolution with 16
     filters and a 128-unit layer, for small 0/1 grids [B, C, H, W] (MinAtar: 10x10)."""
 
-    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, dueling: bool = False, atoms: int = 1,
-                 linear: Linear = nn.Linear) -> None:
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        n_actions: int,
+        dueling: bool = False,
+        atoms: int = 1,
+        linear: Linear = nn.Linear,
+    ) -> None:
         super().__init__()
         c, h, w = obs_shape
         self.body = nn.Sequential(nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
@@ -154,9 +174,15 @@ class MinAtarCNN(nn.Module):
         return self.head(self.body(obs.float()))
 
 
-def build_q_network(obs_shape: tuple[int, ...], n_actions: int, hidden_sizes: Sequence[int],
-                    dueling: bool = False, atoms: int = 1, noisy: bool = False,
-                    noisy_sigma0: float = 0.5) -> nn.Module:
+def build_q_network(
+    obs_shape: tuple[int, ...],
+    n_actions: int,
+    hidden_sizes: Sequence[int],
+    dueling: bool = False,
+    atoms: int = 1,
+    noisy: bool = False,
+    noisy_sigma0: float = 0.5,
+) -> nn.Module:
     """The Q-network that fits ``obs_shape``: NatureCNN for [C, 84, 84] frames, MinAtarCNN
     for other [C, H, W] grids, else an MLP over the flattened observation. ``noisy`` turns
     every fully connected layer into a :class:`NoisyLinear`."""

@@ -37,9 +37,15 @@ def learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = ""
         ax.plot(steps, returns, color="tab:blue", alpha=0.25, lw=0.8, label="episode return")
         ax.plot(steps, running_mean(returns), color="tab:blue", lw=2, label="100-episode running mean")
     if ev:
-        ax.errorbar([float(r[x]) for r in ev], [float(r["return"]) for r in ev],
-                    yerr=[float(r["return_std"] or 0) for r in ev], fmt="o", color="tab:red",
-                    capsize=3, label="greedy evaluation (mean ± std)")
+        ax.errorbar(
+            [float(r[x]) for r in ev],
+            [float(r["return"]) for r in ev],
+            yerr=[float(r["return_std"] or 0) for r in ev],
+            fmt="o",
+            color="tab:red",
+            capsize=3,
+            label="greedy evaluation (mean ± std)",
+        )
     ax.set_xlabel("environment steps" if x == "step" else "training wall seconds")
     ax.set_ylabel("return")
     ax.set_title(title)
@@ -48,8 +54,16 @@ def learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = ""
     return _save(fig, out_png)
 
 
-def curves(series: dict[str, np.ndarray], out_png: str | Path, *, xlabel: str, ylabel: str, title: str = "",
-           window: int = 10, ylim: tuple[float, float] | None = None) -> Path:
+def curves(
+    series: dict[str, np.ndarray],
+    out_png: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    window: int = 10,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
     """One smoothed line per name, with a band of ± one std over seeds. Each series is [K, T]."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for name, values in series.items():
@@ -67,8 +81,9 @@ def curves(series: dict[str, np.ndarray], out_png: str | Path, *, xlabel: str, y
     return _save(fig, out_png)
 
 
-def grid_paths(shape: tuple[int, int], paths: dict[str, list[int]], cliff: list[int], out_png: str | Path,
-               title: str = "") -> Path:
+def grid_paths(
+    shape: tuple[int, int], paths: dict[str, list[int]], cliff: list[int], out_png: str | Path, title: str = ""
+) -> Path:
     """Greedy paths drawn on a grid world; ``cliff`` cells shaded."""
     rows, cols = shape
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=100)
@@ -86,8 +101,16 @@ def grid_paths(shape: tuple[int, int], paths: dict[str, list[int]], cliff: list[
     return _save(fig, out_png)
 
 
-def lines(x: list[float], ys: dict[str, list[float]], out_png: str | Path, *, xlabel: str, ylabel: str,
-          title: str = "", logx: bool = False) -> Path:
+def lines(
+    x: list[float],
+    ys: dict[str, list[float]],
+    out_png: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logx: bool = False,
+) -> Path:
     """Plain labelled lines over a shared x."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, y in ys.items():

@@ -78,8 +78,9 @@ class Parts:
 
 
 # ----------------------------------------------------------------------------- public API
-def train(config: Config, run_dir: str | Path | None = None, *, overwrite: bool = False,
-          progress: bool = False) -> dict[str, Any]:
+def train(
+    config: Config, run_dir: str | Path | None = None, *, overwrite: bool = False, progress: bool = False
+) -> dict[str, Any]:
     """Train from scratch into ``run_dir``; returns the summary (also in summary.json).
 
     Refuses a non-empty ``run_dir`` unless ``overwrite`` (which deletes it first).
@@ -132,8 +133,14 @@ def build(config: Config) -> Parts:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability, config.vector_env,
-                        config.env_backend, config.seed)
+    envs = make_vec_env(
+        config.env_id,
+        config.num_envs,
+        config.repeat_action_probability,
+        config.vector_env,
+        config.env_backend,
+        config.seed,
+    )
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
     folder = NStepFolder(config.n_step, config.gamma, config.num_envs, obs_space.shape, obs_space.dtype)
@@ -158,8 +165,15 @@ def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype
 def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent:
     """A fresh agent (network, target, optimizer) for ``config``."""
     atoms = 1 if config.distributional == "none" else config.n_atoms
-    q_net = build_q_network(obs_shape, n_actions, config.hidden_sizes, dueling=config.dueling, atoms=atoms,
-                            noisy=config.noisy, noisy_sigma0=config.noisy_sigma0)
+    q_net = build_q_network(
+        obs_shape,
+        n_actions,
+        config.hidden_sizes,
+        dueling=config.dueling,
+        atoms=atoms,
+        noisy=config.noisy,
+        noisy_sigma0=config.noisy_sigma0,
+    )
     return DQNAgent(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
 
 
@@ -194,8 +208,11 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
         for env, state in zip(parts.envs.envs, env_states):  # states are only ever saved from a SyncVectorEnv
             set_env_state(env, state)
     else:  # the env cannot be captured (e.g. ALE): start fresh episodes, say so
-        warnings.warn(f"{parts.config.env_id} cannot save its episode in progress: resuming with fresh "
-                      "episodes, so this run will not be bit-identical to an uninterrupted one", stacklevel=2)
+        warnings.warn(
+            f"{parts.config.env_id} cannot save its episode in progress: resuming with fresh "
+            "episodes, so this run will not be bit-identical to an uninterrupted one",
+            stacklevel=2,
+        )
         obs, _ = parts.envs.reset(seed=parts.config.seed + loop.step)
         loop.obs, loop.env_fresh_reset = obs, True
         loop.ep_return, loop.ep_length = np.zeros_like(loop.ep_return), np.zeros_like(loop.ep_length)
@@ -243,8 +260,9 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
     eval_seed = 1_000_000 + 1000 * cfg.seed  # fixed across evaluations: comparable points
     recent = deque((float(r["return"]) for r in read_metrics(logger.path) if r["kind"] == "episode"), maxlen=100)
     stop = _StopFlag()
-    bar = tqdm(total=cfg.total_steps, initial=loop.step, unit="step", disable=not progress,
-               dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(
+        total=cfg.total_steps, initial=loop.step, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5
+    )
     clock = _Clock(loop)
     try:
         while loop.step < cfg.total_steps and not loop.stopped_early:
@@ -261,8 +279,17 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
                 loss, q_mean = _pop_learning_stats(loop)
                 loop.episodes += 1
                 recent.append(ret)
-                logger.row("episode", loop.step, episode=loop.episodes, **{"return": ret}, length=length,
-                           epsilon=round(eps, 5), loss=loss, q_mean=q_mean, wall_s=round(clock.wall_s(), 3))
+                logger.row(
+                    "episode",
+                    loop.step,
+                    episode=loop.episodes,
+                    **{"return": ret},
+                    length=length,
+                    epsilon=round(eps, 5),
+                    loss=loss,
+                    q_mean=q_mean,
+                    wall_s=round(clock.wall_s(), 3),
+                )
                 bar.set_postfix(ep=loop.episodes, ret=f"{np.mean(recent):.1f}", eps=f"{eps:.3f}", refresh=False)
 
             if loop.step >= cfg.learning_starts:
@@ -287,8 +314,9 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
     if stop.requested:
         _save(parts, checkpoints, logger, clock)
         logger.close()
-        raise KeyboardInterrupt(f"interrupted at step {loop.step}; checkpoint saved, continue with "
-                                f"`dqnkit train --resume {run_dir}`")
+        raise KeyboardInterrupt(
+            f"interrupted at step {loop.step}; checkpoint saved, continue with `dqnkit train --resume {run_dir}`"
+        )
     sps = clock.steps_per_second()  # the loop's own rate, before the final evaluation and checkpoint
     if cfg.final_eval and loop.eval_step != loop.step:
         _evaluate(parts, logger, eval_seed, clock)
@@ -299,8 +327,14 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
     return _finish(parts, run_dir, sps)
 
 
-def _store(parts: Parts, actions: np.ndarray, rewards: np.ndarray, real_next: np.ndarray,
-           terminated: np.ndarray, truncated: np.ndarray) -> None:
+def _store(
+    parts: Parts,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    real_next: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+) -> None:
     """One vector step into the replay (through the n-step folder unless frames fold themselves)."""
     obs = parts.loop.obs
     if isinstance(parts.replay, FrameReplay):
@@ -314,8 +348,9 @@ def _learn_once(parts: Parts) -> None:
     cfg, replay, loop = parts.config, parts.replay, parts.loop
     prioritized = hasattr(replay, "priorities")
     if prioritized:
-        replay.priorities.beta = schedules.linear(cfg.per_beta, cfg.per_beta_final,
-                                                  cfg.per_beta_steps or cfg.total_steps, loop.step)
+        replay.priorities.beta = schedules.linear(
+            cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps, loop.step
+        )
     batch = replay.sample(cfg.batch_size)
     stats = parts.agent.learn(batch)
     if prioritized:
@@ -332,8 +367,15 @@ def _evaluate(parts: Parts, logger: Logger, seed: int, clock: _Clock) -> None:
     probe = {}
     if cfg.log_overestimation:
         probe["q_pred"], probe["q_real"] = overestimation(parts.agent, result)
-    logger.row("eval", loop.step, episode=loop.episodes, **{"return": loop.eval_mean}, return_std=loop.eval_std,
-               wall_s=round(clock.wall_s(), 3), **probe)
+    logger.row(
+        "eval",
+        loop.step,
+        episode=loop.episodes,
+        **{"return": loop.eval_mean},
+        return_std=loop.eval_std,
+        wall_s=round(clock.wall_s(), 3),
+        **probe,
+    )
     logger.flush()
     if cfg.stop_at_return is not None and loop.eval_mean >= cfg.stop_at_return:
         loop.stopped_early = True
@@ -365,17 +407,26 @@ class _Clock:
 def _finish(parts: Parts, run_dir: Path, sps: float) -> dict[str, Any]:
     cfg, loop = parts.config, parts.loop
     summary = {
-        "env_id": cfg.env_id, "preset": cfg.preset, "seed": cfg.seed, "steps": loop.step,
-        "episodes": loop.episodes, "updates": parts.agent.updates,
-        "eval_return_mean": loop.eval_mean, "eval_return_std": loop.eval_std,
-        "eval_episodes": cfg.eval_episodes, "stopped_early": loop.stopped_early,
+        "env_id": cfg.env_id,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "steps": loop.step,
+        "episodes": loop.episodes,
+        "updates": parts.agent.updates,
+        "eval_return_mean": loop.eval_mean,
+        "eval_return_std": loop.eval_std,
+        "eval_episodes": cfg.eval_episodes,
+        "stopped_early": loop.stopped_early,
         "resumed_with_fresh_episodes": loop.env_fresh_reset,
-        "wall_s": round(loop.wall_s, 3), "sps": round(sps, 1),
-        "device": str(parts.agent.device), "dqnkit_version": __version__,
+        "wall_s": round(loop.wall_s, 3),
+        "sps": round(sps, 1),
+        "device": str(parts.agent.device),
+        "dqnkit_version": __version__,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    learning_curve(run_dir / "metrics.csv", run_dir / "learning_curve.png",
-                   title=f"{cfg.preset} on {cfg.env_id}, seed {cfg.seed}")
+    learning_curve(
+        run_dir / "metrics.csv", run_dir / "learning_curve.png", title=f"{cfg.preset} on {cfg.env_id}, seed {cfg.seed}"
+    )
     parts.envs.close()
     return summary
 
@@ -389,8 +440,9 @@ def _check_finite(rewards: np.ndarray, next_obs: np.ndarray, step: int) -> None:
 
 def _check_loss(loop: Loop) -> None:
     if not torch.isfinite(loop.loss_sum):
-        raise NonFiniteError(f"non-finite loss by step {loop.step} (try a lower lr or max_grad_norm); "
-                             "the last checkpoint is kept")
+        raise NonFiniteError(
+            f"non-finite loss by step {loop.step} (try a lower lr or max_grad_norm); the last checkpoint is kept"
+        )
 
 
 def _pop_learning_stats(loop: Loop) -> tuple[float | None, float | None]:
@@ -444,7 +496,9 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
         raise DqnkitError(f"{run_dir} exists and is not a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()):
         if not overwrite:
-            raise DqnkitError(f"run directory {run_dir} is not empty; continue it with "
-                              f"`dqnkit train --resume {run_dir}` or replace it with --overwrite")
+            raise DqnkitError(
+                f"run directory {run_dir} is not empty; continue it with "
+                f"`dqnkit train --resume {run_dir}` or replace it with --overwrite"
+            )
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -89,8 +89,9 @@ class ChannelsFirst(gym.ObservationWrapper):
         return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
 
 
-def make_atari(env_id: str, *, training: bool, repeat_action_probability: float = 0.25,
-               render_mode: str | None = None) -> gym.Env:
+def make_atari(
+    env_id: str, *, training: bool, repeat_action_probability: float = 0.25, render_mode: str | None = None
+) -> gym.Env:
     """``ALE/<Game>-v5`` with the Nature preprocessing (module docstring); [4, 84, 84] uint8."""
     try:
         import ale_py
@@ -135,8 +136,9 @@ def make_minatar(env_id: str, render_mode: str | None = None) -> gym.Env:
         minatar.gym.register_envs()
     try:
         # MinAtar games have no time limit; the cap only stops a greedy policy that never loses
-        env = gym.make(minatar_id(env_id), max_episode_steps=100_000,
-                       **({"render_mode": render_mode} if render_mode else {}))
+        env = gym.make(
+            minatar_id(env_id), max_episode_steps=100_000, **({"render_mode": render_mode} if render_mode else {})
+        )
     except gym.error.Error as exc:
         raise DqnkitError(f"cannot create environment {env_id!r}: {exc}") from None
     return ChannelsFirst(env)

@@ -44,9 +44,16 @@ def test_termination_stops_bootstrapping_but_truncation_does_not():
 
 def test_n_step_horizon_discounts_with_gamma_to_the_k():
     agent = _agent(gamma=0.5)
-    batch = Batch(np.zeros((2, 3), np.float32), np.zeros(2, np.int64), np.array([1.0, 1.0], np.float32),
-                  np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.array([1, 3]),
-                  np.ones(2, np.float32), np.arange(2))
+    batch = Batch(
+        np.zeros((2, 3), np.float32),
+        np.zeros(2, np.int64),
+        np.array([1.0, 1.0], np.float32),
+        np.zeros((2, 3), np.float32),
+        np.zeros(2, np.float32),
+        np.array([1, 3]),
+        np.ones(2, np.float32),
+        np.arange(2),
+    )
     with torch.no_grad():
         next_v = agent.target_net(torch.zeros(1, 3)).max().item()
         q = agent.q_net(torch.zeros(1, 3))[0, 0].item()
@@ -78,9 +85,16 @@ def test_hard_update_copies_exactly_and_soft_update_blends():
 def test_learning_does_not_move_the_target_network():
     agent = _agent()
     before = copy.deepcopy(agent.target_net.state_dict())
-    batch = Batch(np.random.rand(8, 3).astype(np.float32), np.ones(8, np.int64), np.ones(8, np.float32),
-                  np.random.rand(8, 3).astype(np.float32), np.zeros(8, np.float32), np.ones(8, np.int64),
-                  np.ones(8, np.float32), np.arange(8))
+    batch = Batch(
+        np.random.rand(8, 3).astype(np.float32),
+        np.ones(8, np.int64),
+        np.ones(8, np.float32),
+        np.random.rand(8, 3).astype(np.float32),
+        np.zeros(8, np.float32),
+        np.ones(8, np.int64),
+        np.ones(8, np.float32),
+        np.arange(8),
+    )
     for _ in range(5):
         agent.learn(batch)
     for k, v in agent.target_net.state_dict().items():
@@ -97,8 +111,16 @@ def test_learn_fits_a_fixed_regression_target(loss, double):
     obs = rng.random((32, 3)).astype(np.float32)
     actions = rng.integers(0, 2, 32)
     rewards = (obs.sum(1) + actions).astype(np.float32)
-    batch = Batch(obs, actions, rewards, obs, np.ones(32, np.float32), np.ones(32, np.int64),
-                  np.ones(32, np.float32), np.arange(32))
+    batch = Batch(
+        obs,
+        actions,
+        rewards,
+        obs,
+        np.ones(32, np.float32),
+        np.ones(32, np.int64),
+        np.ones(32, np.float32),
+        np.arange(32),
+    )
     first = agent.learn(batch).loss.item()
     for _ in range(300):
         last = agent.learn(batch).loss.item()
@@ -107,9 +129,16 @@ def test_learn_fits_a_fixed_regression_target(loss, double):
 
 def test_importance_weights_scale_the_loss():
     a, b = _agent(), _agent()
-    batch = Batch(np.ones((4, 3), np.float32), np.zeros(4, np.int64), np.ones(4, np.float32),
-                  np.ones((4, 3), np.float32), np.ones(4, np.float32), np.ones(4, np.int64),
-                  np.ones(4, np.float32), np.arange(4))
+    batch = Batch(
+        np.ones((4, 3), np.float32),
+        np.zeros(4, np.int64),
+        np.ones(4, np.float32),
+        np.ones((4, 3), np.float32),
+        np.ones(4, np.float32),
+        np.ones(4, np.int64),
+        np.ones(4, np.float32),
+        np.arange(4),
+    )
     loss_full = a.learn(batch).loss.item()
     loss_half = b.learn(batch._replace(weights=np.full(4, 0.5, np.float32))).loss.item()
     assert loss_half == pytest.approx(0.5 * loss_full, rel=1e-5)

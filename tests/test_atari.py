@@ -97,16 +97,32 @@ def test_networks_fit_their_inputs():
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "dqnkit.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "dqnkit.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
 def test_short_breakout_run_through_the_cli(tmp_path):
     run = tmp_path / "breakout"
-    proc = _cli("train", "--preset", "atari", "--steps", "600", "--run-dir", str(run), "--quiet",
-                "--set", "learning_starts=300", "--set", "buffer_size=2000", "--set", "eval_episodes=1",
-                "--set", "prioritized=true", "--set", "n_step=3")
+    proc = _cli(
+        "train",
+        "--preset",
+        "atari",
+        "--steps",
+        "600",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--set",
+        "learning_starts=300",
+        "--set",
+        "buffer_size=2000",
+        "--set",
+        "eval_episodes=1",
+        "--set",
+        "prioritized=true",
+        "--set",
+        "n_step=3",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 600 and summary["updates"] == 76 and summary["episodes"] >= 1
@@ -118,8 +134,20 @@ def test_short_breakout_run_through_the_cli(tmp_path):
 @pytest.mark.slow
 def test_short_minatar_run_through_the_cli(tmp_path):
     run = tmp_path / "minatar"
-    proc = _cli("train", "--preset", "minatar", "--steps", "1500", "--run-dir", str(run), "--quiet",
-                "--set", "learning_starts=500", "--set", "eval_episodes=2")
+    proc = _cli(
+        "train",
+        "--preset",
+        "minatar",
+        "--steps",
+        "1500",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--set",
+        "learning_starts=500",
+        "--set",
+        "eval_episodes=2",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 1500 and summary["updates"] == 1001

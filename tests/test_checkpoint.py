@@ -9,8 +9,17 @@ from dqnkit import load, presets, train
 from dqnkit.checkpoint import CheckpointDir, atomic_save, safe_load
 from dqnkit.errors import CheckpointError
 
-TINY = dict(total_steps=400, learning_starts=100, batch_size=16, buffer_size=500, hidden_sizes=(8,),
-            eval_every=0, eval_episodes=1, stop_at_return=None, exploration_steps=200)
+TINY = dict(
+    total_steps=400,
+    learning_starts=100,
+    batch_size=16,
+    buffer_size=500,
+    hidden_sizes=(8,),
+    eval_every=0,
+    eval_episodes=1,
+    stop_at_return=None,
+    exploration_steps=200,
+)
 
 
 class _Exploit:

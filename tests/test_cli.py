@@ -11,14 +11,28 @@ import pytest
 
 from dqnkit.cli import main
 
-TINY = ["--steps", "600", "--set", "learning_starts=100", "--set", "eval_every=300", "--set", "eval_episodes=2",
-        "--set", "hidden_sizes=16", "--set", "stop_at_return=none", "--quiet"]
+TINY = [
+    "--steps",
+    "600",
+    "--set",
+    "learning_starts=100",
+    "--set",
+    "eval_every=300",
+    "--set",
+    "eval_episodes=2",
+    "--set",
+    "hidden_sizes=16",
+    "--set",
+    "stop_at_return=none",
+    "--quiet",
+]
 
 
 def dqnkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "dqnkit", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dqnkit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def assert_refused(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -57,21 +71,24 @@ def test_presets_listing_and_detail(capsys):
     assert detail["train_freq"] == 256 and detail["gradient_steps"] == 128
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["train", "--env", "NoSuchEnv-v0"], "unknown environment"),
-    (["train", "--preset", "nope"], "unknown preset"),
-    (["train", "--set", "colour=red"], "unknown config key"),
-    (["train", "--set", "gamma=high"], "gamma"),
-    (["train", "--set", "gamma=1.5"], "gamma"),
-    (["train", "--steps", "-10"], "total_steps"),
-    (["train", "--set", "batch_size=999", "--set", "buffer_size=10"], "batch_size"),
-    (["train", "--steps", "500"], "nothing would be learned"),
-    (["train", "--env", "Pendulum-v1"], "Discrete actions"),
-    (["train", "--env", "Blackjack-v1"], "observation space"),
-    (["eval", "no/such/run"], "does not exist"),
-    (["train", "--resume", "no/such/run"], "does not exist"),
-    (["train", "--bogus-flag"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--env", "NoSuchEnv-v0"], "unknown environment"),
+        (["train", "--preset", "nope"], "unknown preset"),
+        (["train", "--set", "colour=red"], "unknown config key"),
+        (["train", "--set", "gamma=high"], "gamma"),
+        (["train", "--set", "gamma=1.5"], "gamma"),
+        (["train", "--steps", "-10"], "total_steps"),
+        (["train", "--set", "batch_size=999", "--set", "buffer_size=10"], "batch_size"),
+        (["train", "--steps", "500"], "nothing would be learned"),
+        (["train", "--env", "Pendulum-v1"], "Discrete actions"),
+        (["train", "--env", "Blackjack-v1"], "observation space"),
+        (["eval", "no/such/run"], "does not exist"),
+        (["train", "--resume", "no/such/run"], "does not exist"),
+        (["train", "--bogus-flag"], "unrecognized arguments"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # in-process (a subprocess per case would cost seconds of imports)
     code = main([*args, "--quiet" if args[0] == "train" else "--json"])

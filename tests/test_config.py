@@ -30,28 +30,35 @@ def test_lesson_preset_matches_the_lesson():
 
 
 def test_overrides_parse_strings_like_the_cli():
-    cfg = presets.get("cartpole", **parse_overrides(
-        ["gamma=0.9", "double=false", "hidden_sizes=[32, 16]", "total_steps=2e4", "stop_at_return=none"]))
+    cfg = presets.get(
+        "cartpole",
+        **parse_overrides(
+            ["gamma=0.9", "double=false", "hidden_sizes=[32, 16]", "total_steps=2e4", "stop_at_return=none"]
+        ),
+    )
     assert cfg.gamma == 0.9 and cfg.double is False and cfg.hidden_sizes == (32, 16)
     assert cfg.total_steps == 20_000 and cfg.stop_at_return is None
     assert Config().replace(seed="7").seed == 7
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    ({"gamma": 0.0}, "gamma"),
-    ({"gamma": 1.01}, "gamma"),
-    ({"total_steps": -1}, "total_steps"),
-    ({"batch_size": 512, "buffer_size": 100}, "larger than buffer_size"),
-    ({"learning_starts": 50_000, "total_steps": 50_000}, "nothing would be learned"),
-    ({"loss": "l1"}, "huber, mse"),
-    ({"tau": 1.5}, "tau"),
-    ({"hidden_sizes": "0,4"}, "hidden_sizes"),
-    ({"eps_start": 0.1, "eps_end": 0.5}, "eps_end"),
-    ({"lr": "fast"}, "lr"),
-    ({"double": "maybe"}, "double"),
-    ({"seed": 1.5}, "seed"),
-    ({"nope": 1}, "unknown config key"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"gamma": 0.0}, "gamma"),
+        ({"gamma": 1.01}, "gamma"),
+        ({"total_steps": -1}, "total_steps"),
+        ({"batch_size": 512, "buffer_size": 100}, "larger than buffer_size"),
+        ({"learning_starts": 50_000, "total_steps": 50_000}, "nothing would be learned"),
+        ({"loss": "l1"}, "huber, mse"),
+        ({"tau": 1.5}, "tau"),
+        ({"hidden_sizes": "0,4"}, "hidden_sizes"),
+        ({"eps_start": 0.1, "eps_end": 0.5}, "eps_end"),
+        ({"lr": "fast"}, "lr"),
+        ({"double": "maybe"}, "double"),
+        ({"seed": 1.5}, "seed"),
+        ({"nope": 1}, "unknown config key"),
+    ],
+)
 def test_bad_values_are_refused_with_a_message(overrides, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Config().replace(**overrides)

@@ -17,12 +17,26 @@ from dqnkit.replay.uniform import Batch
 
 pytestmark = pytest.mark.cuda
 
-HEADS = [{"distributional": "none"}, {"distributional": "c51", "v_min": -10.0, "v_max": 200.0},
-         {"distributional": "qr"}]
+HEADS = [
+    {"distributional": "none"},
+    {"distributional": "c51", "v_min": -10.0, "v_max": 200.0},
+    {"distributional": "qr"},
+]
 RAINBOW = dict(double=True, dueling=True, noisy=True, prioritized=True, n_step=3)
-SHORT = dict(total_steps=400, learning_starts=100, batch_size=32, buffer_size=2000, train_freq=2, gradient_steps=1,
-             target_update_interval=100, eval_every=200, eval_episodes=2, stop_at_return=None, device="cuda",
-             checkpoint_every=200)
+SHORT = dict(
+    total_steps=400,
+    learning_starts=100,
+    batch_size=32,
+    buffer_size=2000,
+    train_freq=2,
+    gradient_steps=1,
+    target_update_interval=100,
+    eval_every=200,
+    eval_episodes=2,
+    stop_at_return=None,
+    device="cuda",
+    checkpoint_every=200,
+)
 
 
 def _params(agent: DQNAgent) -> torch.Tensor:
@@ -46,14 +60,18 @@ def test_every_head_with_every_rainbow_part_trains_on_cuda(tmp_path, head, env_i
     settings = {**SHORT, **RAINBOW, **head, **({"eval_every": 0} if atari else {})}  # one (final) eval of Breakout
     summary = train(presets.get("atari" if atari else "cartpole", env_id=env_id, **settings), tmp_path / "run")
     assert summary["device"].startswith("cuda") and summary["updates"] > 0
-    losses = [float(r["loss"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")
-              if r["kind"] == "episode" and r["loss"] not in ("", None)]
+    losses = [
+        float(r["loss"])
+        for r in read_metrics(tmp_path / "run" / "metrics.csv")
+        if r["kind"] == "episode" and r["loss"] not in ("", None)
+    ]
     assert losses and np.isfinite(losses).all()
 
 
 def _agent(device: str, graph: bool, **overrides) -> DQNAgent:
-    cfg = Config(hidden_sizes=(64,), lr=1e-3, gamma=0.9, cuda_graph=graph, n_atoms=21, v_min=-2.0, v_max=2.0,
-                 seed=3, **overrides)
+    cfg = Config(
+        hidden_sizes=(64,), lr=1e-3, gamma=0.9, cuda_graph=graph, n_atoms=21, v_min=-2.0, v_max=2.0, seed=3, **overrides
+    )
     atoms = 1 if cfg.distributional == "none" else cfg.n_atoms
     torch.manual_seed(0)
     net = build_q_network((4, 84, 84), 4, cfg.hidden_sizes, dueling=cfg.dueling, atoms=atoms, noisy=cfg.noisy)
@@ -66,14 +84,27 @@ def _batches(n: int, b: int = 32) -> list[Batch]:
     for _ in range(n):
         obs = rng.integers(0, 255, (b, 4, 84, 84), dtype=np.uint8)
         next_obs = rng.integers(0, 255, (b, 4, 84, 84), dtype=np.uint8)
-        out.append(Batch(obs, rng.integers(0, 4, b), rng.standard_normal(b).astype(np.float32), next_obs,
-                         (rng.random(b) < 0.1).astype(np.float32), rng.integers(1, 4, b),
-                         rng.uniform(0.2, 1.0, b).astype(np.float32), np.arange(b)))
+        out.append(
+            Batch(
+                obs,
+                rng.integers(0, 4, b),
+                rng.standard_normal(b).astype(np.float32),
+                next_obs,
+                (rng.random(b) < 0.1).astype(np.float32),
+                rng.integers(1, 4, b),
+                rng.uniform(0.2, 1.0, b).astype(np.float32),
+                np.arange(b),
+            )
+        )
     return out
 
 
-GRAPH_HEADS = [{}, {"distributional": "c51"}, {"distributional": "qr"},
-               {"distributional": "c51", "noisy": True, "double": True, "dueling": True}]
+GRAPH_HEADS = [
+    {},
+    {"distributional": "c51"},
+    {"distributional": "qr"},
+    {"distributional": "c51", "noisy": True, "double": True, "dueling": True},
+]
 GRAPH_IDS = ["td", "c51", "qr", "c51-noisy-double-dueling"]
 
 
@@ -116,14 +147,19 @@ def test_graphed_updates_keep_the_noise_stream_fresh():
 
 def test_resume_on_cuda_matches_the_uninterrupted_run(tmp_path):
     # schedules in absolute steps, so the 300-step run is the first half of the 600-step one
-    cfg = presets.get("cartpole", **{**SHORT, "total_steps": 600, "eval_every": 0}, **RAINBOW,
-                      distributional="c51", exploration_steps=200, per_beta_steps=600)
+    cfg = presets.get(
+        "cartpole",
+        **{**SHORT, "total_steps": 600, "eval_every": 0},
+        **RAINBOW,
+        distributional="c51",
+        exploration_steps=200,
+        per_beta_steps=600,
+    )
     train(cfg, tmp_path / "full")
     train(cfg.replace(total_steps=300), tmp_path / "half")
     resume(tmp_path / "half", total_steps=600)
     # scatter_add (C51) and cuBLAS may sum in another order between runs: equal within float tolerance
-    torch.testing.assert_close(_params(load(tmp_path / "half")), _params(load(tmp_path / "full")),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(_params(load(tmp_path / "half")), _params(load(tmp_path / "full")), rtol=1e-4, atol=1e-5)
 
 
 def test_a_cuda_checkpoint_loads_and_evaluates_on_the_cpu(tmp_path):

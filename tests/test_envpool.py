@@ -70,8 +70,18 @@ def test_same_seed_same_episodes():
 
 @pytest.mark.slow
 def test_training_runs_on_envpool(tmp_path):
-    cfg = presets.get("atari", env_backend="envpool", num_envs=4, total_steps=800, learning_starts=200,
-                      buffer_size=2000, eval_every=0, eval_episodes=1, eval_epsilon=1.0, device="cpu")
+    cfg = presets.get(
+        "atari",
+        env_backend="envpool",
+        num_envs=4,
+        total_steps=800,
+        learning_starts=200,
+        buffer_size=2000,
+        eval_every=0,
+        eval_episodes=1,
+        eval_epsilon=1.0,
+        device="cpu",
+    )
     summary = train(cfg, tmp_path / "run")
     assert summary["steps"] == 800 and summary["updates"] == (800 - 200) // 4 + 1  # one at step 200 itself
     assert summary["episodes"] >= 0 and np.isfinite(summary["eval_return_mean"])

@@ -15,8 +15,15 @@ def _cfg(*argv):
     return _config(build_parser().parse_args(["train", *argv]))
 
 
-@pytest.mark.parametrize("env_id, preset", [("ALE/Pong-v5", "atari"), ("MinAtar/Breakout", "minatar"),
-                                             ("LunarLander-v3", "cartpole"), ("CartPole-v1", "cartpole")])
+@pytest.mark.parametrize(
+    "env_id, preset",
+    [
+        ("ALE/Pong-v5", "atari"),
+        ("MinAtar/Breakout", "minatar"),
+        ("LunarLander-v3", "cartpole"),
+        ("CartPole-v1", "cartpole"),
+    ],
+)
 def test_env_alone_picks_its_familys_preset(env_id, preset, capsys):
     config = _cfg("--env", env_id)
     assert config.preset == preset and config.env_id == env_id
@@ -43,8 +50,19 @@ def test_video_frames_are_uint8_rgb_big_enough_to_see():
 def minatar_run(tmp_path_factory):
     pytest.importorskip("minatar")
     run = tmp_path_factory.mktemp("minatar") / "run"
-    train(presets.get("minatar", env_id="MinAtar/Breakout", total_steps=300, learning_starts=100, buffer_size=1000,
-                      eval_every=0, eval_episodes=1, device="cpu"), run)
+    train(
+        presets.get(
+            "minatar",
+            env_id="MinAtar/Breakout",
+            total_steps=300,
+            learning_starts=100,
+            buffer_size=1000,
+            eval_every=0,
+            eval_episodes=1,
+            device="cpu",
+        ),
+        run,
+    )
     return run
 
 

@@ -41,8 +41,14 @@ def _simulate(replay, steps, num_envs, n, seed):
         written = replay.add_step(obs, actions, rewards, next_obs, terminated, truncated)
         for e in range(num_envs):
             pending[e].append(written[e])
-            out = folders[e].push(obs[e:e + 1], actions[e:e + 1], rewards[e:e + 1], next_obs[e:e + 1],
-                                  terminated[e:e + 1], truncated[e:e + 1])
+            out = folders[e].push(
+                obs[e : e + 1],
+                actions[e : e + 1],
+                rewards[e : e + 1],
+                next_obs[e : e + 1],
+                terminated[e : e + 1],
+                truncated[e : e + 1],
+            )
             for t in zip(*out):
                 expected[int(pending[e].pop(0))] = tuple(np.copy(x) for x in t)
         for e in np.flatnonzero(terminated | truncated):

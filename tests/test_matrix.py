@@ -83,8 +83,7 @@ def test_every_command_works_for_the_family(env_id, tmp_path, capsys):
 
     # apex with one actor: the same run-dir contract
     apex = tmp_path / "apex"
-    _run(capsys, "apex", "--env", env_id, "--actors", "1", "--steps", "300", "--run-dir", str(apex), "--quiet",
-         *sets)
+    _run(capsys, "apex", "--env", env_id, "--actors", "1", "--steps", "300", "--run-dir", str(apex), "--quiet", *sets)
     summary = _summary(apex)
     assert summary["num_actors"] == 1 and summary["steps"] >= 300 and summary["env_id"] == env_id
     assert summary["updates"] > 0 and (apex / "checkpoints" / "latest.pt").exists()

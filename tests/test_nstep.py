@@ -14,11 +14,18 @@ def _run(n, rewards, end):
     out = []
     for t, r in enumerate(rewards):
         last = t == len(rewards) - 1
-        tr = folder.push(np.array([[t]], np.float32), np.array([t % 2]), np.array([r]),
-                         np.array([[t + 1]], np.float32), np.array([last and end == "terminated"]),
-                         np.array([last and end == "truncated"]))
-        out += [(int(o[0]), float(R), int(no[0]), bool(te), int(k))
-                for o, R, no, te, k in zip(tr.obs, tr.rewards, tr.next_obs, tr.terminated, tr.horizons)]
+        tr = folder.push(
+            np.array([[t]], np.float32),
+            np.array([t % 2]),
+            np.array([r]),
+            np.array([[t + 1]], np.float32),
+            np.array([last and end == "terminated"]),
+            np.array([last and end == "truncated"]),
+        )
+        out += [
+            (int(o[0]), float(R), int(no[0]), bool(te), int(k))
+            for o, R, no, te, k in zip(tr.obs, tr.rewards, tr.next_obs, tr.terminated, tr.horizons)
+        ]
     return out
 
 
@@ -45,19 +52,27 @@ def test_three_step_returns_by_hand(length, end):
 def test_vector_envs_fold_independently():
     folder = NStepFolder(2, G, 2, (1,), np.float32)
     obs = np.array([[0], [10]], np.float32)
-    a = folder.push(obs, np.array([0, 1]), np.array([1.0, 5.0]), obs + 1, np.array([False, True]),
-                    np.array([False, False]))
+    a = folder.push(
+        obs, np.array([0, 1]), np.array([1.0, 5.0]), obs + 1, np.array([False, True]), np.array([False, False])
+    )
     # env 1 terminated after one step: its transition leaves at once with k = 1
     assert a.obs[:, 0].tolist() == [10] and a.horizons.tolist() == [1] and a.terminated.tolist() == [True]
-    b = folder.push(obs + 1, np.array([1, 0]), np.array([2.0, 0.0]), obs + 2, np.array([False, False]),
-                    np.array([False, False]))
+    b = folder.push(
+        obs + 1, np.array([1, 0]), np.array([2.0, 0.0]), obs + 2, np.array([False, False]), np.array([False, False])
+    )
     assert b.obs[:, 0].tolist() == [0] and b.rewards.tolist() == [1.0 + G * 2.0] and b.next_obs[:, 0].tolist() == [2]
 
 
 def test_state_round_trip():
     a = NStepFolder(3, G, 1, (1,), np.float32)
-    a.push(np.zeros((1, 1), np.float32), np.array([1]), np.array([1.0]), np.ones((1, 1), np.float32),
-           np.array([False]), np.array([False]))
+    a.push(
+        np.zeros((1, 1), np.float32),
+        np.array([1]),
+        np.array([1.0]),
+        np.ones((1, 1), np.float32),
+        np.array([False]),
+        np.array([False]),
+    )
     b = NStepFolder(3, G, 1, (1,), np.float32)
     b.load_state_dict(a.state_dict())
     assert len(b.queues[0]) == 1 and b.queues[0][0][1] == 1

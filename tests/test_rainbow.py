@@ -14,8 +14,9 @@ SUPPORT = torch.arange(5.0)  # atoms 0, 1, 2, 3, 4
 
 
 def _project(probs, reward, gamma, terminated):
-    atoms = bootstrap(torch.tensor([reward]), torch.tensor([float(terminated)]), torch.tensor([gamma]),
-                      SUPPORT.expand(1, 5))
+    atoms = bootstrap(
+        torch.tensor([reward]), torch.tensor([float(terminated)]), torch.tensor([gamma]), SUPPORT.expand(1, 5)
+    )
     return project_distribution(torch.tensor([probs]), atoms, SUPPORT)[0].tolist()
 
 
@@ -36,8 +37,9 @@ def test_c51_projection_of_a_terminal_transition_is_the_reward():
     assert _project([0.1, 0.2, 0.3, 0.4, 0.0], 2.3, 0.99, True) == pytest.approx([0, 0, 0.7, 0.3, 0])
 
 
-@pytest.mark.parametrize("v_min, v_max, k", [(-10.0, 200.0, 51), (-5.0, 100.0, 101), (-10.0, 10.0, 51),
-                                           (-3.3, 21.0, 33), (0.0, 1.0, 2)])
+@pytest.mark.parametrize(
+    "v_min, v_max, k", [(-10.0, 200.0, 51), (-5.0, 100.0, 101), (-10.0, 10.0, 51), (-3.3, 21.0, 33), (0.0, 1.0, 2)]
+)
 def test_c51_projection_indexes_inside_the_support_and_keeps_mass_on_its_atoms(v_min, v_max, k):
     # (-10, 200, 51): (z - v_min) / delta gives 50.000004 at the top atom in float32, whose ceil
     # indexed one past the support (the CUDA device-side assert of issue 14)
@@ -123,8 +125,16 @@ def test_each_head_learns_a_terminal_reward(kind, extras):
         obs = rng.standard_normal((32, 3)).astype(np.float32)
         actions = rng.integers(0, 2, 32)
         rewards = np.where(actions == 0, 1.0, -1.0).astype(np.float32)
-        batch = Batch(obs, actions, rewards, obs, np.ones(32, np.float32), np.ones(32, np.int64),
-                      np.ones(32, np.float32), np.arange(32))
+        batch = Batch(
+            obs,
+            actions,
+            rewards,
+            obs,
+            np.ones(32, np.float32),
+            np.ones(32, np.int64),
+            np.ones(32, np.float32),
+            np.arange(32),
+        )
         stats = agent.learn(batch)
     assert stats.td_abs.shape == (32,) and (stats.td_abs >= 0).all()
     with agent.evaluation():
@@ -132,9 +142,22 @@ def test_each_head_learns_a_terminal_reward(kind, extras):
     np.testing.assert_allclose(q.mean(axis=0), [1.0, -1.0], atol=0.15)
 
 
-TINY = dict(total_steps=1200, learning_starts=100, batch_size=16, buffer_size=1000, hidden_sizes=(16, 16),
-            eval_every=600, eval_episodes=2, train_freq=2, gradient_steps=1, target_update_interval=50,
-            stop_at_return=None, per_beta_steps=1200, n_atoms=11, v_max=20.0)
+TINY = dict(
+    total_steps=1200,
+    learning_starts=100,
+    batch_size=16,
+    buffer_size=1000,
+    hidden_sizes=(16, 16),
+    eval_every=600,
+    eval_episodes=2,
+    train_freq=2,
+    gradient_steps=1,
+    target_update_interval=50,
+    stop_at_return=None,
+    per_beta_steps=1200,
+    n_atoms=11,
+    v_max=20.0,
+)
 
 
 @pytest.mark.parametrize("kind", ["c51", "qr"])

@@ -14,9 +14,21 @@ from dqnkit import Config, load, presets, resume, train
 from dqnkit.errors import NonFiniteError
 from dqnkit.logger import read_metrics
 
-SETTINGS = dict(total_steps=4000, learning_starts=200, batch_size=32, buffer_size=4000, hidden_sizes=(32,),
-                eval_every=1000, eval_episodes=2, exploration_steps=1000, checkpoint_every=500,
-                stop_at_return=None, train_freq=1, gradient_steps=1, target_update_interval=100)
+SETTINGS = dict(
+    total_steps=4000,
+    learning_starts=200,
+    batch_size=32,
+    buffer_size=4000,
+    hidden_sizes=(32,),
+    eval_every=1000,
+    eval_episodes=2,
+    exploration_steps=1000,
+    checkpoint_every=500,
+    stop_at_return=None,
+    train_freq=1,
+    gradient_steps=1,
+    target_update_interval=100,
+)
 
 
 def _q(run: Path) -> np.ndarray:
@@ -25,11 +37,31 @@ def _q(run: Path) -> np.ndarray:
 
 
 def _start(run: Path) -> subprocess.Popen:
-    sets = [arg for k, v in SETTINGS.items() if k != "total_steps"
-            for arg in ("--set", f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")]
-    return subprocess.Popen([sys.executable, "-m", "dqnkit.cli", "train", "--preset", "cartpole", "--quiet",
-                             "--steps", str(SETTINGS["total_steps"]), "--run-dir", str(run), *sets],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sets = [
+        arg
+        for k, v in SETTINGS.items()
+        if k != "total_steps"
+        for arg in ("--set", f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
+    ]
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dqnkit.cli",
+            "train",
+            "--preset",
+            "cartpole",
+            "--quiet",
+            "--steps",
+            str(SETTINGS["total_steps"]),
+            "--run-dir",
+            str(run),
+            *sets,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, at_least: int) -> None:
@@ -82,15 +114,23 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
 
 
 def test_non_finite_reward_stops_with_a_named_error(tmp_path):
-    cfg = Config(env_id="dqnkit-test/NaNReward-v0", total_steps=200, learning_starts=10, batch_size=4,
-                 hidden_sizes=(4,), eval_every=0, eval_episodes=1)
+    cfg = Config(
+        env_id="dqnkit-test/NaNReward-v0",
+        total_steps=200,
+        learning_starts=10,
+        batch_size=4,
+        hidden_sizes=(4,),
+        eval_every=0,
+        eval_episodes=1,
+    )
     with pytest.raises(NonFiniteError, match=r"non-finite reward .* at step 29"):
         train(cfg, tmp_path / "run")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
-    cfg = presets.get("cartpole", **{**SETTINGS, "total_steps": 1500, "lr": 1e30, "max_grad_norm": 0.0,
-                                     "checkpoint_every": 100_000})
+    cfg = presets.get(
+        "cartpole", **{**SETTINGS, "total_steps": 1500, "lr": 1e30, "max_grad_norm": 0.0, "checkpoint_every": 100_000}
+    )
     with pytest.raises(NonFiniteError, match="non-finite loss"):
         train(cfg, tmp_path / "run")
 

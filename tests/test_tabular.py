@@ -12,8 +12,10 @@ from dqnkit.tabular import cliff_walking, greedy_path, n_step_td, random_walk_va
 @pytest.fixture(scope="module")
 def cliff():
     mdp = cliff_walking()
-    return mdp, {m: td_control(mdp, m, episodes=500, seeds=10, seed=i)
-                 for i, m in enumerate(("sarsa", "q_learning", "expected_sarsa"))}
+    return mdp, {
+        m: td_control(mdp, m, episodes=500, seeds=10, seed=i)
+        for i, m in enumerate(("sarsa", "q_learning", "expected_sarsa"))
+    }
 
 
 def test_cliff_walking_is_gymnasiums(cliff):
@@ -88,8 +90,9 @@ def test_cli_writes_plots_and_results(tmp_path, capsys):
     assert (out / "random_walk_rms.png").exists() and (out / "random_walk_alpha.png").exists()
 
 
-@pytest.mark.parametrize("args", [["--alpha", "0"], ["--alpha", "1.5"], ["--epsilon", "-0.1"], ["--episodes", "0"],
-                                  ["--seeds", "0"]])
+@pytest.mark.parametrize(
+    "args", [["--alpha", "0"], ["--alpha", "1.5"], ["--epsilon", "-0.1"], ["--episodes", "0"], ["--seeds", "0"]]
+)
 def test_cli_refuses_bad_values(args, capsys, tmp_path):
     assert main(["tabular", "cliff-walking", "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err.strip()

@@ -8,9 +8,19 @@ from dqnkit import Config, load, presets, resume, train
 from dqnkit.errors import DqnkitError
 from dqnkit.training import build, crossed, epsilon
 
-TINY = dict(total_steps=600, learning_starts=100, batch_size=16, buffer_size=1000, hidden_sizes=(16,),
-            eval_every=300, eval_episodes=2, train_freq=2, gradient_steps=1, target_update_interval=50,
-            exploration_steps=300)
+TINY = dict(
+    total_steps=600,
+    learning_starts=100,
+    batch_size=16,
+    buffer_size=1000,
+    hidden_sizes=(16,),
+    eval_every=300,
+    eval_episodes=2,
+    train_freq=2,
+    gradient_steps=1,
+    target_update_interval=50,
+    exploration_steps=300,
+)
 
 
 def _cfg(**overrides) -> Config:
@@ -43,8 +53,16 @@ def capture_replay(monkeypatch):
 
 @pytest.mark.parametrize("num_envs", [1, 3])
 def test_truncation_stores_the_true_last_obs_and_bootstraps(tmp_path, capture_replay, num_envs):
-    cfg = Config(env_id="dqnkit-test/Walk-v0", total_steps=60, learning_starts=20, batch_size=4,
-                 hidden_sizes=(4,), eval_every=0, eval_episodes=1, num_envs=num_envs)
+    cfg = Config(
+        env_id="dqnkit-test/Walk-v0",
+        total_steps=60,
+        learning_starts=20,
+        batch_size=4,
+        hidden_sizes=(4,),
+        eval_every=0,
+        eval_episodes=1,
+        num_envs=num_envs,
+    )
     train(cfg, tmp_path / "run")
     # Walk is cut by its time limit at t=6: the last transition 5 -> 6 is *truncated*:
     # stored with the real final obs 6 (not the reset obs 0) and terminated = 0.
@@ -54,8 +72,16 @@ def test_truncation_stores_the_true_last_obs_and_bootstraps(tmp_path, capture_re
 
 
 def test_termination_is_stored_as_terminal(tmp_path, capture_replay):
-    cfg = Config(env_id="dqnkit-test/WalkGoal-v0", total_steps=60, learning_starts=20, batch_size=4,
-                 hidden_sizes=(4,), eval_every=0, eval_episodes=1, num_envs=2)
+    cfg = Config(
+        env_id="dqnkit-test/WalkGoal-v0",
+        total_steps=60,
+        learning_starts=20,
+        batch_size=4,
+        hidden_sizes=(4,),
+        eval_every=0,
+        eval_episodes=1,
+        num_envs=2,
+    )
     train(cfg, tmp_path / "run")
     assert capture_replay == {(0.0, 1.0, 0.0), (1.0, 2.0, 0.0), (2.0, 3.0, 0.0), (3.0, 4.0, 1.0)}
 
@@ -69,12 +95,21 @@ def test_run_directory_contract(tmp_path):
     assert list((run / "tb").glob("events.out.tfevents.*"))
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk == summary
-    for key in ("env_id", "preset", "seed", "steps", "episodes", "eval_return_mean", "eval_return_std",
-                "wall_s", "sps", "dqnkit_version"):
+    for key in (
+        "env_id",
+        "preset",
+        "seed",
+        "steps",
+        "episodes",
+        "eval_return_mean",
+        "eval_return_std",
+        "wall_s",
+        "sps",
+        "dqnkit_version",
+    ):
         assert key in summary
     assert summary["steps"] == 600 and summary["env_id"] == "CartPole-v1"
-    assert Config(**{**json.loads((run / "config.json").read_text()),
-                     "hidden_sizes": (16,)}) == _cfg()
+    assert Config(**{**json.loads((run / "config.json").read_text()), "hidden_sizes": (16,)}) == _cfg()
     lines = (run / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("kind,step,episode,return")
     kinds = [line.split(",")[0] for line in lines[1:]]
@@ -166,8 +201,15 @@ def test_resume_with_more_steps_continues_past_an_early_stop(tmp_path):
 
 
 def test_env_without_savable_state_resumes_with_fresh_episodes_and_says_so(tmp_path):
-    cfg = Config(env_id="dqnkit-test/Opaque-v0", total_steps=40, learning_starts=10, batch_size=4,
-                 hidden_sizes=(4,), eval_every=0, eval_episodes=1)
+    cfg = Config(
+        env_id="dqnkit-test/Opaque-v0",
+        total_steps=40,
+        learning_starts=10,
+        batch_size=4,
+        hidden_sizes=(4,),
+        eval_every=0,
+        eval_episodes=1,
+    )
     train(cfg, tmp_path / "run")
     with pytest.warns(UserWarning, match="fresh episodes"):
         summary = resume(tmp_path / "run", total_steps=80)

@@ -26,8 +26,9 @@ def _rollout(env_id: str, num_envs: int, mode: str, steps: int) -> list[tuple]:
     return out
 
 
-@pytest.mark.parametrize("env_id, steps",
-                         [("CartPole-v1", 300), ("dqnkit-test/WalkGoal-v0", 20), ("dqnkit-test/Walk-v0", 20)])
+@pytest.mark.parametrize(
+    "env_id, steps", [("CartPole-v1", 300), ("dqnkit-test/WalkGoal-v0", 20), ("dqnkit-test/Walk-v0", 20)]
+)
 def test_async_envs_give_the_sync_transitions(env_id, steps):
     sync, parallel = _rollout(env_id, 3, "sync", steps), _rollout(env_id, 3, "async", steps)
     assert any(t[2].any() or t[3].any() for t in sync)  # episodes ended inside the window
@@ -59,8 +60,16 @@ def test_auto_picks_processes_for_atari_only():
 
 
 def test_async_training_run_resumes_with_fresh_episodes(tmp_path):
-    cfg = presets.get("cartpole", total_steps=600, learning_starts=100, num_envs=2, vector_env="async",
-                      eval_every=0, eval_episodes=1, stop_at_return=None)
+    cfg = presets.get(
+        "cartpole",
+        total_steps=600,
+        learning_starts=100,
+        num_envs=2,
+        vector_env="async",
+        eval_every=0,
+        eval_episodes=1,
+        stop_at_return=None,
+    )
     train(cfg, tmp_path / "run")
     from dqnkit.training import resume
 
@@ -77,8 +86,20 @@ def test_envpool_missing_is_a_one_line_error(monkeypatch, capsys, tmp_path):
     pytest.importorskip("ale_py")
     monkeypatch.setitem(sys.modules, "envpool", None)  # as if it were not installed
     run = tmp_path / "run"
-    code = main(["train", "--env", "ALE/Breakout-v5", "--set", "env_backend=envpool", "--steps", "2000",
-                 "--set", "learning_starts=100",
-                 "--run-dir", str(run)])
+    code = main(
+        [
+            "train",
+            "--env",
+            "ALE/Breakout-v5",
+            "--set",
+            "env_backend=envpool",
+            "--steps",
+            "2000",
+            "--set",
+            "learning_starts=100",
+            "--run-dir",
+            str(run),
+        ]
+    )
     assert code == 2 and "pip install envpool envpool-assets" in capsys.readouterr().err
     assert not run.exists()  # refused before anything was written

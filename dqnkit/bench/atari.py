@@ -72,8 +72,14 @@ def _sb3_buffer(transitions: int) -> Any | None:
     except ImportError:
         return None
     space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
-    buf = ReplayBuffer(transitions, space, gym.spaces.Discrete(4), device="cpu", optimize_memory_usage=True,
-                       handle_timeout_termination=False)
+    buf = ReplayBuffer(
+        transitions,
+        space,
+        gym.spaces.Discrete(4),
+        device="cpu",
+        optimize_memory_usage=True,
+        handle_timeout_termination=False,
+    )
     for obs, action, next_obs, done in _stream(transitions):
         buf.add(obs, next_obs, action, np.array([1.0]), done, [{}])
     return buf
@@ -95,8 +101,9 @@ def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None
     sb3 = _sb3_buffer(transitions)
     if sb3 is not None:
         arrays = (sb3.observations, sb3.actions, sb3.rewards, sb3.dones, sb3.timeouts)
-        result["replay_bytes_per_transition"]["sb3_optimize_memory"] = round(sum(a.nbytes for a in arrays)
-                                                                             / transitions)
+        result["replay_bytes_per_transition"]["sb3_optimize_memory"] = round(
+            sum(a.nbytes for a in arrays) / transitions
+        )
         calls, elapsed = _timed(lambda: sb3.sample(32), seconds)
         result["sample_us"]["sb3_optimize_memory"] = round(elapsed / calls * 1e6, 1)
 

@@ -40,8 +40,15 @@ ENV_ID = "ALE/Breakout-v5"
 
 def _settings(steps: int) -> dict[str, Any]:
     """The atari preset, scaled to a short run: learning from 20% of it, epsilon over 10%."""
-    return dict(total_steps=steps, buffer_size=min(100_000, steps), learning_starts=steps // 5,
-                exploration_steps=max(1, steps // 10), eval_every=0, final_eval=False, checkpoint_every=0)
+    return dict(
+        total_steps=steps,
+        buffer_size=min(100_000, steps),
+        learning_starts=steps // 5,
+        exploration_steps=max(1, steps // 10),
+        eval_every=0,
+        final_eval=False,
+        checkpoint_every=0,
+    )
 
 
 class _GpuBusy:
@@ -95,25 +102,47 @@ def _sb3(steps: int, envs: int, device: torch.device, seed: int) -> dict[str, An
         raise DqnkitError("bench atari-train needs Stable-Baselines3: pip install 'dqnkit[bench]'") from None
     cfg = presets.get("atari", **_settings(steps))
     # frameskip=1: SB3's AtariWrapper skips 4 frames itself, as dqnkit's AtariPreprocessing does
-    env = VecFrameStack(make_atari_env(_ale_env, n_envs=envs, seed=seed,
-                                       vec_env_cls=SubprocVecEnv if envs > 1 else DummyVecEnv,
-                                       env_kwargs={"frameskip": 1,
-                                                   "repeat_action_probability": cfg.repeat_action_probability}), 4)
+    env = VecFrameStack(
+        make_atari_env(
+            _ale_env,
+            n_envs=envs,
+            seed=seed,
+            vec_env_cls=SubprocVecEnv if envs > 1 else DummyVecEnv,
+            env_kwargs={"frameskip": 1, "repeat_action_probability": cfg.repeat_action_probability},
+        ),
+        4,
+    )
     per_round = math.gcd(cfg.train_freq, envs)  # SB3 counts train_freq in vector steps
-    model = DQN("CnnPolicy", env, learning_rate=cfg.lr, buffer_size=cfg.buffer_size,
-                learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, gamma=cfg.gamma,
-                train_freq=cfg.train_freq // per_round, gradient_steps=envs // per_round,
-                target_update_interval=cfg.target_update_interval,
-                exploration_fraction=cfg.exploration_steps / steps, exploration_final_eps=cfg.eps_end,
-                max_grad_norm=cfg.max_grad_norm, optimize_memory_usage=True,
-                replay_buffer_kwargs={"handle_timeout_termination": False}, seed=seed, device=device, verbose=0)
+    model = DQN(
+        "CnnPolicy",
+        env,
+        learning_rate=cfg.lr,
+        buffer_size=cfg.buffer_size,
+        learning_starts=cfg.learning_starts,
+        batch_size=cfg.batch_size,
+        gamma=cfg.gamma,
+        train_freq=cfg.train_freq // per_round,
+        gradient_steps=envs // per_round,
+        target_update_interval=cfg.target_update_interval,
+        exploration_fraction=cfg.exploration_steps / steps,
+        exploration_final_eps=cfg.eps_end,
+        max_grad_norm=cfg.max_grad_norm,
+        optimize_memory_usage=True,
+        replay_buffer_kwargs={"handle_timeout_termination": False},
+        seed=seed,
+        device=device,
+        verbose=0,
+    )
     with _GpuBusy(device) as busy:
         start = time.perf_counter()
         model.learn(steps)
         wall = time.perf_counter() - start
     env.close()
-    return {"sps": round(steps / wall, 1), "updates_per_s": round(model._n_updates / wall, 1),
-            "gpu_busy": busy.fraction}
+    return {
+        "sps": round(steps / wall, 1),
+        "updates_per_s": round(model._n_updates / wall, 1),
+        "gpu_busy": busy.fraction,
+    }
 
 
 def _dqnkit(steps: int, envs: int, device: torch.device, seed: int, tmp: Path) -> dict[str, Any]:
@@ -121,8 +150,7 @@ def _dqnkit(steps: int, envs: int, device: torch.device, seed: int, tmp: Path) -
     with _GpuBusy(device) as busy:
         summary = train(cfg, tmp / f"dqnkit-{envs}")
     loop_s = summary["steps"] / summary["sps"]
-    return {"sps": summary["sps"], "updates_per_s": round(summary["updates"] / loop_s, 1),
-            "gpu_busy": busy.fraction}
+    return {"sps": summary["sps"], "updates_per_s": round(summary["updates"] / loop_s, 1), "gpu_busy": busy.fraction}
 
 
 def _update_ms(device: torch.device, graph: bool, updates: int = 200) -> float:
@@ -145,18 +173,26 @@ def _update_ms(device: torch.device, graph: bool, updates: int = 200) -> float:
     return round((time.perf_counter() - start) / updates * 1e3, 3)
 
 
-def run(steps: int = 25_000, envs: int = 8, device: str = "auto", seed: int = 0,
-        out: Path | None = None) -> dict[str, Any]:
+def run(
+    steps: int = 25_000, envs: int = 8, device: str = "auto", seed: int = 0, out: Path | None = None
+) -> dict[str, Any]:
     dev = resolve_device(device)
-    result: dict[str, Any] = {"benchmark": "atari-train", "env_id": ENV_ID, "steps": steps, "device": str(dev),
-                              "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-                              "settings": _settings(steps), "rows": []}
+    result: dict[str, Any] = {
+        "benchmark": "atari-train",
+        "env_id": ENV_ID,
+        "steps": steps,
+        "device": str(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "settings": _settings(steps),
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for k in sorted({1, envs}):
             sb3 = _sb3(steps, k, dev, seed)
             ours = _dqnkit(steps, k, dev, seed, Path(tmp))
-            result["rows"].append({"envs": k, "sb3": sb3, "dqnkit": ours,
-                                   "speedup": round(ours["sps"] / sb3["sps"], 2)})
+            result["rows"].append(
+                {"envs": k, "sb3": sb3, "dqnkit": ours, "speedup": round(ours["sps"] / sb3["sps"], 2)}
+            )
     result["update_ms"] = {"eager": _update_ms(dev, graph=False)}
     if dev.type == "cuda":
         result["update_ms"]["cuda_graph"] = _update_ms(dev, graph=True)

@@ -49,9 +49,14 @@ class LessonPER:
 def _filled(capacity: int, rng: np.random.Generator) -> dict[str, Any]:
     """The same transitions and priorities for every contender."""
     obs = rng.standard_normal((capacity, OBS_DIM)).astype(np.float32)
-    return {"obs": obs, "act": rng.integers(0, 2, capacity), "rew": rng.standard_normal(capacity).astype(np.float32),
-            "next_obs": np.roll(obs, -1, axis=0), "done": np.zeros(capacity, np.float32),
-            "prio": rng.random(capacity) + 0.01}
+    return {
+        "obs": obs,
+        "act": rng.integers(0, 2, capacity),
+        "rew": rng.standard_normal(capacity).astype(np.float32),
+        "next_obs": np.roll(obs, -1, axis=0),
+        "done": np.zeros(capacity, np.float32),
+        "prio": rng.random(capacity) + 0.01,
+    }
 
 
 def _dqnkit(data: dict[str, Any], capacity: int) -> Callable[[np.ndarray], None]:
@@ -84,10 +89,19 @@ def _cpprb(data: dict[str, Any], capacity: int) -> Callable[[np.ndarray], None] 
         import cpprb
     except ImportError:
         return None
-    buf = cpprb.PrioritizedReplayBuffer(capacity, {"obs": {"shape": OBS_DIM}, "act": {}, "rew": {},
-                                                    "next_obs": {"shape": OBS_DIM}, "done": {}}, alpha=ALPHA)
-    buf.add(obs=data["obs"], act=data["act"], rew=data["rew"], next_obs=data["next_obs"], done=data["done"],
-            priorities=data["prio"])
+    buf = cpprb.PrioritizedReplayBuffer(
+        capacity,
+        {"obs": {"shape": OBS_DIM}, "act": {}, "rew": {}, "next_obs": {"shape": OBS_DIM}, "done": {}},
+        alpha=ALPHA,
+    )
+    buf.add(
+        obs=data["obs"],
+        act=data["act"],
+        rew=data["rew"],
+        next_obs=data["next_obs"],
+        done=data["done"],
+        priorities=data["prio"],
+    )
 
     def step(td: np.ndarray) -> None:
         batch = buf.sample(len(td), beta=BETA)
@@ -109,8 +123,12 @@ def _time(step: Callable[[np.ndarray], None], batch: int, seconds: float, rng: n
     return float(np.median(times) * 1e6)
 
 
-def run(capacities: tuple[int, ...] = (10_000, 100_000, 1_000_000), batch: int = 256, seconds: float = 2.0,
-        out: Path | None = None) -> dict[str, Any]:
+def run(
+    capacities: tuple[int, ...] = (10_000, 100_000, 1_000_000),
+    batch: int = 256,
+    seconds: float = 2.0,
+    out: Path | None = None,
+) -> dict[str, Any]:
     """Time every contender at every capacity; print a table and return (and write) the JSON."""
     rng = np.random.default_rng(0)
     rows = []
@@ -123,8 +141,11 @@ def run(capacities: tuple[int, ...] = (10_000, 100_000, 1_000_000), batch: int =
         row["speedup_vs_lesson"] = round(row["lesson_us"] / row["dqnkit_us"], 1)
         row["speedup_vs_cpprb"] = round(row["cpprb_us"] / row["dqnkit_us"], 2) if row["cpprb_us"] else None
         rows.append(row)
-    result = {"benchmark": "replay", "what": "one PER sample + one priority update, microseconds (median)",
-              "rows": rows}
+    result = {
+        "benchmark": "replay",
+        "what": "one PER sample + one priority update, microseconds (median)",
+        "rows": rows,
+    }
     _print_table(rows)
     if out is not None:
         out.write_text(json.dumps(result, indent=2))
@@ -137,5 +158,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         cpprb = f"{r['cpprb_us']:>9.1f}" if r["cpprb_us"] else f"{'n/a':>9}"
         vs_cpprb = f"{r['speedup_vs_cpprb']:>8.2f}x" if r["speedup_vs_cpprb"] else f"{'n/a':>9}"
-        print(f"{r['capacity']:>10,} {r['dqnkit_us']:>10.1f} {r['lesson_us']:>11.1f} {cpprb} "
-              f"{r['speedup_vs_lesson']:>9.1f}x {vs_cpprb}")
+        print(
+            f"{r['capacity']:>10,} {r['dqnkit_us']:>10.1f} {r['lesson_us']:>11.1f} {cpprb} "
+            f"{r['speedup_vs_lesson']:>9.1f}x {vs_cpprb}"
+        )

@@ -34,11 +34,24 @@ def _sb3_zoo(steps: int, seed: int) -> tuple[float, float]:
     except ImportError:
         raise DqnkitError("bench speed needs Stable-Baselines3: pip install 'dqnkit[bench]'") from None
     z = presets.get("cartpole-zoo")
-    model = DQN("MlpPolicy", z.env_id, learning_rate=z.lr, batch_size=z.batch_size, buffer_size=z.buffer_size,
-                learning_starts=z.learning_starts, gamma=z.gamma, target_update_interval=z.target_update_interval,
-                train_freq=z.train_freq, gradient_steps=z.gradient_steps,
-                exploration_fraction=z.exploration_fraction, exploration_final_eps=z.eps_end,
-                policy_kwargs={"net_arch": list(z.hidden_sizes)}, seed=seed, device="cpu", verbose=0)
+    model = DQN(
+        "MlpPolicy",
+        z.env_id,
+        learning_rate=z.lr,
+        batch_size=z.batch_size,
+        buffer_size=z.buffer_size,
+        learning_starts=z.learning_starts,
+        gamma=z.gamma,
+        target_update_interval=z.target_update_interval,
+        train_freq=z.train_freq,
+        gradient_steps=z.gradient_steps,
+        exploration_fraction=z.exploration_fraction,
+        exploration_final_eps=z.eps_end,
+        policy_kwargs={"net_arch": list(z.hidden_sizes)},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
     start = time.perf_counter()
     model.learn(steps)
     wall = time.perf_counter() - start
@@ -46,8 +59,9 @@ def _sb3_zoo(steps: int, seed: int) -> tuple[float, float]:
     return wall, float(mean)
 
 
-def run(steps: int = 50_000, seed: int = 0, seeds: int = 5, out: Path | None = None,
-        cartpole_steps: int | None = None) -> dict[str, Any]:
+def run(
+    steps: int = 50_000, seed: int = 0, seeds: int = 5, out: Path | None = None, cartpole_steps: int | None = None
+) -> dict[str, Any]:
     """Both parts; ``cartpole_steps`` caps the preset runs (only for quick checks)."""
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,17 +74,33 @@ def run(steps: int = 50_000, seed: int = 0, seeds: int = 5, out: Path | None = N
             start = time.perf_counter()
             cfg = presets.get("cartpole", seed=s, **({"total_steps": cartpole_steps} if cartpole_steps else {}))
             summary = train(cfg, Path(tmp) / f"cartpole-{s}")
-            solves.append({"seed": s, "wall_s": round(time.perf_counter() - start, 2), "steps": summary["steps"],
-                           "eval_return_mean": summary["eval_return_mean"]})
+            solves.append(
+                {
+                    "seed": s,
+                    "wall_s": round(time.perf_counter() - start, 2),
+                    "steps": summary["steps"],
+                    "eval_return_mean": summary["eval_return_mean"],
+                }
+            )
     median = float(np.median([r["wall_s"] for r in solves]))
     result = {
-        "benchmark": "speed", "steps": steps, "seed": seed, "torch_threads": 1,
+        "benchmark": "speed",
+        "steps": steps,
+        "seed": seed,
+        "torch_threads": 1,
         "sb3_zoo": {"wall_s": round(sb3_wall, 2), "sps": round(steps / sb3_wall, 1), "eval_return_mean": sb3_eval},
-        "dqnkit_zoo": {"wall_s": round(zoo_wall, 2), "sps": round(steps / zoo_wall, 1),
-                       "eval_return_mean": ours["eval_return_mean"]},
+        "dqnkit_zoo": {
+            "wall_s": round(zoo_wall, 2),
+            "sps": round(steps / zoo_wall, 1),
+            "eval_return_mean": ours["eval_return_mean"],
+        },
         "zoo_speedup": round(sb3_wall / zoo_wall, 2),
-        "cartpole": {"runs": solves, "solved": sum(r["eval_return_mean"] >= 475 for r in solves),
-                     "median_wall_s": round(median, 2), "median_vs_sb3_zoo": round(median / sb3_wall, 3)},
+        "cartpole": {
+            "runs": solves,
+            "solved": sum(r["eval_return_mean"] >= 475 for r in solves),
+            "median_wall_s": round(median, 2),
+            "median_vs_sb3_zoo": round(median / sb3_wall, 3),
+        },
     }
     return report(result, _print, out)
 
@@ -81,5 +111,7 @@ def _print(r: dict[str, Any]) -> None:
         print(f"{name:<34} {r[key]['wall_s']:>8.1f} {r[key]['sps']:>9.0f} {r[key]['eval_return_mean']:>7.1f}")
     print(f"dqnkit vs SB3 at identical settings: {r['zoo_speedup']:.2f}x faster")
     c = r["cartpole"]
-    print(f"dqnkit cartpole preset: {c['solved']}/{len(c['runs'])} seeds solved, median {c['median_wall_s']:.1f} s "
-          f"= {c['median_vs_sb3_zoo']:.2f} of SB3-zoo's {r['steps']}-step time")
+    print(
+        f"dqnkit cartpole preset: {c['solved']}/{len(c['runs'])} seeds solved, median {c['median_wall_s']:.1f} s "
+        f"= {c['median_vs_sb3_zoo']:.2f} of SB3-zoo's {r['steps']}-step time"
+    )

@@ -88,8 +88,14 @@ class ActorWorker:
         torch.set_num_threads(1)
         self.config = config.replace(device="cpu", seed=config.seed + 1000 * (index + 1))
         self.epsilon = actor_epsilon(index, actors)
-        self.envs = make_vec_env(config.env_id, config.num_envs, config.repeat_action_probability,
-                                 config.vector_env, config.env_backend, self.config.seed)
+        self.envs = make_vec_env(
+            config.env_id,
+            config.num_envs,
+            config.repeat_action_probability,
+            config.vector_env,
+            config.env_backend,
+            self.config.seed,
+        )
         space = self.envs.single_observation_space
         self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n))
         self.folder = NStepFolder(config.n_step, config.gamma, config.num_envs, space.shape, space.dtype)
@@ -110,8 +116,9 @@ class ActorWorker:
         for _ in range(vector_steps):
             actions = self.agent.act(self.obs, self.epsilon)
             next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
-            parts.append(self.folder.push(self.obs, actions, rewards, true_next_obs(next_obs, info),
-                                          terminated, truncated))
+            parts.append(
+                self.folder.push(self.obs, actions, rewards, true_next_obs(next_obs, info), terminated, truncated)
+            )
             episodes += finished_episodes(self.ep_return, self.ep_length, rewards, terminated, truncated, info)
             self.obs = next_obs
         self.steps += vector_steps * self.config.num_envs
@@ -137,8 +144,15 @@ class ReplayServer:
     """A :class:`PrioritizedReplay` shared by every actor and the learner."""
 
     def __init__(self, config: Config, obs_shape: tuple[int, ...], obs_dtype: Any) -> None:
-        self.replay = PrioritizedReplay(config.buffer_size, obs_shape, obs_dtype, alpha=config.per_alpha,
-                                        beta=config.per_beta, eps=config.per_eps, seed=config.seed + 1)
+        self.replay = PrioritizedReplay(
+            config.buffer_size,
+            obs_shape,
+            obs_dtype,
+            alpha=config.per_alpha,
+            beta=config.per_beta,
+            eps=config.per_eps,
+            seed=config.seed + 1,
+        )
 
     def add(self, fields: list[np.ndarray], priorities: np.ndarray) -> None:
         slots = self.replay.add_batch(*fields)
@@ -170,8 +184,9 @@ class WeightStore:
 class Apex:
     """One Ape-X run: start the cluster's actors, learn until ``total_steps`` env steps."""
 
-    def __init__(self, config: Config, run_dir: Path, options: ApexOptions,
-                 spaces: tuple[tuple[int, ...], np.dtype, int]) -> None:
+    def __init__(
+        self, config: Config, run_dir: Path, options: ApexOptions, spaces: tuple[tuple[int, ...], np.dtype, int]
+    ) -> None:
         """``spaces``: (observation shape, observation dtype, number of actions), as
         :func:`dqnkit.envs.check_env_id` returns them."""
         from dqnkit.training import build_agent
@@ -194,8 +209,10 @@ class Apex:
         self.store = ray.remote(num_cpus=0)(WeightStore).remote()
         self._publish()
         actor_cls = ray.remote(num_cpus=1, max_restarts=options.max_restarts)(ActorWorker)
-        self.actors = [actor_cls.remote(config, i, options.actors, self.replay, self.store, options.sync_every)
-                       for i in range(options.actors)]
+        self.actors = [
+            actor_cls.remote(config, i, options.actors, self.replay, self.store, options.sync_every)
+            for i in range(options.actors)
+        ]
         self.env_steps, self.episodes, self.restarts, self.stopped = 0, 0, 0, False
         self.eval_step, self.eval_mean, self.eval_std = -1, float("nan"), float("nan")
         self.recent: deque[float] = deque(maxlen=100)
@@ -213,16 +230,18 @@ class Apex:
         ray, cfg = self.ray, self.config
         self.logger, self.start = Logger(self.run_dir), time.perf_counter()
         checkpoints = CheckpointDir(self.run_dir, keep=cfg.keep_checkpoints)
-        self.bar = tqdm(total=cfg.total_steps, unit="step", disable=not progress, dynamic_ncols=True,
-                        mininterval=0.5)
+        self.bar = tqdm(total=cfg.total_steps, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
         pending: dict[Any, Any] = {}
         next_eval, next_ckpt, sample = cfg.eval_every or cfg.total_steps, cfg.checkpoint_interval, None
         while not self._finished() or pending:
             self._dispatch(pending)
             idle = self._owed_updates() < 1  # nothing to learn: block until an actor reports
             waited = time.perf_counter()
-            done, _ = ray.wait(list(pending), num_returns=1 if idle else len(pending),
-                               timeout=0.05 if idle else 0) if pending else ([], [])
+            done, _ = (
+                ray.wait(list(pending), num_returns=1 if idle else len(pending), timeout=0.05 if idle else 0)
+                if pending
+                else ([], [])
+            )
             if idle and self.env_steps >= cfg.learning_starts:
                 self.learner_idle_s += time.perf_counter() - waited  # starved: waiting for data
             for ref in done:
@@ -269,8 +288,15 @@ class Apex:
         for ret, length in report["episodes"]:
             self.episodes += 1
             self.recent.append(ret)
-            self.logger.row("episode", self.env_steps, episode=self.episodes, **{"return": ret}, length=length,
-                            epsilon=report["epsilon"], wall_s=round(time.perf_counter() - self.start, 3))
+            self.logger.row(
+                "episode",
+                self.env_steps,
+                episode=self.episodes,
+                **{"return": ret},
+                length=length,
+                epsilon=report["epsilon"],
+                wall_s=round(time.perf_counter() - self.start, 3),
+            )
         if self.recent:
             self.bar.set_postfix(ret=f"{np.mean(self.recent):.1f}", upd=self.agent.updates, refresh=False)
 
@@ -280,8 +306,9 @@ class Apex:
         cfg = self.config
         if self.env_steps < cfg.learning_starts:
             return 0.0
-        return max(0.0, (self.env_steps - cfg.learning_starts) * cfg.gradient_steps / cfg.train_freq
-                   - self.agent.updates)
+        return max(
+            0.0, (self.env_steps - cfg.learning_starts) * cfg.gradient_steps / cfg.train_freq - self.agent.updates
+        )
 
     def _learner_behind(self) -> bool:
         """Hold the actors back while more than one round of updates is owed."""
@@ -293,8 +320,7 @@ class Apex:
         owed = int(self._owed_updates())
         if owed < 1:
             return sample
-        beta = schedules.linear(cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps,
-                                self.env_steps)
+        beta = schedules.linear(cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps, self.env_steps)
         if sample is None:
             sample = self.replay.sample.remote(cfg.batch_size, beta, count)
         batches = self.ray.get(sample)
@@ -310,51 +336,83 @@ class Apex:
     def _after_update(self) -> None:
         cfg = self.config
         # the target refreshes after as many updates as single-process training makes between refreshes
-        if cfg.tau > 0 or self.agent.updates % max(1, round(cfg.target_update_interval * cfg.gradient_steps
-                                                            / cfg.train_freq)) == 0:
+        if (
+            cfg.tau > 0
+            or self.agent.updates % max(1, round(cfg.target_update_interval * cfg.gradient_steps / cfg.train_freq)) == 0
+        ):
             self.agent.update_target()
         if self.agent.updates % self.options.publish_every == 0:
             self._publish()
 
     def _evaluate(self) -> None:
         cfg = self.config
-        returns = evaluate(self.agent, cfg.env_id, cfg.eval_episodes, 1_000_000 + 1000 * cfg.seed,
-                           cfg.eval_epsilon, gamma=cfg.gamma).returns
+        returns = evaluate(
+            self.agent, cfg.env_id, cfg.eval_episodes, 1_000_000 + 1000 * cfg.seed, cfg.eval_epsilon, gamma=cfg.gamma
+        ).returns
         self.eval_step, self.eval_mean, self.eval_std = self.env_steps, float(returns.mean()), float(returns.std())
-        self.logger.row("eval", self.env_steps, episode=self.episodes, **{"return": self.eval_mean},
-                        return_std=self.eval_std, wall_s=round(time.perf_counter() - self.start, 3))
+        self.logger.row(
+            "eval",
+            self.env_steps,
+            episode=self.episodes,
+            **{"return": self.eval_mean},
+            return_std=self.eval_std,
+            wall_s=round(time.perf_counter() - self.start, 3),
+        )
         self.logger.flush()
         if cfg.stop_at_return is not None and self.eval_mean >= cfg.stop_at_return:
             self.stopped = True
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "agent": self.agent.state_dict(),
-                "apex": {"env_steps": self.env_steps, "episodes": self.episodes, "actors": self.options.actors},
-                "dqnkit_version": __version__}
+        return {
+            "config": self.config.to_dict(),
+            "agent": self.agent.state_dict(),
+            "apex": {"env_steps": self.env_steps, "episodes": self.episodes, "actors": self.options.actors},
+            "dqnkit_version": __version__,
+        }
 
     def _finish(self, wall: float) -> dict[str, Any]:
         cfg = self.config
         summary = {
-            "env_id": cfg.env_id, "preset": cfg.preset, "seed": cfg.seed, "steps": self.env_steps,
-            "episodes": self.episodes, "updates": self.agent.updates, "eval_return_mean": self.eval_mean,
-            "eval_return_std": self.eval_std, "eval_episodes": cfg.eval_episodes, "stopped_early": self.stopped,
+            "env_id": cfg.env_id,
+            "preset": cfg.preset,
+            "seed": cfg.seed,
+            "steps": self.env_steps,
+            "episodes": self.episodes,
+            "updates": self.agent.updates,
+            "eval_return_mean": self.eval_mean,
+            "eval_return_std": self.eval_std,
+            "eval_episodes": cfg.eval_episodes,
+            "stopped_early": self.stopped,
             "num_actors": self.options.actors,
-            "actor_restarts": self.restarts, "wall_s": round(wall, 3), "sps": round(self.env_steps / wall, 1),
+            "actor_restarts": self.restarts,
+            "wall_s": round(wall, 3),
+            "sps": round(self.env_steps / wall, 1),
             "learner_updates_per_s": round(self.agent.updates / wall, 1),
-            "learner_idle_fraction": round(self.learner_idle_s / wall, 3), "device": str(self.agent.device),
+            "learner_idle_fraction": round(self.learner_idle_s / wall, 3),
+            "device": str(self.agent.device),
             "dqnkit_version": __version__,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png",
-                       title=f"Ape-X, {self.options.actors} actors, {cfg.env_id}")
+        learning_curve(
+            self.run_dir / "metrics.csv",
+            self.run_dir / "learning_curve.png",
+            title=f"Ape-X, {self.options.actors} actors, {cfg.env_id}",
+        )
         return summary
 
     def shutdown(self) -> None:
         self.ray.shutdown()
 
 
-def run(config: Config, run_dir: str | Path, options: ApexOptions = ApexOptions(), *, overwrite: bool = False,
-        progress: bool = False, callback: Any = None) -> dict[str, Any]:
+def run(
+    config: Config,
+    run_dir: str | Path,
+    options: ApexOptions = ApexOptions(),
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    callback: Any = None,
+) -> dict[str, Any]:
     """Ape-X training of ``config`` into ``run_dir`` (the ``dqnkit train`` run-dir contract)."""
     from dqnkit.training import prepare_run_dir, resolve_device
 

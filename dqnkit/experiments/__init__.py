@@ -70,8 +70,13 @@ def collapses(rows: list[dict[str, str]], window: int = 20, floor: float = 100.0
 def _stability(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: int) -> dict[str, dict[str, float]]:
     """Std of the running mean over the last third of training, and the number of collapses."""
     grid = np.linspace(steps * 2 / 3, steps, 100)
-    return {v: {"late_running_mean_std": float(np.mean([np.nanstd(on_grid(r, grid)) for r in rs])),
-                "collapses_mean": float(np.mean([collapses(r) for r in rs]))} for v, rs in runs.items()}
+    return {
+        v: {
+            "late_running_mean_std": float(np.mean([np.nanstd(on_grid(r, grid)) for r in rs])),
+            "collapses_mean": float(np.mean([collapses(r) for r in rs])),
+        }
+        for v, rs in runs.items()
+    }
 
 
 def _overestimation(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: int) -> dict[str, dict[str, float]]:
@@ -83,9 +88,12 @@ def _overestimation(runs: dict[str, list[list[dict[str, str]]]], out: Path, step
         pred = np.array([[float(r["q_pred"]) for r in e] for e in evals])  # [K, evals]
         real = np.array([[float(r["q_real"]) for r in e] for e in evals])
         late = at >= steps / 2
-        result[variant] = {"bias_mean": float((pred - real)[:, late].mean()),
-                           "bias_std": float((pred - real)[:, late].mean(axis=1).std()),
-                           "q_pred_final": float(pred[:, -1].mean()), "q_real_final": float(real[:, -1].mean())}
+        result[variant] = {
+            "bias_mean": float((pred - real)[:, late].mean()),
+            "bias_std": float((pred - real)[:, late].mean(axis=1).std()),
+            "q_pred_final": float(pred[:, -1].mean()),
+            "q_real_final": float(real[:, -1].mean()),
+        }
         curves[variant] = (at, pred, real)
     plots.overestimation(curves, out / "overestimation.png")
     return result
@@ -94,32 +102,51 @@ def _overestimation(runs: dict[str, list[list[dict[str, str]]]], out: Path, step
 EXPERIMENTS: dict[str, Experiment] = {
     "target-ablation": Experiment(
         "lesson exercise 1: target network refreshed every 1000 steps vs copied every step",
-        "cartpole-lesson", 30_000,
+        "cartpole-lesson",
+        30_000,
         {"hard-1000": {"target_update_interval": 1000}, "hard-1": {"target_update_interval": 1}},
     ),
     "soft-vs-hard": Experiment(
         "lesson exercise 2: Polyak tau=0.005 every step vs a hard copy every 1000 steps",
-        "cartpole-lesson", 30_000,
+        "cartpole-lesson",
+        30_000,
         {"soft": {"tau": 0.005, "target_update_interval": 1}, "hard": {"tau": 0.0, "target_update_interval": 1000}},
         extra=_stability,
     ),
     "overestimation": Experiment(
         "lesson exercise 3: predicted Q of the start states vs the return collected, DQN vs Double DQN",
-        "cartpole-lesson", 30_000, {"dqn": {"double": False}, "double_dqn": {"double": True}},
+        "cartpole-lesson",
+        30_000,
+        {"dqn": {"double": False}, "double_dqn": {"double": True}},
         # The lesson's target refresh every 1000 steps lets Q grow by about one reward per refresh
         # (30 refreshes in 30k steps cap Q(s0) near 26): refresh every 100 so the values can
         # converge, and overshoot, within the run.
-        extra=_overestimation, base={"log_overestimation": True, "eval_every": 2000, "eval_episodes": 5,
-                                     "target_update_interval": 100},
+        extra=_overestimation,
+        base={"log_overestimation": True, "eval_every": 2000, "eval_episodes": 5, "target_update_interval": 100},
     ),
     "rainbow-ablation": Experiment(
         "Rainbow on CartPole: the full agent, and each of its six parts removed in turn",
-        "cartpole-rainbow", 20_000,
-        {"full": {}, "no-double": {"double": False}, "no-prioritized": {"prioritized": False},
-         "no-dueling": {"dueling": False}, "no-multistep": {"n_step": 1},
-         "no-distributional": {"distributional": "none"}, "no-noisy": {"noisy": False, "eps_start": 1.0}},
-        base={"distributional": "c51", "n_atoms": 51, "v_min": 0.0, "v_max": 100.0, "noisy": True,
-              "stop_at_return": None, "eval_every": 5000, "eval_episodes": 5},
+        "cartpole-rainbow",
+        20_000,
+        {
+            "full": {},
+            "no-double": {"double": False},
+            "no-prioritized": {"prioritized": False},
+            "no-dueling": {"dueling": False},
+            "no-multistep": {"n_step": 1},
+            "no-distributional": {"distributional": "none"},
+            "no-noisy": {"noisy": False, "eps_start": 1.0},
+        },
+        base={
+            "distributional": "c51",
+            "n_atoms": 51,
+            "v_min": 0.0,
+            "v_max": 100.0,
+            "noisy": True,
+            "stop_at_return": None,
+            "eval_every": 5000,
+            "eval_episodes": 5,
+        },
     ),
 }
 
@@ -129,9 +156,13 @@ def configs(name: str, seeds: int, steps: int | None) -> dict[tuple[str, int], C
     """Every run of the experiment, validated before anything starts."""
     exp = EXPERIMENTS[name]
     total = steps or exp.steps
-    return {(variant, seed): presets.get(exp.preset, **{**exp.base, **overrides}, seed=seed, total_steps=total,
-                                         checkpoint_every=total)
-            for variant, overrides in exp.variants.items() for seed in range(seeds)}
+    return {
+        (variant, seed): presets.get(
+            exp.preset, **{**exp.base, **overrides}, seed=seed, total_steps=total, checkpoint_every=total
+        )
+        for variant, overrides in exp.variants.items()
+        for seed in range(seeds)
+    }
 
 
 def _train_one(args: tuple[Config, str]) -> dict[str, Any]:
@@ -154,13 +185,24 @@ def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: in
     grid = np.linspace(0, total, 200)
     curves = {v: np.array([on_grid(r, grid) for r in rs]) for v, rs in rows.items()}
     plots.band_curves(grid, curves, out / f"{name}.png", title=exp.description)
-    variants = {v: {"final_return_mean": float(np.mean(finals := [final_return(r) for r in rs])),
-                    "final_return_std": float(np.std(finals)), "final_return_per_seed": finals}
-                for v, rs in rows.items()}
+    variants = {
+        v: {
+            "final_return_mean": float(np.mean(finals := [final_return(r) for r in rs])),
+            "final_return_std": float(np.std(finals)),
+            "final_return_per_seed": finals,
+        }
+        for v, rs in rows.items()
+    }
     for v, extra in (exp.extra(rows, out, total) if exp.extra else {}).items():
         variants[v].update(extra)
-    result = {"experiment": name, "description": exp.description, "preset": exp.preset, "steps": total,
-              "seeds": seeds, "variants": variants}
+    result = {
+        "experiment": name,
+        "description": exp.description,
+        "preset": exp.preset,
+        "steps": total,
+        "seeds": seeds,
+        "variants": variants,
+    }
     (out / "results.json").write_text(json.dumps(result, indent=2))
     (out / "summary.md").write_text(summary_markdown(result))
     return result
@@ -169,9 +211,16 @@ def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: in
 def summary_markdown(result: dict[str, Any]) -> str:
     """A Markdown table: one row per variant, one column per reported number."""
     keys = [k for k in next(iter(result["variants"].values())) if not k.endswith("per_seed")]
-    lines = [f"# {result['experiment']}", "", result["description"], "",
-             f"{result['seeds']} seeds x {result['steps']} steps, preset `{result['preset']}`.", "",
-             "| variant | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines = [
+        f"# {result['experiment']}",
+        "",
+        result["description"],
+        "",
+        f"{result['seeds']} seeds x {result['steps']} steps, preset `{result['preset']}`.",
+        "",
+        "| variant | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
     for variant, values in result["variants"].items():
         lines.append(f"| {variant} | " + " | ".join(f"{values[k]:.2f}" for k in keys) + " |")
     return "\n".join(lines) + "\n"

@@ -39,8 +39,17 @@ class FrameReplay:
     capacity of C holds C * L / (L + 1) transitions of L-step episodes.
     """
 
-    def __init__(self, capacity: int, frame_shape: tuple[int, int] = (84, 84), stack: int = 4, seed: int = 0,
-                 *, num_envs: int = 1, n_step: int = 1, gamma: float = 0.99) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        frame_shape: tuple[int, int] = (84, 84),
+        stack: int = 4,
+        seed: int = 0,
+        *,
+        num_envs: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
+    ) -> None:
         if capacity < num_envs * (stack + n_step + 1):
             raise ValueError(f"capacity {capacity} is too small for {num_envs} envs with stack {stack} and n {n_step}")
         self.num_envs, self.stack, self.n, self.gamma = num_envs, stack, n_step, gamma
@@ -72,8 +81,15 @@ class FrameReplay:
         return sum(a.nbytes for a in (self.frames, self.actions, self.rewards, self.kind, self.ep_pos))
 
     # ------------------------------------------------------------------ writing
-    def add_step(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-                 terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+    def add_step(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> np.ndarray:
         """One vector env step: ``obs``/``next_obs`` [N, stack, H, W] uint8 (``next_obs`` the
         true next observations, i.e. the final ones where an episode ended). Returns the flat
         indices of the rows written."""
@@ -86,8 +102,9 @@ class FrameReplay:
             self.next_ep_pos[ended] = 0
         return np.concatenate(written)
 
-    def _write(self, envs: np.ndarray, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray,
-               kinds: np.ndarray) -> np.ndarray:
+    def _write(
+        self, envs: np.ndarray, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray, kinds: np.ndarray
+    ) -> np.ndarray:
         slots = self.pos[envs]
         self.frames[envs, slots] = frames
         self.actions[envs, slots] = actions
@@ -146,8 +163,16 @@ class FrameReplay:
         # here (two large arrays alive at once made the allocator return pages to the OS)
         both = self._stack(np.concatenate([env, env]), np.concatenate([slot, (slot + k) % self.rows]))
         b = len(idx)
-        return Batch(both[:b], self.actions[env, slot], rewards.astype(np.float32), both[b:],
-                     (end_kind == _FINAL_TERMINATED).astype(np.float32), k.astype(np.int64), weights, idx)
+        return Batch(
+            both[:b],
+            self.actions[env, slot],
+            rewards.astype(np.float32),
+            both[b:],
+            (end_kind == _FINAL_TERMINATED).astype(np.float32),
+            k.astype(np.int64),
+            weights,
+            idx,
+        )
 
     def _stack(self, env: np.ndarray, slot: np.ndarray) -> np.ndarray:
         """[B, stack, H, W]: frames of rows slot-stack+1 .. slot, the episode's first repeated."""
@@ -177,15 +202,33 @@ class PrioritizedFrameReplay(FrameReplay):
     complete transition; it drops back to 0 when its frames start to be overwritten.
     """
 
-    def __init__(self, capacity: int, frame_shape: tuple[int, int] = (84, 84), stack: int = 4, seed: int = 0,
-                 *, num_envs: int = 1, n_step: int = 1, gamma: float = 0.99, alpha: float = 0.6, beta: float = 0.4,
-                 eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        frame_shape: tuple[int, int] = (84, 84),
+        stack: int = 4,
+        seed: int = 0,
+        *,
+        num_envs: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__(capacity, frame_shape, stack, seed, num_envs=num_envs, n_step=n_step, gamma=gamma)
         self.priorities = Priorities(self.capacity, alpha, beta, eps)
         self.pending = np.zeros(self.capacity, bool)  # written, not yet sampleable
 
-    def add_step(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-                 terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+    def add_step(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> np.ndarray:
         written = super().add_step(obs, actions, rewards, next_obs, terminated, truncated)
         self.priorities.set(written, 0.0)
         self.pending[written] = self.kind.reshape(-1)[written] == _NORMAL

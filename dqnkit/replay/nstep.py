@@ -40,8 +40,15 @@ class NStepFolder:
         self.obs_shape, self.obs_dtype = tuple(obs_shape), np.dtype(obs_dtype)
         self.queues: list[deque] = [deque() for _ in range(num_envs)]  # (obs, action, reward) per env
 
-    def push(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-             terminated: np.ndarray, truncated: np.ndarray) -> Transitions:
+    def push(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> Transitions:
         """One vector step in (``next_obs`` = true next observations); finished transitions out."""
         if self.n == 1:
             return Transitions(obs, actions, rewards, next_obs, terminated, np.ones(len(actions), np.int64))
@@ -67,11 +74,23 @@ class NStepFolder:
     def _stack(self, rows: list[tuple]) -> Transitions:
         if not rows:
             empty = np.zeros((0, *self.obs_shape), self.obs_dtype)
-            return Transitions(empty, np.zeros(0, np.int64), np.zeros(0, np.float32), empty.copy(),
-                               np.zeros(0, bool), np.zeros(0, np.int64))
+            return Transitions(
+                empty,
+                np.zeros(0, np.int64),
+                np.zeros(0, np.float32),
+                empty.copy(),
+                np.zeros(0, bool),
+                np.zeros(0, np.int64),
+            )
         obs, actions, rets, next_obs, terms, ks = zip(*rows)
-        return Transitions(np.stack(obs), np.array(actions, np.int64), np.array(rets, np.float32),
-                           np.stack(next_obs), np.array(terms, bool), np.array(ks, np.int64))
+        return Transitions(
+            np.stack(obs),
+            np.array(actions, np.int64),
+            np.array(rets, np.float32),
+            np.stack(next_obs),
+            np.array(terms, bool),
+            np.array(ks, np.int64),
+        )
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

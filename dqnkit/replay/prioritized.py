@@ -70,8 +70,16 @@ class Priorities:
 class PrioritizedReplay(UniformReplay):
     """A :class:`UniformReplay` whose ``sample`` follows priorities kept in a sum tree."""
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any = np.float32,
-                 alpha: float = 0.6, beta: float = 0.4, eps: float = 1e-6, seed: int = 0) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: Any = np.float32,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        eps: float = 1e-6,
+        seed: int = 0,
+    ) -> None:
         super().__init__(capacity, obs_shape, obs_dtype, seed)
         self.priorities = Priorities(capacity, alpha, beta, eps)
 
@@ -79,11 +87,17 @@ class PrioritizedReplay(UniformReplay):
     tree = property(lambda self: self.priorities.tree)
     max_priority = property(lambda self: self.priorities.max_priority)
     alpha = property(lambda self: self.priorities.alpha)
-    beta = property(lambda self: self.priorities.beta,
-                    lambda self, value: setattr(self.priorities, "beta", value))
+    beta = property(lambda self: self.priorities.beta, lambda self, value: setattr(self.priorities, "beta", value))
 
-    def add_batch(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-                  terminated: np.ndarray, horizons: np.ndarray | None = None) -> np.ndarray:
+    def add_batch(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        horizons: np.ndarray | None = None,
+    ) -> np.ndarray:
         slots = super().add_batch(obs, actions, rewards, next_obs, terminated, horizons)
         self.priorities.set_max(slots)
         return slots

@@ -49,7 +49,7 @@ class SumTree:
         sizes = [fanout**d for d in range(self.depth + 1)]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.nodes = np.zeros(self.offsets[-1], dtype=np.float64)
-        self.levels = [self.nodes[self.offsets[d]:self.offsets[d + 1]] for d in range(self.depth + 1)]
+        self.levels = [self.nodes[self.offsets[d] : self.offsets[d + 1]] for d in range(self.depth + 1)]
         self._c = _C if use_c else None
         self._nodes_ptr, self._offsets_ptr = self.nodes.ctypes.data, self.offsets.ctypes.data  # fixed buffers
 
@@ -83,8 +83,16 @@ class SumTree:
         if self._c is not None:
             indices, values = np.ascontiguousarray(indices), np.ascontiguousarray(values)
             scratch = np.empty_like(indices)
-            self._c.sumtree_update(self._nodes_ptr, self._offsets_ptr, self.depth, self.fanout,
-                                   indices.ctypes.data, values.ctypes.data, indices.size, scratch.ctypes.data)
+            self._c.sumtree_update(
+                self._nodes_ptr,
+                self._offsets_ptr,
+                self.depth,
+                self.fanout,
+                indices.ctypes.data,
+                values.ctypes.data,
+                indices.size,
+                scratch.ctypes.data,
+            )
             return
         last, pos = np.unique(indices[::-1], return_index=True)  # last occurrence of each index
         self.leaves[last] = values[::-1][pos]
@@ -108,8 +116,9 @@ class SumTree:
         u = np.array(prefix_sums, dtype=np.float64)  # a copy: the numpy walk consumes it
         nodes = np.zeros(u.shape, dtype=np.int64)
         if self._c is not None:
-            self._c.sumtree_find(self._nodes_ptr, self._offsets_ptr, self.depth, self.fanout,
-                                 u.ctypes.data, u.size, nodes.ctypes.data)
+            self._c.sumtree_find(
+                self._nodes_ptr, self._offsets_ptr, self.depth, self.fanout, u.ctypes.data, u.size, nodes.ctypes.data
+            )
             return nodes
         rows = np.arange(u.size)
         for level in self.levels[1:]:

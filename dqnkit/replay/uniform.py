@@ -36,8 +36,7 @@ class UniformReplay:
     bootstraps, so the caller simply does not mark it.
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any = np.float32,
-                 seed: int = 0) -> None:
+    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any = np.float32, seed: int = 0) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
@@ -45,9 +44,17 @@ class UniformReplay:
         self.obs_dtype = np.dtype(obs_dtype)
         # One record per transition, fields side by side: a sampled transition is one
         # contiguous read, not six scattered ones (the gather is memory-bound at 1M).
-        record = np.dtype([("obs", self.obs_dtype, self.obs_shape), ("next_obs", self.obs_dtype, self.obs_shape),
-                           ("actions", np.int64), ("rewards", np.float32), ("terminated", np.float32),
-                           ("horizons", np.int64)], align=True)
+        record = np.dtype(
+            [
+                ("obs", self.obs_dtype, self.obs_shape),
+                ("next_obs", self.obs_dtype, self.obs_shape),
+                ("actions", np.int64),
+                ("rewards", np.float32),
+                ("terminated", np.float32),
+                ("horizons", np.int64),
+            ],
+            align=True,
+        )
         self.data = np.zeros(self.capacity, dtype=record)
         self.data["horizons"] = 1
         self.pos = 0  # next slot to write
@@ -57,19 +64,39 @@ class UniformReplay:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray,
-            terminated: bool, horizon: int = 1) -> None:
+    def add(
+        self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool, horizon: int = 1
+    ) -> None:
         """Store one transition."""
-        self.add_batch(np.asarray(obs)[None], np.asarray([action]), np.asarray([reward]),
-                       np.asarray(next_obs)[None], np.asarray([terminated]), np.asarray([horizon]))
+        self.add_batch(
+            np.asarray(obs)[None],
+            np.asarray([action]),
+            np.asarray([reward]),
+            np.asarray(next_obs)[None],
+            np.asarray([terminated]),
+            np.asarray([horizon]),
+        )
 
-    def add_batch(self, obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray,
-                  terminated: np.ndarray, horizons: np.ndarray | None = None) -> np.ndarray:
+    def add_batch(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        horizons: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Store N transitions (e.g. one per vector env); returns the N slots written."""
         n = len(actions)
         slots = (self.pos + np.arange(n)) % self.capacity
-        fields = {"obs": obs, "next_obs": next_obs, "actions": actions, "rewards": rewards,
-                  "terminated": terminated, "horizons": 1 if horizons is None else horizons}
+        fields = {
+            "obs": obs,
+            "next_obs": next_obs,
+            "actions": actions,
+            "rewards": rewards,
+            "terminated": terminated,
+            "horizons": 1 if horizons is None else horizons,
+        }
         for name, values in fields.items():
             self.data[name][slots] = values
         self.pos = int((self.pos + n) % self.capacity)
@@ -85,8 +112,16 @@ class UniformReplay:
 
     def _gather(self, idx: np.ndarray, weights: np.ndarray) -> Batch:
         rec = self.data.take(idx)  # one scattered read (take: ~10x faster than data[idx] here, measured)
-        return Batch(rec["obs"], rec["actions"], rec["rewards"], rec["next_obs"], rec["terminated"],
-                     rec["horizons"], weights, idx)
+        return Batch(
+            rec["obs"],
+            rec["actions"],
+            rec["rewards"],
+            rec["next_obs"],
+            rec["terminated"],
+            rec["horizons"],
+            weights,
+            idx,
+        )
 
     def __getattr__(self, name: str) -> np.ndarray:
         """``buf.obs``, ``buf.rewards``, ...: each field as a [capacity, ...] view."""

@@ -40,8 +40,9 @@ def cliff_walking() -> TabularMDP:
             assert prob == 1.0
             nxt[s, a], rew[s, a], term[s, a] = s2, r, done
     cliff = tuple(int(c) for c in np.flatnonzero(env._cliff))
-    return TabularMDP(nxt, rew, term, start=int(env.initial_state_distrib.argmax()), shape=tuple(env.shape),
-                      hazards=cliff)
+    return TabularMDP(
+        nxt, rew, term, start=int(env.initial_state_distrib.argmax()), shape=tuple(env.shape), hazards=cliff
+    )
 
 
 def random_walk_values(n: int = 19) -> np.ndarray:

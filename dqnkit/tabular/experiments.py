@@ -15,8 +15,9 @@ from dqnkit.tabular.methods import METHODS, greedy_path, n_step_td, td_control
 N_VALUES = (1, 2, 4, 8, 16, 32)
 
 
-def cliff_walking_experiment(out: Path, episodes: int = 500, alpha: float = 0.5, epsilon: float = 0.1,
-                             seeds: int = 20, seed: int = 0) -> dict[str, Any]:
+def cliff_walking_experiment(
+    out: Path, episodes: int = 500, alpha: float = 0.5, epsilon: float = 0.1, seeds: int = 20, seed: int = 0
+) -> dict[str, Any]:
     """SARSA vs Q-learning vs Expected SARSA: online reward per episode and the greedy path each learns."""
     mdp = cliff_walking()
     results, returns, paths = {}, {}, {}
@@ -31,18 +32,37 @@ def cliff_walking_experiment(out: Path, episodes: int = 500, alpha: float = 0.5,
             "greedy_path_steps": len(path) - 1,
         }
     out.mkdir(parents=True, exist_ok=True)
-    plots.curves(returns, out / "cliff_walking_rewards.png", xlabel="episode", ylabel="return (10-episode mean)",
-                 title=f"CliffWalking, alpha={alpha}, epsilon={epsilon}, {seeds} seeds", ylim=(-150, 0))
-    plots.grid_paths(mdp.shape, paths, list(mdp.hazards), out / "cliff_walking_paths.png",
-                     title="greedy path of each method")
-    summary = {"experiment": "cliff-walking", "episodes": episodes, "alpha": alpha, "epsilon": epsilon,
-               "seeds": seeds, "methods": results}
+    plots.curves(
+        returns,
+        out / "cliff_walking_rewards.png",
+        xlabel="episode",
+        ylabel="return (10-episode mean)",
+        title=f"CliffWalking, alpha={alpha}, epsilon={epsilon}, {seeds} seeds",
+        ylim=(-150, 0),
+    )
+    plots.grid_paths(
+        mdp.shape, paths, list(mdp.hazards), out / "cliff_walking_paths.png", title="greedy path of each method"
+    )
+    summary = {
+        "experiment": "cliff-walking",
+        "episodes": episodes,
+        "alpha": alpha,
+        "epsilon": epsilon,
+        "seeds": seeds,
+        "methods": results,
+    }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def random_walk_experiment(out: Path, episodes: int = 10, alpha: float = 0.1, seeds: int = 20, seed: int = 0,
-                           alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)) -> dict[str, Any]:
+def random_walk_experiment(
+    out: Path,
+    episodes: int = 10,
+    alpha: float = 0.1,
+    seeds: int = 20,
+    seed: int = 0,
+    alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0),
+) -> dict[str, Any]:
     """RMS error of n-step TD after ``episodes`` episodes for n = 1..32: the U-shape."""
     truth = random_walk_values()
 
@@ -54,14 +74,33 @@ def random_walk_experiment(out: Path, episodes: int = 10, alpha: float = 0.1, se
     curve = [rms(n, alpha) for n in N_VALUES]
     sweep = {f"n={n}": [rms(n, a) for a in alphas] for n in N_VALUES}
     out.mkdir(parents=True, exist_ok=True)
-    plots.lines(list(N_VALUES), {f"alpha={alpha}": curve}, out / "random_walk_rms.png", xlabel="n",
-                ylabel=f"RMS error after {episodes} episodes", title="n-step TD on the 19-state random walk",
-                logx=True)
-    plots.lines(list(alphas), sweep, out / "random_walk_alpha.png", xlabel="alpha",
-                ylabel=f"RMS error after {episodes} episodes", title="n-step TD: error vs alpha (S&B fig. 7.2)")
-    summary = {"experiment": "random-walk", "episodes": episodes, "alpha": alpha, "seeds": seeds,
-               "n": list(N_VALUES), "rms": curve, "best_n": N_VALUES[int(np.argmin(curve))],
-               "alpha_sweep": {"alphas": list(alphas), **sweep}}
+    plots.lines(
+        list(N_VALUES),
+        {f"alpha={alpha}": curve},
+        out / "random_walk_rms.png",
+        xlabel="n",
+        ylabel=f"RMS error after {episodes} episodes",
+        title="n-step TD on the 19-state random walk",
+        logx=True,
+    )
+    plots.lines(
+        list(alphas),
+        sweep,
+        out / "random_walk_alpha.png",
+        xlabel="alpha",
+        ylabel=f"RMS error after {episodes} episodes",
+        title="n-step TD: error vs alpha (S&B fig. 7.2)",
+    )
+    summary = {
+        "experiment": "random-walk",
+        "episodes": episodes,
+        "alpha": alpha,
+        "seeds": seeds,
+        "n": list(N_VALUES),
+        "rms": curve,
+        "best_n": N_VALUES[int(np.argmin(curve))],
+        "alpha_sweep": {"alphas": list(alphas), **sweep},
+    }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary
 

@@ -32,8 +32,16 @@ def _bootstrap(method: str, q_next_KA: np.ndarray, next_action_K: np.ndarray, ep
     return (1 - epsilon) * q_next_KA.max(axis=1) + epsilon * q_next_KA.mean(axis=1)
 
 
-def td_control(mdp: TabularMDP, method: str, episodes: int = 500, alpha: float = 0.5, epsilon: float = 0.1,
-               gamma: float = 1.0, seeds: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def td_control(
+    mdp: TabularMDP,
+    method: str,
+    episodes: int = 500,
+    alpha: float = 0.5,
+    epsilon: float = 0.1,
+    gamma: float = 1.0,
+    seeds: int = 20,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Train ``seeds`` independent learners; returns Q [K, S, A] and episode returns [K, E]."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -78,8 +86,14 @@ def greedy_path(mdp: TabularMDP, q_SA: np.ndarray, max_steps: int = 200) -> tupl
     return path, float("-inf")
 
 
-def n_step_td(n: int, episodes: int = 10, alpha: float = 0.1, n_states: int = 19, gamma: float = 1.0,
-              rng: np.random.Generator | None = None) -> np.ndarray:
+def n_step_td(
+    n: int,
+    episodes: int = 10,
+    alpha: float = 0.1,
+    n_states: int = 19,
+    gamma: float = 1.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """n-step TD prediction of the random policy's values on the random walk (S&B 7.1).
 
     States 1..n_states are non-terminal, 0 and n_states+1 terminal (rewards -1 and +1).
