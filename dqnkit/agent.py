@@ -1,8 +1,9 @@
 """The DQN agent: epsilon-greedy acting and the update step.
 
-This module is the one place that computes a TD target. Double DQN, the loss, gradient
-clipping, hard/soft target updates, noisy nets and the distributional heads (C51, QR-DQN)
-are options of one agent, not subclasses: an ablation is one config key away.
+Double DQN, the loss, gradient clipping, hard/soft target updates, noisy nets and the
+distributional heads (C51, QR-DQN) are options of one agent, not subclasses: an ablation is
+one config key away. The TD targets and losses are the heads of :mod:`dqnkit.heads`, picked
+once from ``config.distributional``; this module runs them.
 
 Shape legend: B batch, A actions, K atoms or quantiles.
 """
@@ -17,85 +18,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dqnkit.config import Config
 from dqnkit.errors import first_line
+from dqnkit.heads import HEADS, HeadInput
 from dqnkit.networks import MLP, reset_noise
 from dqnkit.replay.uniform import Batch
-
-
-def next_actions(next_q_target_BA: torch.Tensor, next_q_online_BA: torch.Tensor | None = None) -> torch.Tensor:
-    """``a*`` [B] for the bootstrap: argmax of the target network (DQN) or, for Double DQN
-    (van Hasselt et al. 2016, https://arxiv.org/abs/1509.06461), of the online network, so
-    that one network selects and the other evaluates."""
-    return (next_q_target_BA if next_q_online_BA is None else next_q_online_BA).argmax(dim=1)
-
-
-def bootstrap(
-    rewards_B: torch.Tensor, terminated_B: torch.Tensor, discounts_B: torch.Tensor, next_values: torch.Tensor
-) -> torch.Tensor:
-    """``r + gamma^k * (1 - terminated) * v'`` for ``v'`` [B] (a value) or [B, K] (atoms or
-    quantiles, each shifted alike). Only ``terminated`` stops bootstrapping: a truncated
-    (time-limit) transition keeps its bootstrap term."""
-    if next_values.dim() == 2:
-        rewards_B, terminated_B, discounts_B = rewards_B[:, None], terminated_B[:, None], discounts_B[:, None]
-    return rewards_B + discounts_B * (1.0 - terminated_B) * next_values
-
-
-def td_targets(
-    rewards_B: torch.Tensor,
-    terminated_B: torch.Tensor,
-    discounts_B: torch.Tensor,
-    next_q_target_BA: torch.Tensor,
-    next_q_online_BA: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The DQN / Double DQN target ``r + gamma^k * (1 - terminated) * Q_target(s', a*)`` [B]."""
-    best_B1 = next_actions(next_q_target_BA, next_q_online_BA).unsqueeze(1)
-    return bootstrap(rewards_B, terminated_B, discounts_B, next_q_target_BA.gather(1, best_B1).squeeze(1))
-
-
-def project_distribution(
-    next_probs_BK: torch.Tensor, target_atoms_BK: torch.Tensor, support_K: torch.Tensor
-) -> torch.Tensor:
-    """C51's categorical projection (Bellemare et al. 2017, algorithm 1): the probability mass
-    of each shifted atom ``target_atoms_BK`` (clipped to the support) is split between the two
-    nearest atoms of ``support_K`` in proportion to closeness. Returns [B, K], rows sum to 1.
-
-    Every index lies in [0, K-1] whatever the rounding: ``(z - v_min) / delta`` can come out
-    a hair above K-1 in float32 (v_min -10, v_max 200, K 51 gives 50.000004), and a ceil of
-    that indexes past the support (a CUDA device-side assert; an IndexError on the CPU). An
-    atom equal to a support point keeps all its mass, even where that division is inexact.
-    """
-    v_min, v_max, k = support_K[0], support_K[-1], support_K.numel()
-    delta = (v_max - v_min) / (k - 1)
-    atoms_BK = target_atoms_BK.clamp(v_min, v_max)
-    b = ((atoms_BK - v_min) / delta).clamp(0, k - 1)  # fractional atom index
-    nearest = b.round().long()
-    b = torch.where(atoms_BK == support_K[nearest], nearest.float(), b)
-    lower = b.floor().long()
-    upper = (lower + 1).clamp(max=k - 1)
-    # lower's share is 1 - (b - lower); an integer b (lower == b) puts all the mass on lower
-    # and adds exactly 0 to upper, which keeps the sums bit-identical to the textbook split
-    lower_weight = (lower + 1).float() - b
-    upper_weight = b - lower.float()
-    projected = torch.zeros_like(next_probs_BK)
-    projected.scatter_add_(1, lower, next_probs_BK * lower_weight)
-    projected.scatter_add_(1, upper, next_probs_BK * upper_weight)
-    return projected
-
-
-def quantile_huber_loss(quantiles_BK: torch.Tensor, targets_BK: torch.Tensor, kappa: float = 1.0) -> torch.Tensor:
-    """QR-DQN's loss per sample [B] (Dabney et al. 2018, eq. 10): for quantile i at
-    ``tau_i = (2i + 1) / 2K`` and every target sample j, ``|tau_i - 1{u_ij < 0}| * L_kappa(u_ij) / kappa``
-    with ``u_ij = target_j - quantile_i``; summed over i, averaged over j."""
-    k = quantiles_BK.shape[1]
-    tau_K = (torch.arange(k, device=quantiles_BK.device, dtype=quantiles_BK.dtype) + 0.5) / k
-    u_BKK = targets_BK[:, None, :] - quantiles_BK[:, :, None]  # [B, i, j]
-    huber = F.huber_loss(u_BKK, torch.zeros_like(u_BKK), reduction="none", delta=kappa)
-    weight = (tau_K[None, :, None] - (u_BKK.detach() < 0).float()).abs()
-    return (weight * huber / kappa).mean(dim=2).sum(dim=1)
 
 
 class LearnStats(NamedTuple):
@@ -139,6 +68,7 @@ class DQNAgent:
         # (which uses the mean weights) never shifts the training noise
         self.noise = torch.Generator(device=self.device).manual_seed(config.seed + 2)
         self.support = torch.linspace(config.v_min, config.v_max, config.n_atoms, device=self.device)
+        self.head = HEADS[config.distributional]
         self.updates = 0  # gradient steps taken
         self._params = list(self.q_net.parameters())
         self._numpy_layers = _numpy_mlp(self.q_net, config, self.device)
@@ -175,14 +105,8 @@ class DQNAgent:
             self.q_net.train()
 
     def _expected(self, out: torch.Tensor) -> torch.Tensor:
-        """Network output -> Q [B, A]: as is, the mean of the categorical distribution over
-        the support (c51), or the mean of the quantiles (qr)."""
-        kind = self.config.distributional
-        if kind == "c51":
-            return (out.softmax(dim=2) * self.support).sum(dim=2)
-        if kind == "qr":
-            return out.mean(dim=2)
-        return out
+        """Network output -> Q [B, A] (for a distributional head, each action's mean)."""
+        return self.head.expected(out, self.support)
 
     def act(
         self, obs: np.ndarray, epsilon: float = 0.0, greedy: bool = False, rng: np.random.Generator | None = None
@@ -272,76 +196,25 @@ class DQNAgent:
         return batch._replace(**{name: self._tensor(getattr(batch, name)) for name in Batch._fields[:-1]})
 
     def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(per-sample loss, priority, Q(s, a)), each [B], for the configured head; ``batch``
+        """(per-sample loss, priority, Q(s, a)), each [B], from the configured head; ``batch``
         holds device tensors."""
         cfg = self.config
-        obs, next_obs, actions_B = batch.obs, batch.next_obs, batch.actions
-        rewards_B, terminated_B = batch.rewards, batch.terminated
-        discounts_B = cfg.gamma ** batch.horizons.float()
-
         with torch.no_grad():
-            next_online = self.q_net(next_obs) if cfg.double else None
-            next_target = self.target_net(next_obs)
-        out = self.q_net(obs)
-        if cfg.distributional == "none":
-            per_sample_B, priority_B, q_B = self._td_loss(
-                out, actions_B, rewards_B, terminated_B, discounts_B, next_target, next_online
-            )
-        else:
-            per_sample_B, q_B = self._distributional_loss(
-                out, actions_B, rewards_B, terminated_B, discounts_B, next_target, next_online
-            )
-            priority_B = per_sample_B.detach()  # Rainbow: the distribution's loss is the priority
-        return per_sample_B, priority_B, q_B
-
-    def _td_loss(
-        self,
-        q_BA: torch.Tensor,
-        actions_B: torch.Tensor,
-        rewards_B: torch.Tensor,
-        terminated_B: torch.Tensor,
-        discounts_B: torch.Tensor,
-        next_target_BA: torch.Tensor,
-        next_online_BA: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(per-sample Huber/MSE loss, |TD error|, Q(s, a)), each [B]."""
-        with torch.no_grad():
-            target_B = td_targets(rewards_B, terminated_B, discounts_B, next_target_BA, next_online_BA)
-        q_B = q_BA.gather(1, actions_B.unsqueeze(1)).squeeze(1)
-        if self.config.loss == "huber":
-            per_sample_B = F.smooth_l1_loss(q_B, target_B, reduction="none")
-        else:
-            per_sample_B = F.mse_loss(q_B, target_B, reduction="none")
-        return per_sample_B, (q_B - target_B).detach().abs(), q_B
-
-    def _distributional_loss(
-        self,
-        out_BAK: torch.Tensor,
-        actions_B: torch.Tensor,
-        rewards_B: torch.Tensor,
-        terminated_B: torch.Tensor,
-        discounts_B: torch.Tensor,
-        next_target_BAK: torch.Tensor,
-        next_online_BAK: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(per-sample loss, E[Z(s, a)]), each [B]: cross-entropy to the projected target
-        distribution (c51) or the quantile Huber loss (qr)."""
-        cfg = self.config
-        with torch.no_grad():
-            online = None if next_online_BAK is None else self._expected(next_online_BAK)
-            best = next_actions(self._expected(next_target_BAK), online)
-            next_BK = next_target_BAK[torch.arange(len(best), device=best.device), best]
-        chosen_BK = out_BAK[torch.arange(len(actions_B), device=actions_B.device), actions_B]
-        if cfg.distributional == "c51":
-            with torch.no_grad():
-                atoms_BK = bootstrap(rewards_B, terminated_B, discounts_B, self.support.expand_as(next_BK))
-                target_BK = project_distribution(next_BK.softmax(dim=1), atoms_BK, self.support)
-            log_p_BK = chosen_BK.log_softmax(dim=1)
-            q_B = (log_p_BK.exp() * self.support).sum(dim=1)
-            return -(target_BK * log_p_BK).sum(dim=1), q_B
-        with torch.no_grad():
-            target_BK = bootstrap(rewards_B, terminated_B, discounts_B, next_BK)
-        return quantile_huber_loss(chosen_BK, target_BK, cfg.qr_kappa), chosen_BK.mean(dim=1)
+            next_online = self.q_net(batch.next_obs) if cfg.double else None
+            next_target = self.target_net(batch.next_obs)
+        x = HeadInput(
+            out=self.q_net(batch.obs),
+            next_target=next_target,
+            next_online=next_online,
+            actions_B=batch.actions,
+            rewards_B=batch.rewards,
+            terminated_B=batch.terminated,
+            discounts_B=cfg.gamma ** batch.horizons.float(),
+            support_K=self.support,
+            loss=cfg.loss,
+            qr_kappa=cfg.qr_kappa,
+        )
+        return self.head.loss(x)
 
     def update_target(self) -> None:
         """Hard copy (``tau == 0``) or Polyak blend ``target <- tau*online + (1-tau)*target``."""

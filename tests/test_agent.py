@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dqnkit import Config
-from dqnkit.agent import DQNAgent, td_targets
+from dqnkit.agent import DQNAgent
+from dqnkit.heads import td_targets
 from dqnkit.networks import MLP, DuelingHead, build_q_network
 from dqnkit.replay.uniform import Batch
 

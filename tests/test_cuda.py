@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from dqnkit import Config, load, presets, resume, train
-from dqnkit.agent import DQNAgent, project_distribution
+from dqnkit.agent import DQNAgent
 from dqnkit.evaluate import evaluate
+from dqnkit.heads import project_distribution
 from dqnkit.logger import read_metrics
 from dqnkit.networks import build_q_network
 from dqnkit.replay.uniform import Batch

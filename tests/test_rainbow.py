@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dqnkit import Config, load, presets, resume, train
-from dqnkit.agent import DQNAgent, bootstrap, project_distribution, quantile_huber_loss
+from dqnkit.agent import DQNAgent
+from dqnkit.heads import bootstrap, project_distribution, quantile_huber_loss
 from dqnkit.networks import NoisyLinear, build_q_network
 from dqnkit.replay.uniform import Batch
 
@@ -143,18 +144,18 @@ def test_each_head_learns_a_terminal_reward(kind, extras):
 
 
 TINY = dict(
-    total_steps=1200,
+    total_steps=800,
     learning_starts=100,
     batch_size=16,
     buffer_size=1000,
     hidden_sizes=(16, 16),
-    eval_every=600,
+    eval_every=400,
     eval_episodes=2,
     train_freq=2,
     gradient_steps=1,
     target_update_interval=50,
     stop_at_return=None,
-    per_beta_steps=1200,
+    per_beta_steps=800,
     n_atoms=11,
     v_max=20.0,
 )
@@ -164,8 +165,8 @@ TINY = dict(
 def test_resume_is_exact_with_noisy_distributional_rainbow(tmp_path, kind):
     extras = dict(TINY, distributional=kind, noisy=True, prioritized=True, n_step=3, dueling=True, double=True)
     train(presets.get("cartpole", **extras), tmp_path / "full")
-    train(presets.get("cartpole", **{**extras, "total_steps": 600}), tmp_path / "split")
-    resume(tmp_path / "split", total_steps=1200)
+    train(presets.get("cartpole", **{**extras, "total_steps": 500}), tmp_path / "split")
+    resume(tmp_path / "split", total_steps=800)
     probe = np.random.default_rng(0).standard_normal((16, 4)).astype(np.float32)
     a, b = load(tmp_path / "full"), load(tmp_path / "split")
     with a.evaluation(), b.evaluation():
