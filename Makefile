@@ -6,33 +6,41 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow lint format install clean
+.PHONY: run test test-slow lint format install dev clean
 
+# `make run` needs only what training CartPole needs; the test targets add the dev extra
+# (Atari, MinAtar, Box2D, Ray, SB3, video, lint), once, marked by $(VENV)/.dev.
 $(BIN)/dqnkit: pyproject.toml constraints.txt dqnkit/replay/_sumtree.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $(BIN)/dqnkit
 
+$(VENV)/.dev: $(BIN)/dqnkit
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(VENV)/.dev
+
 install: $(BIN)/dqnkit
+
+dev: $(VENV)/.dev
 
 run: install
 	$(BIN)/dqnkit train --preset cartpole
 
-test: install
+test: dev
 	$(BIN)/ruff check dqnkit tests examples
 	$(BIN)/ruff format --check dqnkit tests examples
 	$(BIN)/python -m pytest -q
 
-test-slow: install
+test-slow: dev
 	$(BIN)/python -m pytest -q -m slow
 
-lint: install
+lint: dev
 	$(BIN)/ruff check dqnkit tests examples
 	$(BIN)/ruff format --check dqnkit tests examples
 
-format: install
+format: dev
 	$(BIN)/ruff format dqnkit tests examples
 
 clean:

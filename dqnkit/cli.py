@@ -37,23 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys for --set:\n" + keys,
     )
-    train.add_argument("--preset", default=None, help="starting config (see `dqnkit presets`; default cartpole)")
-    train.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
-    train.add_argument("--steps", type=int, help="total environment steps")
-    train.add_argument("--seed", type=int, help="random seed")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), help="torch device (default auto)")
-    train.add_argument("--run-dir", type=Path, help="where to write the run (default runs/<preset>-s<seed>-<time>)")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key (repeatable)",
-    )
+    _add_run_args(train, default_dir="runs/<preset>-s<seed>-<time>")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     apex = sub.add_parser(
         "apex",
@@ -61,24 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config keys for --set: as for `dqnkit train`",
     )
-    apex.add_argument("--preset", default=None, help="starting config (default cartpole)")
-    apex.add_argument("--env", dest="env_id", help="gymnasium env id")
+    _add_run_args(apex, default_dir="runs/apex-<preset>-s<seed>-<time>")
     apex.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
-    apex.add_argument("--steps", type=int, help="total environment steps over all actors")
-    apex.add_argument("--seed", type=int, help="random seed")
-    apex.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the learner's torch device")
     apex.add_argument("--ray-address", help="join this Ray cluster (`auto` or host:port); default: start a local one")
-    apex.add_argument("--run-dir", type=Path, help="where to write the run (default runs/apex-<preset>-s<seed>-<time>)")
-    apex.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config key (repeatable)",
-    )
-    apex.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
-    apex.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ev = sub.add_parser("eval", help="play greedy episodes with a trained run's agent")
     ev.add_argument("run_dir", type=Path)
@@ -118,6 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
+    """The options `train` and `apex` share: what to train, where, and what to print."""
+    parser.add_argument("--preset", default=None, help="starting config (`dqnkit presets`; default: --env's family)")
+    parser.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
+    parser.add_argument("--steps", type=int, help="total environment steps (summed over envs and actors)")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the learner's torch device (default auto)")
+    parser.add_argument("--run-dir", type=Path, help=f"where to write the run (default {default_dir})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key (repeatable)")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--json", action="store_true", help="print the run's summary as JSON at the end")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -149,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from dqnkit.monitor import default_run_dir
     from dqnkit.training import resume, train
 
     if args.resume is not None:
@@ -168,14 +154,29 @@ def _train(args: argparse.Namespace) -> int:
             raise DqnkitError(f"--resume continues the run with its own config; drop {', '.join(given)}")
         if args.steps is not None and args.steps < 1:
             raise DqnkitError(f"--steps must be positive, got {args.steps}")
-        summary = resume(args.resume, args.steps, progress=not args.quiet)
+        run_dir = args.resume
+        summary = resume(run_dir, args.steps, progress=not args.quiet)
     else:
         config = _config(args)
+        run_dir = args.run_dir or default_run_dir(config)
         if not args.quiet:
             print(f"training preset {config.preset} on {config.env_id}", file=sys.stderr)
-        summary = train(config, args.run_dir, overwrite=args.overwrite, progress=not args.quiet)
-    print(json.dumps(summary))
+        summary = train(config, run_dir, overwrite=args.overwrite, progress=not args.quiet)
+    _report(summary, run_dir, args.json)
     return 0
+
+
+def _report(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
+    """The end of a run: its summary as JSON, or what a person wants to read next."""
+    if as_json:
+        print(json.dumps(summary))
+        return
+    result = f"evaluation return {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}"
+    if summary["stopped_early"]:
+        result += " (reached stop_at_return: stopped early)"
+    print(f"{summary['steps']:,} steps in {summary['wall_s']:.0f} s ({summary['sps']:,.0f} steps/s); {result}")
+    print(f"run directory: {run_dir} (summary.json, metrics.csv, learning_curve.png, checkpoints/)")
+    print(f"next: dqnkit eval {run_dir} --video episode.mp4   or   tensorboard --logdir {run_dir / 'tb'}")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -204,14 +205,16 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _apex(args: argparse.Namespace) -> int:
+    from dqnkit.config import parse_overrides
     from dqnkit.distributed import apex
-    from dqnkit.training import default_run_dir
+    from dqnkit.monitor import default_run_dir
 
+    apex.check_apex_keys(parse_overrides(args.overrides).keys())
     config = _config(args)
     run_dir = args.run_dir or default_run_dir(config, prefix="apex-")
     options = apex.ApexOptions(actors=args.actors, ray_address=args.ray_address)
     summary = apex.run(config, run_dir, options, overwrite=args.overwrite, progress=not args.quiet)
-    print(json.dumps(summary))
+    _report(summary, run_dir, args.json)
     return 0
 
 

@@ -12,35 +12,34 @@ between two iterations resumes bit for bit.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import signal
-import time
 import warnings
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dqnkit import __version__, schedules
 from dqnkit.agent import DQNAgent
 from dqnkit.checkpoint import CheckpointDir, safe_load
 from dqnkit.config import Config, from_dict
-from dqnkit.diagnostics import overestimation
 from dqnkit.envpool_env import import_envpool
 from dqnkit.envs import check_env_id, finished_episodes, get_env_states, make_vec_env, set_env_state, true_next_obs
-from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, NonFiniteError, first_line
-from dqnkit.evaluate import evaluate
-from dqnkit.logger import Logger, read_metrics
+from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
+from dqnkit.monitor import (
+    RunMonitor,
+    check_loss,
+    check_transition,
+    default_run_dir,
+    open_run_dir,
+    pop_learning_stats,
+    record_learning_stats,
+    run_summary,
+)
 from dqnkit.networks import build_q_network
-from dqnkit.plots import learning_curve
 from dqnkit.replay import FrameReplay, PrioritizedFrameReplay, PrioritizedReplay, UniformReplay
-from dqnkit.replay.nstep import NStepFolder
 
 
 @dataclass
@@ -72,8 +71,7 @@ class Parts:
     config: Config
     envs: Any
     agent: DQNAgent
-    replay: UniformReplay | FrameReplay  # or their prioritized subclasses
-    folder: NStepFolder  # n-step folding for UniformReplay (FrameReplay folds at sample time)
+    replay: UniformReplay | FrameReplay  # or their prioritized subclasses: one interface
     loop: Loop = field(default_factory=Loop)
 
 
@@ -90,11 +88,10 @@ def train(
         import_envpool()
     resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    prepare_run_dir(run_dir, overwrite)
-    (run_dir / "config.json").write_text(config.to_json())
+    open_run_dir(config, run_dir, overwrite)
     parts = build(config)
     _reset_envs(parts)
-    return _run(parts, run_dir, Logger(run_dir), progress)
+    return _run(parts, run_dir, progress)
 
 
 def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: bool = False) -> dict[str, Any]:
@@ -112,18 +109,26 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
     (run_dir / "config.json").write_text(config.to_json())
     if total_steps is not None:
         parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
-    return _run(parts, run_dir, Logger(run_dir, resume_step=parts.loop.step), progress)
+    return _run(parts, run_dir, progress)
 
 
-def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
-    """The latest checkpoint of a run, loaded safely; exit-2 errors for anything wrong."""
+RESUMABLE = ("config", "agent", "replay", "loop", "envs")  # what `train --resume` needs
+
+
+def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) -> dict[str, Any]:
+    """The latest checkpoint of a run, loaded safely; exit-2 errors for anything wrong.
+
+    ``required``: the keys the caller needs; an agent alone (``config``, ``agent``) is in every
+    dqnkit checkpoint, Ape-X's included, and a resumable one holds :data:`RESUMABLE`.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DqnkitError(f"run directory {run_dir} does not exist")
     ckpt = safe_load(CheckpointDir(run_dir).latest)
-    for key in ("config", "agent", "replay", "folder", "loop", "envs"):
+    for key in required:
         if key not in ckpt:
-            raise CheckpointError(f"{run_dir} checkpoint lacks {key!r}: not a dqnkit training checkpoint")
+            what = "resumable dqnkit training" if "loop" in required else "dqnkit"
+            raise CheckpointError(f"{run_dir} checkpoint lacks {key!r}: not a {what} checkpoint")
     return ckpt
 
 
@@ -143,23 +148,23 @@ def build(config: Config) -> Parts:
     )
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
-    folder = NStepFolder(config.n_step, config.gamma, config.num_envs, obs_space.shape, obs_space.dtype)
-    return Parts(config, envs, agent, build_replay(config, obs_space.shape, obs_space.dtype), folder)
+    return Parts(config, envs, agent, build_replay(config, obs_space.shape, obs_space.dtype))
 
 
 def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> UniformReplay | FrameReplay:
     """FrameReplay for stacked uint8 frames [S, H, W] (each frame stored once), else the
-    record-array replay; prioritized when ``config.prioritized``."""
+    record-array replay; prioritized when ``config.prioritized``. Every one takes a vector
+    step (``add_step``, n-step folding inside), samples with a beta and takes priorities back."""
     per = dict(alpha=config.per_alpha, beta=config.per_beta, eps=config.per_eps)
+    steps = dict(num_envs=config.num_envs, n_step=config.n_step, gamma=config.gamma)
     seed = config.seed + 1
     if len(obs_shape) == 3 and obs_shape[0] > 1 and np.dtype(obs_dtype) == np.uint8 and obs_shape[1:] == (84, 84):
-        frames = dict(num_envs=config.num_envs, n_step=config.n_step, gamma=config.gamma)
         if config.prioritized:
-            return PrioritizedFrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **frames, **per)
-        return FrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **frames)
+            return PrioritizedFrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **steps, **per)
+        return FrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **steps)
     if config.prioritized:
-        return PrioritizedReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **per)
-    return UniformReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed)
+        return PrioritizedReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps, **per)
+    return UniformReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps)
 
 
 def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent:
@@ -183,9 +188,12 @@ def load(run_dir: str | Path, device: str = "auto") -> DQNAgent:
     ``device`` is where it runs here (``auto``: cuda if this machine has it), whatever device
     it was trained on: a run trained on a GPU loads on a CPU-only machine.
     """
-    ckpt = load_checkpoint(run_dir)
+    ckpt = load_checkpoint(run_dir, required=("config", "agent"))
     config = from_dict(ckpt["config"]).replace(device=device)
-    obs_shape, _, n_actions = check_env_id(config.env_id)
+    if "spaces" in ckpt:  # no env is built: loading an Atari agent needs no ROM
+        obs_shape, n_actions = tuple(ckpt["spaces"]["obs_shape"]), int(ckpt["spaces"]["n_actions"])
+    else:  # older checkpoints did not record them: ask the env
+        obs_shape, _, n_actions = check_env_id(config.env_id)
     agent = build_agent(config, obs_shape, n_actions)
     try:
         agent.load_state_dict(ckpt["agent"])
@@ -194,12 +202,19 @@ def load(run_dir: str | Path, device: str = "auto") -> DQNAgent:
     return agent
 
 
+def spaces(agent: DQNAgent) -> dict[str, Any]:
+    """The observation shape and action count a checkpoint records, so that :func:`load`
+    rebuilds the network without building the env."""
+    return {"obs_shape": list(agent.obs_shape), "n_actions": agent.n_actions}
+
+
 def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
     """Load a checkpoint's state into freshly built parts."""
     try:
         parts.agent.load_state_dict(ckpt["agent"])
         parts.replay.load_state_dict(ckpt["replay"])
-        parts.folder.load_state_dict(ckpt["folder"])
+        if "folder" in ckpt:  # older checkpoints kept the n-step folder beside the replay
+            parts.replay.folder.load_state_dict(ckpt["folder"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
     loop = Loop(**ckpt["loop"])
@@ -225,8 +240,8 @@ def snapshot(parts: Parts) -> dict[str, Any]:
     return {
         "config": parts.config.to_dict(),
         "agent": parts.agent.state_dict(),
+        "spaces": spaces(parts.agent),
         "replay": parts.replay.state_dict(),
-        "folder": parts.folder.state_dict(),
         "loop": asdict(parts.loop),
         "envs": get_env_states(parts.envs),
         "torch_rng": torch.get_rng_state(),
@@ -254,43 +269,23 @@ def crossed(prev: int, now: int, every: int) -> int:
     return now // every - prev // every if every > 0 else 0
 
 
-def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[str, Any]:
+def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
     cfg, agent, loop = parts.config, parts.agent, parts.loop
-    checkpoints = CheckpointDir(run_dir, keep=cfg.keep_checkpoints)
-    eval_seed = 1_000_000 + 1000 * cfg.seed  # fixed across evaluations: comparable points
-    recent = deque((float(r["return"]) for r in read_metrics(logger.path) if r["kind"] == "episode"), maxlen=100)
-    stop = _StopFlag()
-    bar = tqdm(
-        total=cfg.total_steps, initial=loop.step, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5
-    )
-    clock = _Clock(loop)
+    monitor = RunMonitor(cfg, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
     try:
         while loop.step < cfg.total_steps and not loop.stopped_early:
             eps = epsilon(cfg, loop.step, agent.updates)
             actions = agent.act(loop.obs, eps)
             next_obs, rewards, terminated, truncated, info = parts.envs.step(actions)
             real_next = true_next_obs(next_obs, info)
-            _check_finite(rewards, real_next, loop.step)
-            _store(parts, actions, rewards, real_next, terminated, truncated)
+            check_transition(rewards, real_next, loop.step)
+            parts.replay.add_step(loop.obs, actions, rewards, real_next, terminated, truncated)
 
             prev, loop.obs = loop.step, next_obs
             loop.step += cfg.num_envs
             for ret, length in finished_episodes(loop.ep_return, loop.ep_length, rewards, terminated, truncated, info):
-                loss, q_mean = _pop_learning_stats(loop)
                 loop.episodes += 1
-                recent.append(ret)
-                logger.row(
-                    "episode",
-                    loop.step,
-                    episode=loop.episodes,
-                    **{"return": ret},
-                    length=length,
-                    epsilon=round(eps, 5),
-                    loss=loss,
-                    q_mean=q_mean,
-                    wall_s=round(clock.wall_s(), 3),
-                )
-                bar.set_postfix(ep=loop.episodes, ret=f"{np.mean(recent):.1f}", eps=f"{eps:.3f}", refresh=False)
+                monitor.episode(loop.step, loop.episodes, ret, length, eps, *pop_learning_stats(loop, loop.step))
 
             if loop.step >= cfg.learning_starts:
                 for _ in range(crossed(prev, loop.step, cfg.train_freq) * cfg.gradient_steps):
@@ -299,182 +294,59 @@ def _run(parts: Parts, run_dir: Path, logger: Logger, progress: bool) -> dict[st
                     agent.update_target()
                     if cfg.tau == 0:
                         break  # repeated hard copies are the same copy
-            bar.update(cfg.num_envs)
+            monitor.advance(cfg.num_envs)
 
             if crossed(prev, loop.step, cfg.eval_every):
-                _evaluate(parts, logger, eval_seed, clock)
+                _evaluate(parts, monitor)
             if crossed(prev, loop.step, cfg.checkpoint_interval) and loop.step < cfg.total_steps:
-                _check_loss(loop)
-                _save(parts, checkpoints, logger, clock)
-            if stop.requested:
+                _save(parts, monitor)
+            if monitor.interrupted:
                 break
     finally:
-        bar.close()
-        stop.restore()
-    if stop.requested:
-        _save(parts, checkpoints, logger, clock)
-        logger.close()
+        monitor.close()
+    if monitor.interrupted:
+        _save(parts, monitor)
+        monitor.logger.close()
         raise KeyboardInterrupt(
             f"interrupted at step {loop.step}; checkpoint saved, continue with `dqnkit train --resume {run_dir}`"
         )
-    sps = clock.steps_per_second()  # the loop's own rate, before the final evaluation and checkpoint
+    sps = monitor.steps_per_second(loop.step)  # the loop's own rate, before the final evaluation and checkpoint
     if cfg.final_eval and loop.eval_step != loop.step:
-        _evaluate(parts, logger, eval_seed, clock)
-    _check_loss(loop)
-    _save(parts, checkpoints, logger, clock)
-    logger.close()
-    loop.wall_s = clock.wall_s()
-    return _finish(parts, run_dir, sps)
-
-
-def _store(
-    parts: Parts,
-    actions: np.ndarray,
-    rewards: np.ndarray,
-    real_next: np.ndarray,
-    terminated: np.ndarray,
-    truncated: np.ndarray,
-) -> None:
-    """One vector step into the replay (through the n-step folder unless frames fold themselves)."""
-    obs = parts.loop.obs
-    if isinstance(parts.replay, FrameReplay):
-        parts.replay.add_step(obs, actions, rewards, real_next, terminated, truncated)
-    else:
-        parts.replay.add_batch(*parts.folder.push(obs, actions, rewards, real_next, terminated, truncated))
-
-
-def _learn_once(parts: Parts) -> None:
-    """Sample, update, and hand the new |TD errors| back to a prioritized replay."""
-    cfg, replay, loop = parts.config, parts.replay, parts.loop
-    prioritized = hasattr(replay, "priorities")
-    if prioritized:
-        replay.priorities.beta = schedules.linear(
-            cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps, loop.step
-        )
-    batch = replay.sample(cfg.batch_size)
-    stats = parts.agent.learn(batch)
-    if prioritized:
-        replay.update_priorities(batch.indices, stats.td_abs.cpu().numpy())
-    loop.loss_sum, loop.q_sum = loop.loss_sum + stats.loss, loop.q_sum + stats.q_mean
-    loop.n_losses += 1
-
-
-def _evaluate(parts: Parts, logger: Logger, seed: int, clock: _Clock) -> None:
-    cfg, loop = parts.config, parts.loop
-    result = evaluate(parts.agent, cfg.env_id, cfg.eval_episodes, seed, cfg.eval_epsilon, gamma=cfg.gamma)
-    returns = result.returns
-    loop.eval_mean, loop.eval_std, loop.eval_step = float(returns.mean()), float(returns.std()), loop.step
-    probe = {}
-    if cfg.log_overestimation:
-        probe["q_pred"], probe["q_real"] = overestimation(parts.agent, result)
-    logger.row(
-        "eval",
-        loop.step,
-        episode=loop.episodes,
-        **{"return": loop.eval_mean},
-        return_std=loop.eval_std,
-        wall_s=round(clock.wall_s(), 3),
-        **probe,
-    )
-    logger.flush()
-    if cfg.stop_at_return is not None and loop.eval_mean >= cfg.stop_at_return:
-        loop.stopped_early = True
-
-
-def _save(parts: Parts, checkpoints: CheckpointDir, logger: Logger, clock: _Clock) -> None:
-    # metrics first: a resumed run keeps exactly the rows up to its checkpoint's step,
-    # so those rows must be on disk before the checkpoint that vouches for them.
-    logger.flush()
-    parts.loop.wall_s = clock.wall_s()
-    checkpoints.save(parts.loop.step, snapshot(parts))
-
-
-class _Clock:
-    """Wall time of a run, summed over the sessions a resumed run was trained in."""
-
-    def __init__(self, loop: Loop) -> None:
-        self.loop, self.start_s, self.start_step = loop, time.perf_counter(), loop.step
-        self.base_s = loop.wall_s
-
-    def wall_s(self) -> float:
-        return self.base_s + time.perf_counter() - self.start_s
-
-    def steps_per_second(self) -> float:
-        """Of this session only (a resumed run's earlier sessions may have run elsewhere)."""
-        return (self.loop.step - self.start_step) / max(time.perf_counter() - self.start_s, 1e-9)
-
-
-def _finish(parts: Parts, run_dir: Path, sps: float) -> dict[str, Any]:
-    cfg, loop = parts.config, parts.loop
+        _evaluate(parts, monitor)
+    _save(parts, monitor)
+    parts.envs.close()
     summary = {
-        "env_id": cfg.env_id,
-        "preset": cfg.preset,
-        "seed": cfg.seed,
-        "steps": loop.step,
-        "episodes": loop.episodes,
-        "updates": parts.agent.updates,
-        "eval_return_mean": loop.eval_mean,
-        "eval_return_std": loop.eval_std,
-        "eval_episodes": cfg.eval_episodes,
-        "stopped_early": loop.stopped_early,
+        **run_summary(cfg, loop.step, loop.episodes, agent, loop.eval_mean, loop.eval_std, loop.stopped_early),
         "resumed_with_fresh_episodes": loop.env_fresh_reset,
         "wall_s": round(loop.wall_s, 3),
         "sps": round(sps, 1),
-        "device": str(parts.agent.device),
-        "dqnkit_version": __version__,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    learning_curve(
-        run_dir / "metrics.csv", run_dir / "learning_curve.png", title=f"{cfg.preset} on {cfg.env_id}, seed {cfg.seed}"
-    )
-    parts.envs.close()
-    return summary
+    return monitor.finish(summary, title=f"{cfg.preset} on {cfg.env_id}, seed {cfg.seed}")
 
 
-def _check_finite(rewards: np.ndarray, next_obs: np.ndarray, step: int) -> None:
-    if not np.isfinite(rewards).all():
-        raise NonFiniteError(f"non-finite reward {rewards.tolist()} at step {step}; the last checkpoint is kept")
-    if next_obs.dtype.kind == "f" and not np.isfinite(next_obs).all():
-        raise NonFiniteError(f"non-finite observation at step {step}; the last checkpoint is kept")
+def _learn_once(parts: Parts) -> None:
+    """Sample, update, and hand the new |TD errors| back (a no-op for uniform replay)."""
+    cfg, replay, loop = parts.config, parts.replay, parts.loop
+    beta = schedules.linear(cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps, loop.step)
+    batch = replay.sample(cfg.batch_size, beta)
+    stats = parts.agent.learn(batch)
+    replay.update_priorities(batch.indices, stats.td_abs)
+    record_learning_stats(loop, stats)
 
 
-def _check_loss(loop: Loop) -> None:
-    if not torch.isfinite(loop.loss_sum):
-        raise NonFiniteError(
-            f"non-finite loss by step {loop.step} (try a lower lr or max_grad_norm); the last checkpoint is kept"
-        )
+def _evaluate(parts: Parts, monitor: RunMonitor) -> None:
+    loop = parts.loop
+    loop.eval_mean, loop.eval_std = monitor.evaluate(parts.agent, loop.step, loop.episodes)
+    loop.eval_step = loop.step
+    loop.stopped_early = loop.stopped_early or monitor.reached_goal(loop.eval_mean)
 
 
-def _pop_learning_stats(loop: Loop) -> tuple[float | None, float | None]:
-    """Mean loss and Q since the last call (None before learning starts); resets the sums."""
-    _check_loss(loop)
-    if not loop.n_losses:
-        return None, None
-    means = ((loop.loss_sum / loop.n_losses).item(), (loop.q_sum / loop.n_losses).item())
-    loop.loss_sum, loop.q_sum, loop.n_losses = torch.zeros(()), torch.zeros(()), 0
-    return means
+def _save(parts: Parts, monitor: RunMonitor) -> None:
+    check_loss(parts.loop.loss_sum, parts.loop.step)
+    parts.loop.wall_s = monitor.wall_s()
+    monitor.save(parts.loop.step, snapshot(parts))
 
 
-class _StopFlag:
-    """Turns Ctrl-C into a flag checked between iterations, so the checkpoint written on
-    the way out is taken at a consistent point."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-# ----------------------------------------------------------------------------- helpers
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu. Asking for cuda without one is an error."""
     if name == "auto":
@@ -482,23 +354,3 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda requested but torch sees no CUDA GPU; use --device cpu or auto")
     return torch.device(name)
-
-
-def default_run_dir(config: Config, prefix: str = "") -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = config.preset if config.preset != "custom" else config.env_id.replace("/", "_")
-    return Path("runs") / f"{prefix}{name}-s{config.seed}-{stamp}"
-
-
-def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Create ``run_dir``; a non-empty one is only replaced with explicit consent."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise DqnkitError(f"{run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise DqnkitError(
-                f"run directory {run_dir} is not empty; continue it with "
-                f"`dqnkit train --resume {run_dir}` or replace it with --overwrite"
-            )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)

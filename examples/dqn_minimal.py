@@ -46,5 +46,5 @@ for step in range(1, cfg.total_steps + 1):
             agent.learn(replay.sample(cfg.batch_size))
     if step >= cfg.learning_starts and step % cfg.target_update_interval == 0:
         agent.update_target()
-    if step % 5000 == 0 and returns:
+    if (step % 5000 == 0 or step == cfg.total_steps) and returns:
         print(f"step {step:6d}  episodes {len(returns):4d}  mean return (last 20) {np.mean(returns[-20:]):6.1f}")

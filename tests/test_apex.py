@@ -37,6 +37,14 @@ def test_apex_refuses_bad_input(capsys, tmp_path):
     assert capsys.readouterr().err.count("error:") == 2
 
 
+@pytest.mark.parametrize("key", ["eps_end=0.1", "exploration_steps=500", "prioritized=false"])
+def test_apex_refuses_keys_it_would_not_honour(key, capsys, tmp_path):
+    assert main(["apex", "--set", key, "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--set {key.split('=')[0]} does not apply to apex" in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture
 def ray_installed():
     return pytest.importorskip("ray")
@@ -87,3 +95,22 @@ def test_bench_apex_reports_collection_and_learner(tmp_path, capsys, ray_install
     assert row["actors"] == 1 and row["collect_only_sps"] > 0 and row["learner_updates_per_s"] > 0
     assert 0.0 <= row["learner_idle_fraction"] <= 1.0
     assert "learner idle" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_learner_and_evaluations_carry_the_overestimation_probe(tmp_path, ray_installed):
+    from dqnkit import load
+    from dqnkit.distributed import apex
+
+    def press_ctrl_c(run):
+        if run.env_steps >= 2000:
+            os.kill(os.getpid(), signal.SIGINT)  # the monitor turns it into a flag
+
+    cfg = presets.get("cartpole", total_steps=20_000, log_overestimation=True, **{**FAST, "eval_every": 1000})
+    with pytest.raises(KeyboardInterrupt, match="the learner is saved"):
+        apex.run(cfg, tmp_path / "run", ApexOptions(actors=1), callback=press_ctrl_c)
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["kind"] == "eval"]
+    assert evals and all(r["q_pred"] and r["q_real"] for r in evals)  # log_overestimation is honoured
+    agent = load(tmp_path / "run")  # an Ape-X checkpoint loads like any run's
+    assert agent.updates > 0
+    assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--json"]) == 0

@@ -47,7 +47,11 @@ def test_train_eval_resume_round_trip(tmp_path):
     run = tmp_path / "run"
     result = dqnkit("train", "--preset", "cartpole", "--seed", "2", "--run-dir", str(run), *TINY)
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # a person reads the result, where the run is and what to run next; JSON is behind --json
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("600 steps in") and "evaluation return" in lines[0]
+    assert f"run directory: {run}" in lines[1] and f"dqnkit eval {run}" in lines[2]
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 600 and summary["seed"] == 2
     assert json.loads((run / "config.json").read_text())["seed"] == 2
 
@@ -57,9 +61,10 @@ def test_train_eval_resume_round_trip(tmp_path):
     assert out["episodes"] == 3 and len(out["returns"]) == 3
     assert out["return_mean"] == pytest.approx(sum(out["returns"]) / 3)
 
-    result = dqnkit("train", "--resume", str(run), "--steps", "900", "--quiet")
+    result = dqnkit("train", "--resume", str(run), "--steps", "900", "--quiet", "--json")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1])["steps"] == 900
+    assert json.loads(result.stdout) == json.loads((run / "summary.json").read_text())
+    assert json.loads(result.stdout)["steps"] == 900
 
 
 def test_presets_listing_and_detail(capsys):
@@ -112,6 +117,6 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
 
 def test_minimal_example_runs():
     example = Path(__file__).parent.parent / "examples" / "dqn_minimal.py"
-    result = subprocess.run([sys.executable, str(example), "5000"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, str(example), "2500"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "step   5000" in result.stdout
+    assert "step   2500" in result.stdout

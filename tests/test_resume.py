@@ -13,6 +13,7 @@ import pytest
 from dqnkit import Config, load, presets, resume, train
 from dqnkit.errors import NonFiniteError
 from dqnkit.logger import read_metrics
+from dqnkit.training import load_checkpoint
 
 SETTINGS = dict(
     total_steps=4000,
@@ -127,15 +128,57 @@ def test_non_finite_reward_stops_with_a_named_error(tmp_path):
         train(cfg, tmp_path / "run")
 
 
+def test_non_finite_evaluation_return_stops_with_a_named_error(tmp_path, monkeypatch):
+    import dqnkit.monitor
+
+    real = dqnkit.monitor.evaluate
+
+    def nan_returns(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return result._replace(returns=np.full_like(result.returns, np.nan))
+
+    monkeypatch.setattr(dqnkit.monitor, "evaluate", nan_returns)
+    cfg = presets.get("cartpole", **{**SETTINGS, "total_steps": 1000, "eval_every": 500})
+    with pytest.raises(NonFiniteError, match="non-finite evaluation return at step 500"):
+        train(cfg, tmp_path / "run")
+    assert not [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["kind"] == "eval"]
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
-    cfg = presets.get(
-        "cartpole", **{**SETTINGS, "total_steps": 1500, "lr": 1e30, "max_grad_norm": 0.0, "checkpoint_every": 100_000}
-    )
+    # updates start after the first checkpoint (step 500) and diverge at once (lr 1e30)
+    cfg = presets.get("cartpole", **{**SETTINGS, "total_steps": 1500, "learning_starts": 600, "lr": 1e30})
     with pytest.raises(NonFiniteError, match="non-finite loss"):
         train(cfg, tmp_path / "run")
+    kept = load_checkpoint(tmp_path / "run")
+    assert kept["loop"]["step"] == 500
+    assert np.isfinite(_q(tmp_path / "run")).all()  # the kept agent is the sound one
 
 
-def test_checkpoint_files_are_never_partial(tmp_path):
-    train(presets.get("cartpole", **{**SETTINGS, "total_steps": 1000}), tmp_path / "run")
-    names = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
-    assert names == ["latest.pt", "step_0000000500.pt", "step_0000001000.pt"]
+@pytest.mark.parametrize("failing", ["step_0000001000.pt.tmp", "latest.pt.tmp"])
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch, failing):
+    """A crash between writing the new checkpoint and publishing it (the numbered file's
+    rename, or `latest`'s) must leave the previous `latest` whole, and the run resumable."""
+    real_replace = os.replace
+
+    def replace(src, dst):
+        src = Path(src)
+        at_1000 = any((src.parent / name).exists() for name in ("step_0000001000.pt", "step_0000001000.pt.tmp"))
+        if src.name == failing and at_1000 and not_yet:
+            not_yet.clear()
+            raise OSError("disk full (injected)")
+        real_replace(src, dst)
+
+    not_yet = [True]
+    run = tmp_path / "run"
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="injected"):
+        train(presets.get("cartpole", **{**SETTINGS, "total_steps": 1500}), run)
+    monkeypatch.undo()
+    assert load_checkpoint(run)["loop"]["step"] == 500
+    assert resume(run)["steps"] == 1500
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == [
+        "latest.pt",
+        "step_0000000500.pt",
+        "step_0000001000.pt",
+        "step_0000001500.pt",
+    ]

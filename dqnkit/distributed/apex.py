@@ -24,31 +24,33 @@ transition, not FrameReplay's 7 KB, so size ``buffer_size`` accordingly.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 import warnings
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dqnkit import __version__, schedules
-from dqnkit.checkpoint import CheckpointDir
 from dqnkit.config import Config
 from dqnkit.envs import check_env_id, finished_episodes, make_vec_env, true_next_obs
 from dqnkit.errors import DqnkitError
-from dqnkit.evaluate import evaluate
-from dqnkit.logger import Logger
-from dqnkit.plots import learning_curve
+from dqnkit.monitor import (
+    RunMonitor,
+    check_loss,
+    open_run_dir,
+    pop_learning_stats,
+    record_learning_stats,
+    run_summary,
+)
 from dqnkit.replay import PrioritizedReplay
 from dqnkit.replay.nstep import NStepFolder
 from dqnkit.replay.uniform import Batch
+from dqnkit.training import build_agent, resolve_device, spaces
 
 
 def actor_epsilon(i: int, actors: int, base: float = 0.4, alpha: float = 7.0) -> float:
@@ -67,6 +69,23 @@ class ApexOptions:
     max_restarts: int = 3  # per actor
 
 
+# Keys whose meaning Ape-X replaces: its actors explore with fixed epsilons (actor_epsilon) and
+# its replay is prioritized by definition. Setting one explicitly is refused, not ignored.
+NOT_IN_APEX = {
+    **dict.fromkeys(
+        ("eps_schedule", "eps_start", "eps_end", "exploration_fraction", "exploration_steps", "eps_decay"),
+        "Ape-X actors explore with fixed epsilons 0.4 ** (1 + 7 i / (K - 1))",
+    ),
+    "prioritized": "Ape-X's replay is always prioritized",
+}
+
+
+def check_apex_keys(keys: set[str] | list[str]) -> None:
+    """Refuse (exit 2) a config key the user set that Ape-X would not honour."""
+    for key in sorted(set(keys) & set(NOT_IN_APEX)):
+        raise DqnkitError(f"--set {key} does not apply to apex: {NOT_IN_APEX[key]}")
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -83,8 +102,6 @@ class ActorWorker:
     """One Ape-X actor (wrapped as a Ray actor by :func:`run`)."""
 
     def __init__(self, config: Config, index: int, actors: int, replay: Any, store: Any, sync_every: int) -> None:
-        from dqnkit.training import build_agent
-
         torch.set_num_threads(1)
         self.config = config.replace(device="cpu", seed=config.seed + 1000 * (index + 1))
         self.epsilon = actor_epsilon(index, actors)
@@ -160,8 +177,7 @@ class ReplayServer:
 
     def sample(self, batch_size: int, beta: float, count: int) -> list[Batch]:
         """``count`` batches in one call: one round trip per ``count`` updates."""
-        self.replay.beta = beta
-        return [self.replay.sample(batch_size) for _ in range(count)]
+        return [self.replay.sample(batch_size, beta) for _ in range(count)]
 
     def update_priorities(self, updates: list[tuple[np.ndarray, np.ndarray]]) -> None:
         for indices, priorities in updates:
@@ -189,8 +205,6 @@ class Apex:
     ) -> None:
         """``spaces``: (observation shape, observation dtype, number of actions), as
         :func:`dqnkit.envs.check_env_id` returns them."""
-        from dqnkit.training import build_agent
-
         self.ray = ray = _import_ray()
         self.config, self.run_dir, self.options = config, run_dir, options
         obs_shape, obs_dtype, n_actions = spaces
@@ -215,59 +229,74 @@ class Apex:
         ]
         self.env_steps, self.episodes, self.restarts, self.stopped = 0, 0, 0, False
         self.eval_step, self.eval_mean, self.eval_std = -1, float("nan"), float("nan")
-        self.recent: deque[float] = deque(maxlen=100)
         self.learner_idle_s = 0.0
+        # loss and Q summed over the updates since the last logged episode (as in training)
+        self.loss_sum, self.q_sum, self.n_losses = torch.zeros(()), torch.zeros(()), 0
 
     def _publish(self) -> None:
         self.ray.get(self.store.put.remote(self.agent.updates, _weights(self.agent)))
 
     def run(self, progress: bool = False, callback: Any = None) -> dict[str, Any]:
         """Train to ``total_steps`` env steps (summed over actors), or until an evaluation
-        reaches ``stop_at_return``; returns the summary.
+        reaches ``stop_at_return``; returns the summary. Ctrl-C stops collection, saves the
+        learner and raises KeyboardInterrupt.
 
         ``callback(apex)`` runs once per learner iteration (tests use it to kill an actor).
         """
         ray, cfg = self.ray, self.config
-        self.logger, self.start = Logger(self.run_dir), time.perf_counter()
-        checkpoints = CheckpointDir(self.run_dir, keep=cfg.keep_checkpoints)
-        self.bar = tqdm(total=cfg.total_steps, unit="step", disable=not progress, dynamic_ncols=True, mininterval=0.5)
+        self.monitor = monitor = RunMonitor(cfg, self.run_dir, progress=progress)
         pending: dict[Any, Any] = {}
         next_eval, next_ckpt, sample = cfg.eval_every or cfg.total_steps, cfg.checkpoint_interval, None
-        while not self._finished() or pending:
-            self._dispatch(pending)
-            idle = self._owed_updates() < 1  # nothing to learn: block until an actor reports
-            waited = time.perf_counter()
-            done, _ = (
-                ray.wait(list(pending), num_returns=1 if idle else len(pending), timeout=0.05 if idle else 0)
-                if pending
-                else ([], [])
+        try:
+            while not self._finished() or pending:
+                self._dispatch(pending)
+                idle = self._owed_updates() < 1  # nothing to learn: block until an actor reports
+                waited = time.perf_counter()
+                done, _ = (
+                    ray.wait(list(pending), num_returns=1 if idle else len(pending), timeout=0.05 if idle else 0)
+                    if pending
+                    else ([], [])
+                )
+                if idle and self.env_steps >= cfg.learning_starts:
+                    self.learner_idle_s += time.perf_counter() - waited  # starved: waiting for data
+                for ref in done:
+                    pending.pop(ref)
+                    self._record(ref)
+                sample = self._learn(sample)
+                if self.env_steps >= next_eval and not self._finished():
+                    next_eval += cfg.eval_every or cfg.total_steps
+                    self._evaluate()
+                if self.env_steps >= next_ckpt and not self._finished():
+                    next_ckpt += cfg.checkpoint_interval
+                    self._save()
+                if callback is not None:
+                    callback(self)
+        finally:
+            monitor.close()
+        wall = monitor.wall_s()
+        if monitor.interrupted:
+            self._save()
+            monitor.logger.close()
+            raise KeyboardInterrupt(
+                f"interrupted at step {self.env_steps}; the learner is saved in {self.run_dir} "
+                f"(`dqnkit eval {self.run_dir}`)"
             )
-            if idle and self.env_steps >= cfg.learning_starts:
-                self.learner_idle_s += time.perf_counter() - waited  # starved: waiting for data
-            for ref in done:
-                pending.pop(ref)
-                self._record(ref)
-            sample = self._learn(sample)
-            if self.env_steps >= next_eval and not self.stopped:
-                next_eval += cfg.eval_every or cfg.total_steps
-                self._evaluate()
-            if self.env_steps >= next_ckpt and not self._finished():
-                next_ckpt += cfg.checkpoint_interval
-                self.logger.flush()
-                checkpoints.save(self.env_steps, self._snapshot())
-            if callback is not None:
-                callback(self)
-        self.bar.close()
-        wall = time.perf_counter() - self.start
-        if self.eval_step != self.env_steps and not self.stopped:
+        if cfg.final_eval and self.eval_step != self.env_steps and not self.stopped:
             self._evaluate()
-        self.logger.flush()
-        checkpoints.save(self.env_steps, self._snapshot())
-        self.logger.close()
-        return self._finish(wall)
+        self._save()
+        summary = {
+            **run_summary(cfg, self.env_steps, self.episodes, self.agent, self.eval_mean, self.eval_std, self.stopped),
+            "num_actors": self.options.actors,
+            "actor_restarts": self.restarts,
+            "wall_s": round(wall, 3),
+            "sps": round(self.env_steps / wall, 1),
+            "learner_updates_per_s": round(self.agent.updates / wall, 1),
+            "learner_idle_fraction": round(self.learner_idle_s / wall, 3),
+        }
+        return monitor.finish(summary, title=f"Ape-X, {self.options.actors} actors, {cfg.env_id}")
 
     def _finished(self) -> bool:
-        return self.env_steps >= self.config.total_steps or self.stopped
+        return self.env_steps >= self.config.total_steps or self.stopped or self.monitor.interrupted
 
     def _dispatch(self, pending: dict[Any, Any]) -> None:
         """Give every idle actor its next batch to collect, unless the learner must catch up."""
@@ -284,21 +313,11 @@ class Apex:
             self.restarts += 1  # Ray restarts the actor; its lost batch is not counted
             return
         self.env_steps += report["steps"]
-        self.bar.update(report["steps"])
+        self.monitor.advance(report["steps"])
         for ret, length in report["episodes"]:
             self.episodes += 1
-            self.recent.append(ret)
-            self.logger.row(
-                "episode",
-                self.env_steps,
-                episode=self.episodes,
-                **{"return": ret},
-                length=length,
-                epsilon=report["epsilon"],
-                wall_s=round(time.perf_counter() - self.start, 3),
-            )
-        if self.recent:
-            self.bar.set_postfix(ret=f"{np.mean(self.recent):.1f}", upd=self.agent.updates, refresh=False)
+            loss, q_mean = pop_learning_stats(self, self.env_steps)
+            self.monitor.episode(self.env_steps, self.episodes, ret, length, report["epsilon"], loss, q_mean)
 
     def _owed_updates(self) -> float:
         """Updates the learner is behind single-process training's replay ratio
@@ -328,6 +347,7 @@ class Apex:
         priorities = []
         for batch in batches[:owed]:
             stats = self.agent.learn(batch)
+            record_learning_stats(self, stats)
             priorities.append((batch.indices, stats.td_abs.cpu().numpy()))
             self._after_update()
         self.replay.update_priorities.remote(priorities)
@@ -345,60 +365,22 @@ class Apex:
             self._publish()
 
     def _evaluate(self) -> None:
-        cfg = self.config
-        returns = evaluate(
-            self.agent, cfg.env_id, cfg.eval_episodes, 1_000_000 + 1000 * cfg.seed, cfg.eval_epsilon, gamma=cfg.gamma
-        ).returns
-        self.eval_step, self.eval_mean, self.eval_std = self.env_steps, float(returns.mean()), float(returns.std())
-        self.logger.row(
-            "eval",
-            self.env_steps,
-            episode=self.episodes,
-            **{"return": self.eval_mean},
-            return_std=self.eval_std,
-            wall_s=round(time.perf_counter() - self.start, 3),
-        )
-        self.logger.flush()
-        if cfg.stop_at_return is not None and self.eval_mean >= cfg.stop_at_return:
-            self.stopped = True
+        self.eval_mean, self.eval_std = self.monitor.evaluate(self.agent, self.env_steps, self.episodes)
+        self.eval_step = self.env_steps
+        self.stopped = self.stopped or self.monitor.reached_goal(self.eval_mean)
+
+    def _save(self) -> None:
+        check_loss(self.loss_sum, self.env_steps)
+        self.monitor.save(self.env_steps, self._snapshot())
 
     def _snapshot(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
             "agent": self.agent.state_dict(),
+            "spaces": spaces(self.agent),
             "apex": {"env_steps": self.env_steps, "episodes": self.episodes, "actors": self.options.actors},
             "dqnkit_version": __version__,
         }
-
-    def _finish(self, wall: float) -> dict[str, Any]:
-        cfg = self.config
-        summary = {
-            "env_id": cfg.env_id,
-            "preset": cfg.preset,
-            "seed": cfg.seed,
-            "steps": self.env_steps,
-            "episodes": self.episodes,
-            "updates": self.agent.updates,
-            "eval_return_mean": self.eval_mean,
-            "eval_return_std": self.eval_std,
-            "eval_episodes": cfg.eval_episodes,
-            "stopped_early": self.stopped,
-            "num_actors": self.options.actors,
-            "actor_restarts": self.restarts,
-            "wall_s": round(wall, 3),
-            "sps": round(self.env_steps / wall, 1),
-            "learner_updates_per_s": round(self.agent.updates / wall, 1),
-            "learner_idle_fraction": round(self.learner_idle_s / wall, 3),
-            "device": str(self.agent.device),
-            "dqnkit_version": __version__,
-        }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        learning_curve(
-            self.run_dir / "metrics.csv",
-            self.run_dir / "learning_curve.png",
-            title=f"Ape-X, {self.options.actors} actors, {cfg.env_id}",
-        )
-        return summary
 
     def shutdown(self) -> None:
         self.ray.shutdown()
@@ -414,16 +396,13 @@ def run(
     callback: Any = None,
 ) -> dict[str, Any]:
     """Ape-X training of ``config`` into ``run_dir`` (the ``dqnkit train`` run-dir contract)."""
-    from dqnkit.training import prepare_run_dir, resolve_device
-
     _import_ray()
     if options.actors < 1:
         raise DqnkitError(f"--actors must be at least 1, got {options.actors}")
     spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
     resolve_device(config.device)
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, overwrite)
-    (run_dir / "config.json").write_text(config.to_json())
+    open_run_dir(config, run_dir, overwrite)
     apex = Apex(config, run_dir, options, spaces)
     try:
         return apex.run(progress, callback)

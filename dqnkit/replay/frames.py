@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dqnkit.replay.prioritized import Priorities
+from dqnkit.replay.prioritized import Priorities, to_host
 from dqnkit.replay.uniform import Batch
 
 _NORMAL, _FINAL_TERMINATED, _FINAL_TRUNCATED = 0, 1, 2
@@ -117,8 +117,9 @@ class FrameReplay:
         return envs * self.rows + slots
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, batch_size: int) -> Batch:
-        """``batch_size`` transitions drawn uniformly (with replacement) among sampleable rows."""
+    def sample(self, batch_size: int, beta: float | None = None) -> Batch:
+        """``batch_size`` transitions drawn uniformly (with replacement) among sampleable rows;
+        ``beta`` is for the prioritized buffers' interface (uniform weights are all ones)."""
         idx = np.empty(0, np.int64)
         for _ in range(1000):
             live = np.minimum(self.written, self.rows)
@@ -129,6 +130,9 @@ class FrameReplay:
             if len(idx) == batch_size:
                 return self.gather(idx, np.ones(batch_size, np.float32))
         raise ValueError("no sampleable transition in the replay yet (too few steps stored)")
+
+    def update_priorities(self, indices: np.ndarray, td_errors: Any) -> None:
+        """Nothing to update: uniform sampling has no priorities."""
 
     def sampleable(self, idx: np.ndarray) -> np.ndarray:
         """Which rows (flat indices) are complete transitions whose frames are all in the ring."""
@@ -244,13 +248,16 @@ class PrioritizedFrameReplay(FrameReplay):
         self.priorities.set(candidates[~ok & ~self.pending[candidates]], 0.0)
         return written
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int, beta: float | None = None) -> Batch:
+        """Proportional sample with IS weights corrected with ``beta`` (default: the last one given)."""
+        if beta is not None:
+            self.priorities.beta = beta
         return self.gather(*self.priorities.sample(batch_size, self.rng))
 
-    def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+    def update_priorities(self, indices: np.ndarray, td_errors: Any) -> None:
         """New priorities |td| + eps for sampled rows (rows no longer sampleable stay at 0)."""
         keep = self.sampleable(indices)
-        self.priorities.update(indices[keep], np.asarray(td_errors)[keep])
+        self.priorities.update(indices[keep], to_host(td_errors)[keep])
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **self.priorities.state_dict(), "pending": self.pending.copy()}

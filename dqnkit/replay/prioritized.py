@@ -17,6 +17,12 @@ from dqnkit.replay.sumtree import SumTree
 from dqnkit.replay.uniform import Batch, UniformReplay
 
 
+def to_host(values: Any) -> np.ndarray:
+    """``values`` as a numpy array; a torch tensor (the update's TD errors) is copied from its
+    device here, so only prioritized replay ever pays for that copy."""
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
+
+
 class Priorities:
     """The sum tree and the rules of proportional PER, shared by every prioritized buffer.
 
@@ -49,11 +55,12 @@ class Priorities:
         weights = (self.tree[idx] / total) ** -self.beta  # N cancels in the normalisation
         return idx, (weights / weights.max()).astype(np.float32)
 
-    def update(self, idx: np.ndarray, td_errors: np.ndarray) -> None:
-        """New priorities |td| + eps (duplicates: the last one wins)."""
+    def update(self, idx: np.ndarray, td_errors: Any) -> None:
+        """New priorities |td| + eps (duplicates: the last one wins). ``td_errors``: numpy, or
+        the update's torch tensor, copied to the host here (only prioritized replay needs it)."""
         if len(idx) == 0:
             return
-        priorities = np.abs(np.asarray(td_errors, dtype=np.float64)) + self.eps
+        priorities = np.abs(to_host(td_errors).astype(np.float64)) + self.eps
         self.tree.update(idx, priorities**self.alpha)
         self.max_priority = max(self.max_priority, float(priorities.max()))
 
@@ -79,8 +86,12 @@ class PrioritizedReplay(UniformReplay):
         beta: float = 0.4,
         eps: float = 1e-6,
         seed: int = 0,
+        *,
+        num_envs: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
     ) -> None:
-        super().__init__(capacity, obs_shape, obs_dtype, seed)
+        super().__init__(capacity, obs_shape, obs_dtype, seed, num_envs=num_envs, n_step=n_step, gamma=gamma)
         self.priorities = Priorities(capacity, alpha, beta, eps)
 
     # the PER parameters read and set on the buffer, as the lesson's API does
@@ -102,10 +113,13 @@ class PrioritizedReplay(UniformReplay):
         self.priorities.set_max(slots)
         return slots
 
-    def sample(self, batch_size: int) -> Batch:
-        """Stratified proportional sample with IS weights (max weight in the batch = 1)."""
+    def sample(self, batch_size: int, beta: float | None = None) -> Batch:
+        """Stratified proportional sample with IS weights (max weight in the batch = 1),
+        corrected with ``beta`` (default: the last one given)."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
+        if beta is not None:
+            self.priorities.beta = beta
         return self._gather(*self.priorities.sample(batch_size, self.rng))
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:

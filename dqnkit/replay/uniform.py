@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from dqnkit.replay.nstep import NStepFolder
+
 
 class Batch(NamedTuple):
     """A sampled minibatch (numpy arrays, leading dimension B).
@@ -36,7 +38,17 @@ class UniformReplay:
     bootstraps, so the caller simply does not mark it.
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype: Any = np.float32, seed: int = 0) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: Any = np.float32,
+        seed: int = 0,
+        *,
+        num_envs: int = 1,
+        n_step: int = 1,
+        gamma: float = 0.99,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
@@ -60,9 +72,24 @@ class UniformReplay:
         self.pos = 0  # next slot to write
         self.size = 0
         self.rng = np.random.default_rng(seed)
+        # add_step folds n-step returns on the way in (FrameReplay folds at sample time instead)
+        self.folder = NStepFolder(n_step, gamma, num_envs, self.obs_shape, self.obs_dtype)
 
     def __len__(self) -> int:
         return self.size
+
+    def add_step(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        next_obs: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+    ) -> np.ndarray:
+        """One vector env step [N, ...] (``next_obs``: the true next observations, final ones
+        where an episode ended), folded into n-step transitions; returns the slots written."""
+        return self.add_batch(*self.folder.push(obs, actions, rewards, next_obs, terminated, truncated))
 
     def add(
         self, obs: np.ndarray, action: int, reward: float, next_obs: np.ndarray, terminated: bool, horizon: int = 1
@@ -103,8 +130,9 @@ class UniformReplay:
         self.size = min(self.size + n, self.capacity)
         return slots
 
-    def sample(self, batch_size: int) -> Batch:
-        """``batch_size`` transitions drawn uniformly (with replacement)."""
+    def sample(self, batch_size: int, beta: float | None = None) -> Batch:
+        """``batch_size`` transitions drawn uniformly (with replacement); ``beta`` is for the
+        prioritized buffers' interface (uniform weights are all ones)."""
         if self.size == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         idx = self.rng.integers(0, self.size, size=batch_size)
@@ -123,6 +151,10 @@ class UniformReplay:
             idx,
         )
 
+    def update_priorities(self, indices: np.ndarray, td_errors: Any) -> None:
+        """Nothing to update: a uniform replay has no priorities (and never reads ``td_errors``,
+        so a device tensor passed here is never copied to the host)."""
+
     def __getattr__(self, name: str) -> np.ndarray:
         """``buf.obs``, ``buf.rewards``, ...: each field as a [capacity, ...] view."""
         data = self.__dict__.get("data")
@@ -135,7 +167,8 @@ class UniformReplay:
         """Contents, position and RNG, enough to resume bit for bit."""
         n = self.size
         fields = {name: self.data[name][:n].copy() for name in self.data.dtype.names}
-        return {**fields, "pos": self.pos, "size": n, "rng": self.rng.bit_generator.state}
+        state = {**fields, "pos": self.pos, "size": n, "rng": self.rng.bit_generator.state}
+        return {**state, "folder": self.folder.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         n = int(state["size"])
@@ -145,3 +178,5 @@ class UniformReplay:
             self.data[name][:n] = state[name]
         self.pos, self.size = int(state["pos"]), n
         self.rng.bit_generator.state = state["rng"]
+        if "folder" in state:  # older checkpoints kept the folder beside the replay
+            self.folder.load_state_dict(state["folder"])

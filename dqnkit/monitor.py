@@ -1,0 +1,233 @@
+"""What a run shows and keeps, whoever collects its transitions: `dqnkit train` and Ape-X.
+
+The collecting loop (:mod:`dqnkit.training`, or Ape-X's learner) decides *when*; the monitor
+decides *how*: an episode's row and the progress bar, an evaluation (played, checked, logged,
+compared with ``stop_at_return``), a checkpoint (metrics first), Ctrl-C, and what the run
+leaves behind (``summary.json``, ``learning_curve.png``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dqnkit import __version__
+from dqnkit.checkpoint import CheckpointDir
+from dqnkit.config import Config
+from dqnkit.diagnostics import overestimation
+from dqnkit.errors import DqnkitError, NonFiniteError
+from dqnkit.evaluate import evaluate
+from dqnkit.logger import Logger, read_metrics
+from dqnkit.plots import learning_curve
+
+
+def default_run_dir(config: Config, prefix: str = "") -> Path:
+    """``runs/<prefix><preset or env>-s<seed>-<time>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = config.preset if config.preset != "custom" else config.env_id.replace("/", "_")
+    return Path("runs") / f"{prefix}{name}-s{config.seed}-{stamp}"
+
+
+def open_run_dir(config: Config, run_dir: Path, overwrite: bool) -> None:
+    """Create ``run_dir`` with the run's ``config.json``; a non-empty one is only replaced with
+    explicit consent (``overwrite``), so nothing written before is lost by accident."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DqnkitError(f"{run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise DqnkitError(
+                f"run directory {run_dir} is not empty; continue it with "
+                f"`dqnkit train --resume {run_dir}` or replace it with --overwrite"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(config.to_json())
+
+
+def run_summary(
+    config: Config,
+    steps: int,
+    episodes: int,
+    agent: Any,
+    eval_mean: float,
+    eval_std: float,
+    stopped_early: bool,
+) -> dict[str, Any]:
+    """The summary fields every run reports (`dqnkit train` and Ape-X add their own)."""
+    return {
+        "env_id": config.env_id,
+        "preset": config.preset,
+        "seed": config.seed,
+        "steps": steps,
+        "episodes": episodes,
+        "updates": agent.updates,
+        "eval_return_mean": eval_mean,
+        "eval_return_std": eval_std,
+        "eval_episodes": config.eval_episodes,
+        "stopped_early": stopped_early,
+        "device": str(agent.device),
+    }
+
+
+class RunMonitor:
+    """Logging, evaluation, checkpoints, Ctrl-C and the summary of one run in ``run_dir``.
+
+    ``step`` and ``wall_s`` are where a resumed run continues from (its metrics rows past
+    ``step`` are dropped: they are logged again); a fresh run starts at 0.
+    """
+
+    def __init__(
+        self, config: Config, run_dir: Path, *, step: int = 0, wall_s: float = 0.0, progress: bool = False
+    ) -> None:
+        self.config, self.run_dir = config, run_dir
+        self.logger = Logger(run_dir, resume_step=step if step else None)
+        self.checkpoints = CheckpointDir(run_dir, keep=config.keep_checkpoints)
+        episodes = (float(r["return"]) for r in read_metrics(self.logger.path) if r["kind"] == "episode")
+        self.recent: deque[float] = deque(episodes, maxlen=100)
+        self.eval_seed = 1_000_000 + 1000 * config.seed  # fixed across evaluations: comparable points
+        self._bar = tqdm(
+            total=config.total_steps,
+            initial=step,
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+        self._start_s, self._start_step, self._base_s = time.perf_counter(), step, wall_s
+        self._stop = _StopFlag()
+
+    # ------------------------------------------------------------------ time and progress
+    def wall_s(self) -> float:
+        """Training time, summed over the sessions a resumed run was trained in."""
+        return self._base_s + time.perf_counter() - self._start_s
+
+    def steps_per_second(self, step: int) -> float:
+        """Of this session only (a resumed run's earlier sessions may have run elsewhere)."""
+        return (step - self._start_step) / max(time.perf_counter() - self._start_s, 1e-9)
+
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C was pressed: the loop stops at its next consistent point and saves."""
+        return self._stop.requested
+
+    def advance(self, steps: int) -> None:
+        self._bar.update(steps)
+
+    # ------------------------------------------------------------------ what is logged
+    def episode(
+        self,
+        step: int,
+        episode: int,
+        ret: float,
+        length: int,
+        epsilon: float,
+        loss: float | None = None,
+        q_mean: float | None = None,
+    ) -> None:
+        """One finished episode: a metrics row, and the bar's recent return."""
+        self.recent.append(ret)
+        values = {"return": ret, "length": length, "epsilon": round(epsilon, 5), "loss": loss, "q_mean": q_mean}
+        self.logger.row("episode", step, episode=episode, **values, wall_s=round(self.wall_s(), 3))
+        self._bar.set_postfix(ep=episode, ret=f"{np.mean(self.recent):.1f}", eps=f"{epsilon:.3f}", refresh=False)
+
+    def evaluate(self, agent: Any, step: int, episodes: int) -> tuple[float, float]:
+        """Play ``eval_episodes`` greedy episodes; log them; (mean, std) of their returns."""
+        cfg = self.config
+        result = evaluate(agent, cfg.env_id, cfg.eval_episodes, self.eval_seed, cfg.eval_epsilon, gamma=cfg.gamma)
+        mean, std = float(result.returns.mean()), float(result.returns.std())
+        if not math.isfinite(mean):
+            raise NonFiniteError(f"non-finite evaluation return at step {step}; the last checkpoint is kept")
+        probe = {}
+        if cfg.log_overestimation:
+            probe["q_pred"], probe["q_real"] = overestimation(agent, result)
+        values = {"return": mean, "return_std": std, "wall_s": round(self.wall_s(), 3), **probe}
+        self.logger.row("eval", step, episode=episodes, **values)
+        self.logger.flush()
+        return mean, std
+
+    def reached_goal(self, eval_mean: float) -> bool:
+        """The evaluation met ``stop_at_return``: the run may stop early."""
+        return self.config.stop_at_return is not None and eval_mean >= self.config.stop_at_return
+
+    def save(self, step: int, payload: dict[str, Any]) -> None:
+        """A checkpoint of ``step``. Metrics first: a resumed run keeps exactly the rows up to
+        its checkpoint's step, so they must be on disk before the checkpoint that vouches for them."""
+        self.logger.flush()
+        self.checkpoints.save(step, payload)
+
+    # ------------------------------------------------------------------ the end
+    def close(self) -> None:
+        """Stop the bar and give Ctrl-C back; the run's files stay open for :meth:`finish`."""
+        self._bar.close()
+        self._stop.restore()
+
+    def finish(self, summary: dict[str, Any], title: str) -> dict[str, Any]:
+        """Write ``summary.json`` (with the version) and the learning curve; return the summary."""
+        self.logger.close()
+        summary = {**summary, "dqnkit_version": __version__}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png", title=title)
+        return summary
+
+
+def check_loss(loss_sum: torch.Tensor, step: int) -> None:
+    """A non-finite loss stops the run with a named error (the last checkpoint stays)."""
+    if not torch.isfinite(loss_sum):
+        raise NonFiniteError(
+            f"non-finite loss by step {step} (try a lower lr or max_grad_norm); the last checkpoint is kept"
+        )
+
+
+def check_transition(rewards: np.ndarray, next_obs: np.ndarray, step: int) -> None:
+    """Non-finite rewards or observations stop the run before they reach the replay."""
+    if not np.isfinite(rewards).all():
+        raise NonFiniteError(f"non-finite reward {rewards.tolist()} at step {step}; the last checkpoint is kept")
+    if next_obs.dtype.kind == "f" and not np.isfinite(next_obs).all():
+        raise NonFiniteError(f"non-finite observation at step {step}; the last checkpoint is kept")
+
+
+def record_learning_stats(state: Any, stats: Any) -> None:
+    """Add one update's loss and mean Q to ``state.loss_sum`` / ``state.q_sum`` / ``state.n_losses``
+    (tensors: adding them never waits for the device)."""
+    state.loss_sum, state.q_sum = state.loss_sum + stats.loss, state.q_sum + stats.q_mean
+    state.n_losses += 1
+
+
+def pop_learning_stats(state: Any, step: int) -> tuple[float | None, float | None]:
+    """Mean loss and Q since the last call (None before learning starts); resets the sums.
+    A non-finite loss stops the run here, at the first episode row that would show it."""
+    check_loss(state.loss_sum, step)
+    if not state.n_losses:
+        return None, None
+    means = ((state.loss_sum / state.n_losses).item(), (state.q_sum / state.n_losses).item())
+    state.loss_sum, state.q_sum, state.n_losses = torch.zeros(()), torch.zeros(()), 0
+    return means
+
+
+class _StopFlag:
+    """Turns Ctrl-C into a flag checked between iterations, so the checkpoint written on
+    the way out is taken at a consistent point."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
