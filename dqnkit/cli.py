@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(apex, default_dir="runs/apex-<preset>-s<seed>-<time>")
     apex.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
     apex.add_argument("--ray-address", help="join this Ray cluster (`auto` or host:port); default: start a local one")
+    apex.add_argument("--ray-timeout", type=float, default=10.0, help="seconds to wait to join --ray-address (10)")
+    apex.add_argument("--actor-resource", action="append", default=[], metavar="NAME[=AMOUNT]",
+                      help="a custom Ray resource each actor needs (actors go to nodes that offer it)")  # fmt: skip
+    apex.add_argument("--actor-timeout", type=float, default=120.0,
+                      help="stop, learner saved, when no actor has reported for this many seconds (120)")  # fmt: skip
 
     ev = sub.add_parser("eval", help="play greedy episodes with a trained run's agent")
     ev.add_argument("run_dir", type=Path)
@@ -212,10 +217,30 @@ def _apex(args: argparse.Namespace) -> int:
     apex.check_apex_keys(parse_overrides(args.overrides).keys())
     config = _config(args)
     run_dir = args.run_dir or default_run_dir(config, prefix="apex-")
-    options = apex.ApexOptions(actors=args.actors, ray_address=args.ray_address)
+    check_range("--ray-timeout", args.ray_timeout, 0.0, None, lo_open=True)
+    check_range("--actor-timeout", args.actor_timeout, 0.0, None, lo_open=True)
+    options = apex.ApexOptions(
+        actors=args.actors,
+        ray_address=args.ray_address,
+        actor_resources=tuple(_resource(spec) for spec in args.actor_resource),
+        connect_timeout_s=args.ray_timeout,
+        actor_timeout_s=args.actor_timeout,
+    )
     summary = apex.run(config, run_dir, options, overwrite=args.overwrite, progress=not args.quiet)
     _report(summary, run_dir, args.json)
     return 0
+
+
+def _resource(spec: str) -> tuple[str, float]:
+    """``NAME`` or ``NAME=AMOUNT`` (default 1) -> (name, amount)."""
+    name, _, amount = spec.partition("=")
+    try:
+        value = float(amount) if amount else 1.0
+    except ValueError:
+        value = -1.0
+    if not name or value <= 0:
+        raise DqnkitError(f"--actor-resource expects NAME or NAME=AMOUNT with AMOUNT > 0, got {spec!r}")
+    return name, value
 
 
 def _eval(args: argparse.Namespace) -> int:

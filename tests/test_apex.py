@@ -4,6 +4,7 @@ actor killed mid-run, and the install hint when Ray is missing."""
 import json
 import os
 import signal
+import socket
 import sys
 
 import pytest
@@ -42,6 +43,26 @@ def test_apex_refuses_keys_it_would_not_honour(key, capsys, tmp_path):
     assert main(["apex", "--set", key, "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"--set {key.split('=')[0]} does not apply to apex" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--ray-address", "127.0.0.1:{port}"], "nothing answers at Ray address 127.0.0.1:{port}"),
+        (["--ray-address", "no-port-here"], "is not host:port or auto"),
+        (["--actor-resource", "=3"], "--actor-resource expects NAME or NAME=AMOUNT"),
+        (["--ray-timeout", "0"], "--ray-timeout"),
+    ],
+)
+def test_apex_refuses_a_bad_cluster_address_in_one_line(args, fragment, capsys, tmp_path, ray_installed):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [a.format(port=port) for a in args]
+    assert main(["apex", *args, "--steps", "3000", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and fragment.format(port=port) in err, err
     assert not (tmp_path / "run").exists()
 
 

@@ -24,7 +24,6 @@ transition, not FrameReplay's 7 KB, so size ``buffer_size`` accordingly.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import warnings
@@ -37,6 +36,7 @@ import torch
 
 from dqnkit import __version__, schedules
 from dqnkit.config import Config
+from dqnkit.distributed.cluster import connect
 from dqnkit.envs import check_env_id, finished_episodes, make_vec_env, true_next_obs
 from dqnkit.errors import DqnkitError
 from dqnkit.monitor import (
@@ -67,6 +67,9 @@ class ApexOptions:
     publish_every: int = 25  # learner updates between weight publications
     batches_per_request: int = 8  # batches fetched (and priority updates sent) per replay round trip
     max_restarts: int = 3  # per actor
+    actor_resources: tuple[tuple[str, float], ...] = ()  # custom Ray resources each actor needs
+    connect_timeout_s: float = 10.0  # joining ray_address gives up after this
+    actor_timeout_s: float = 120.0  # no actor reporting for this long stops the run (saved)
 
 
 # Keys whose meaning Ape-X replaces: its actors explore with fixed epsilons (actor_epsilon) and
@@ -84,6 +87,20 @@ def check_apex_keys(keys: set[str] | list[str]) -> None:
     """Refuse (exit 2) a config key the user set that Ape-X would not honour."""
     for key in sorted(set(keys) & set(NOT_IN_APEX)):
         raise DqnkitError(f"--set {key} does not apply to apex: {NOT_IN_APEX[key]}")
+
+
+def _check_resources(ray: Any, wanted: dict[str, float]) -> None:
+    """Refuse actor resources that no node of the cluster offers (they would never start)."""
+    offered = ray.cluster_resources()
+    for name, amount in wanted.items():
+        if offered.get(name, 0) < amount:
+            custom = sorted(k for k in offered if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                            and not k.startswith("node:"))  # fmt: skip
+            raise DqnkitError(
+                f"--actor-resource {name}={amount:g}: the cluster offers {offered.get(name, 0):g} "
+                f"(custom resources there: {', '.join(custom) or 'none'}); start a node with "
+                f"`ray start --resources '{{\"{name}\": N}}'`"
+            )
 
 
 def _import_ray() -> Any:
@@ -121,6 +138,9 @@ class ActorWorker:
         self.ep_return = np.zeros(config.num_envs)
         self.ep_length = np.zeros(config.num_envs, np.int64)
         self.version, self.steps = -1, 0
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()
         self._pull()
 
     def pid(self) -> int:
@@ -146,7 +166,8 @@ class ActorWorker:
             self.replay.add.remote(fields, self.agent.priorities(batch))
         if self.steps % self.sync_every < vector_steps * self.config.num_envs:
             self._pull()
-        return {"steps": vector_steps * self.config.num_envs, "episodes": episodes, "epsilon": self.epsilon}
+        steps = vector_steps * self.config.num_envs
+        return {"steps": steps, "episodes": episodes, "epsilon": self.epsilon, "node": self.node}
 
     def _pull(self) -> None:
         import ray
@@ -198,7 +219,8 @@ class WeightStore:
 
 
 class Apex:
-    """One Ape-X run: start the cluster's actors, learn until ``total_steps`` env steps."""
+    """One Ape-X run on a connected Ray cluster: start the actors, learn until ``total_steps``
+    env steps."""
 
     def __init__(
         self, config: Config, run_dir: Path, options: ApexOptions, spaces: tuple[tuple[int, ...], np.dtype, int]
@@ -208,21 +230,25 @@ class Apex:
         self.ray = ray = _import_ray()
         self.config, self.run_dir, self.options = config, run_dir, options
         obs_shape, obs_dtype, n_actions = spaces
-        quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
-        if options.ray_address:
-            ray.init(address=options.ray_address, **quiet)
-        else:  # a local cluster; one logical CPU per actor even on a smaller machine
-            ray.init(num_cpus=max(os.cpu_count() or 1, options.actors), include_dashboard=False, **quiet)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.seed)
         # batches arrive read-only from the object store; the learner never writes to them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.agent = build_agent(config, obs_shape, n_actions)
-        self.replay = ray.remote(num_cpus=0)(ReplayServer).remote(config, obs_shape, obs_dtype)
-        self.store = ray.remote(num_cpus=0)(WeightStore).remote()
+        # the replay and the weight store live beside the learner: samples never cross the
+        # network, and losing another node cannot lose them
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.replay = ray.remote(num_cpus=0, scheduling_strategy=here)(ReplayServer).remote(
+            config, obs_shape, obs_dtype
+        )
+        self.store = ray.remote(num_cpus=0, scheduling_strategy=here)(WeightStore).remote()
         self._publish()
-        actor_cls = ray.remote(num_cpus=1, max_restarts=options.max_restarts)(ActorWorker)
+        actor_cls = ray.remote(
+            num_cpus=1, max_restarts=options.max_restarts, resources=dict(options.actor_resources) or None
+        )(ActorWorker)
         self.actors = [
             actor_cls.remote(config, i, options.actors, self.replay, self.store, options.sync_every)
             for i in range(options.actors)
@@ -230,6 +256,8 @@ class Apex:
         self.env_steps, self.episodes, self.restarts, self.stopped = 0, 0, 0, False
         self.eval_step, self.eval_mean, self.eval_std = -1, float("nan"), float("nan")
         self.learner_idle_s = 0.0
+        self.actor_nodes: set[str] = set()  # Ray node ids the actors reported from
+        self.last_report_s = time.perf_counter()
         # loss and Q summed over the updates since the last logged episode (as in training)
         self.loss_sum, self.q_sum, self.n_losses = torch.zeros(()), torch.zeros(()), 0
 
@@ -262,6 +290,7 @@ class Apex:
                 for ref in done:
                     pending.pop(ref)
                     self._record(ref)
+                self._check_actors_alive(pending)
                 sample = self._learn(sample)
                 if self.env_steps >= next_eval and not self._finished():
                     next_eval += cfg.eval_every or cfg.total_steps
@@ -288,12 +317,24 @@ class Apex:
             **run_summary(cfg, self.env_steps, self.episodes, self.agent, self.eval_mean, self.eval_std, self.stopped),
             "num_actors": self.options.actors,
             "actor_restarts": self.restarts,
+            "actor_nodes": sorted(self.actor_nodes),
             "wall_s": round(wall, 3),
             "sps": round(self.env_steps / wall, 1),
             "learner_updates_per_s": round(self.agent.updates / wall, 1),
             "learner_idle_fraction": round(self.learner_idle_s / wall, 3),
         }
         return monitor.finish(summary, title=f"Ape-X, {self.options.actors} actors, {cfg.env_id}")
+
+    def _check_actors_alive(self, pending: dict[Any, Any]) -> None:
+        """Stop (learner saved) when no actor has reported for ``actor_timeout_s``: their
+        node left the cluster and Ray cannot place them anywhere else, or they never started."""
+        silent_s = time.perf_counter() - self.last_report_s
+        if pending and silent_s > self.options.actor_timeout_s:
+            self._save()
+            raise DqnkitError(
+                f"no Ape-X actor has reported for {silent_s:.0f} s (a node left the cluster, or no node can "
+                f"host them); the learner is saved at step {self.env_steps}: `dqnkit eval {self.run_dir}`"
+            )
 
     def _finished(self) -> bool:
         return self.env_steps >= self.config.total_steps or self.stopped or self.monitor.interrupted
@@ -313,6 +354,8 @@ class Apex:
             self.restarts += 1  # Ray restarts the actor; its lost batch is not counted
             return
         self.env_steps += report["steps"]
+        self.actor_nodes.add(report["node"])
+        self.last_report_s = time.perf_counter()
         self.monitor.advance(report["steps"])
         for ret, length in report["episodes"]:
             self.episodes += 1
@@ -382,9 +425,6 @@ class Apex:
             "dqnkit_version": __version__,
         }
 
-    def shutdown(self) -> None:
-        self.ray.shutdown()
-
 
 def run(
     config: Config,
@@ -396,15 +436,17 @@ def run(
     callback: Any = None,
 ) -> dict[str, Any]:
     """Ape-X training of ``config`` into ``run_dir`` (the ``dqnkit train`` run-dir contract)."""
-    _import_ray()
+    ray = _import_ray()
     if options.actors < 1:
         raise DqnkitError(f"--actors must be at least 1, got {options.actors}")
     spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
     resolve_device(config.device)
-    run_dir = Path(run_dir)
-    open_run_dir(config, run_dir, overwrite)
-    apex = Apex(config, run_dir, options, spaces)
+    # a local cluster gets one logical CPU per actor, even on a smaller machine
+    connect(ray, options.ray_address, max(os.cpu_count() or 1, options.actors), options.connect_timeout_s)
     try:
-        return apex.run(progress, callback)
+        _check_resources(ray, dict(options.actor_resources))
+        run_dir = Path(run_dir)
+        open_run_dir(config, run_dir, overwrite)
+        return Apex(config, run_dir, options, spaces).run(progress, callback)
     finally:
-        apex.shutdown()
+        ray.shutdown()
