@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--capacities", help="comma-separated replay sizes (default 10000,100000,1000000)")
     bench.add_argument("--steps", type=int, help="atari-train: env steps per run (default 25000)")
     bench.add_argument("--envs", type=int, help="atari-train: envs of the second row (default 8)")
+    bench.add_argument("--actors", help="apex: comma-separated actor counts (default 1,2)")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), help="atari-train: torch device (default auto)")
 
     tab = sub.add_parser("tabular", help="tabular TD exercises: cliff-walking, random-walk")
@@ -337,6 +338,8 @@ def _bench(args: argparse.Namespace) -> int:
         for flag, value in (("--steps", args.steps), ("--envs", args.envs), ("--device", args.device))
         if value is not None
     ]
+    if args.actors is not None and args.name != "apex":
+        raise DqnkitError("--actors applies to `bench apex` only")
     if given and args.name != "atari-train":
         raise DqnkitError(f"{', '.join(given)} apply to `bench atari-train` only")
     if args.name == "atari-train":
@@ -358,7 +361,7 @@ def _bench(args: argparse.Namespace) -> int:
         if args.name == "apex":
             from dqnkit.bench import apex
 
-            apex.run(out=out)
+            apex.run(actors=_counts("--actors", args.actors or "1,2"), out=out)
         else:
             speed.run(out=out)
         print(f"wrote {out}")
@@ -378,6 +381,17 @@ def _bench(args: argparse.Namespace) -> int:
     replay.run(**({"capacities": sizes} if sizes else {}), seconds=args.seconds, out=out)
     print(f"wrote {out}")
     return 0
+
+
+def _counts(flag: str, text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> (1, 2, 4), each at least 1."""
+    try:
+        counts = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise DqnkitError(f"{flag} expects comma-separated integers, got {text!r}") from None
+    if min(counts) < 1:
+        raise DqnkitError(f"{flag} must each be at least 1, got {text!r}")
+    return counts
 
 
 def _refuse_existing_results(out: Path, overwrite: bool) -> None:

@@ -114,8 +114,21 @@ def test_bench_apex_reports_collection_and_learner(tmp_path, capsys, ray_install
     assert json.loads((tmp_path / "apex.json").read_text()) == result
     row = result["rows"][0]
     assert row["actors"] == 1 and row["collect_only_sps"] > 0 and row["learner_updates_per_s"] > 0
-    assert 0.0 <= row["learner_idle_fraction"] <= 1.0
+    assert 0.0 <= row["learner_idle_fraction"] <= 1.0 and row["collect_scaling"] == 1.0
     assert "learner idle" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["bench", "apex", "--actors", "1,0"], "--actors must each be at least 1"),
+        (["bench", "apex", "--actors", "one"], "--actors expects comma-separated integers"),
+        (["bench", "replay", "--actors", "2"], "--actors applies to `bench apex` only"),
+    ],
+)
+def test_bench_apex_refuses_bad_actor_counts(args, fragment, capsys):
+    assert main(args) == 2
+    assert fragment in capsys.readouterr().err
 
 
 @pytest.mark.slow

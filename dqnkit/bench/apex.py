@@ -1,7 +1,8 @@
-"""``dqnkit bench apex``: Ape-X on this machine with 1 and 2 actors.
+"""``dqnkit bench apex [--actors 1,2,4,8]``: Ape-X on this machine with each actor count.
 
-1. Collection only (learning never starts): env steps/s summed over actors, i.e. how
-   collection scales with actors.
+1. Collection only (learning never starts): env steps/s summed over actors, and its ratio to
+   the first count's (how collection scales with actors; on a machine with fewer cores than
+   actors, the actors share them).
 2. Full runs on the ``cartpole`` preset: env steps/s, learner updates/s, the learner's idle
    fraction (time spent waiting for data once learning started; near 0 = not starved) and
    the final greedy evaluation.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,17 +46,19 @@ def run(steps: int = 20_000, actors: tuple[int, ...] = (1, 2), out: Path | None 
                     "eval_return_mean": full["eval_return_mean"],
                 }
             )
-    result = {"benchmark": "apex", "steps": steps, "preset": "cartpole", "rows": rows}
+    for row in rows:
+        row["collect_scaling"] = round(row["collect_only_sps"] / rows[0]["collect_only_sps"], 2)
+    result = {"benchmark": "apex", "steps": steps, "preset": "cartpole", "cpus": os.cpu_count(), "rows": rows}
     return report(result, _print, out)
 
 
 def _print(r: dict[str, Any]) -> None:
-    print(
-        f"{'actors':>6} {'collect-only steps/s':>21} {'steps/s':>8} {'updates/s':>10} {'learner idle':>13} {'eval':>7}"
-    )
+    print(f"Ape-X, {r['steps']} env steps per run, {r['cpus']} CPUs")
+    head = f"{'actors':>6} {'collect-only steps/s':>21} {'scaling':>8} {'steps/s':>8} {'updates/s':>10}"
+    print(f"{head} {'learner idle':>13} {'eval':>7}")
     for row in r["rows"]:
         print(
-            f"{row['actors']:>6} {row['collect_only_sps']:>21.0f} {row['sps']:>8.0f} "
+            f"{row['actors']:>6} {row['collect_only_sps']:>21.0f} {row['collect_scaling']:>7.2f}x {row['sps']:>8.0f} "
             f"{row['learner_updates_per_s']:>10.0f} {row['learner_idle_fraction']:>13.1%} "
             f"{row['eval_return_mean']:>7.1f}"
         )
