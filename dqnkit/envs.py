@@ -17,6 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import concatenate
 
 from dqnkit.errors import DqnkitError
 from dqnkit.wrappers import make_atari, make_minatar
@@ -83,7 +84,35 @@ def make_vec_env(
         mode = "async" if num_envs > 1 and env_family(env_id) != "vector" else "sync"
     if mode == "async":
         return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=AutoresetMode.SAME_STEP)
-    return gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return LeanSyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
+    """gymnasium's SyncVectorEnv with SAME_STEP autoreset, stepped without its per-step
+    generality: no action iterator or info merging for envs that report nothing, and a plain
+    copy of the batched observations instead of a deepcopy. Same env calls in the same order,
+    so the same transitions, ``final_obs`` and ``final_info`` (tests compare the two); about
+    half the overhead around a CartPole step."""
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        infos: dict[str, Any] = {}
+        for i, env in enumerate(self.envs):
+            obs, self._rewards[i], self._terminations[i], self._truncations[i], env_info = env.step(actions[i])
+            if self._terminations[i] or self._truncations[i]:
+                infos = self._add_info(infos, {"final_obs": obs, "final_info": env_info}, i)
+                obs, env_info = env.reset()
+            self._env_obs[i] = obs
+            if env_info:
+                infos = self._add_info(infos, env_info, i)
+        self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
+        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
+        return (
+            self._observations.copy(),
+            self._rewards.copy(),
+            self._terminations.copy(),
+            self._truncations.copy(),
+            infos,
+        )
 
 
 def finished_episodes(
@@ -102,9 +131,12 @@ def finished_episodes(
     """
     ep_return += rewards
     ep_length += 1
+    ended = terminated | truncated
+    if not ended.any():  # most steps: nothing more to do
+        return []
     games = game_results(info)
     finished = []
-    for i in np.flatnonzero(terminated | truncated):
+    for i in np.flatnonzero(ended):
         result = games.get(int(i), (float(ep_return[i]), int(ep_length[i])))
         ep_return[i], ep_length[i] = 0.0, 0
         if result is not None:

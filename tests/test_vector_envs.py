@@ -103,3 +103,46 @@ def test_envpool_missing_is_a_one_line_error(monkeypatch, capsys, tmp_path):
     )
     assert code == 2 and "pip install envpool envpool-assets" in capsys.readouterr().err
     assert not run.exists()  # refused before anything was written
+
+
+def _same(a, b) -> None:
+    """Equal step outputs: arrays, nested info dicts, object arrays of final observations."""
+    if isinstance(a, tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a.keys() - {"t"}:  # RecordEpisodeStatistics' "t" is wall time
+            _same(a[key], b[key])
+    elif isinstance(a, np.ndarray) and a.dtype == object:
+        assert a.shape == b.shape
+        for x, y in zip(a, b):
+            assert (x is None) == (y is None)
+            if x is not None:
+                _same(x, y)
+    else:
+        np.testing.assert_array_equal(a, b)
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+
+
+@pytest.mark.parametrize("env_id, num_envs, steps", [("CartPole-v1", 3, 300), ("ALE/Breakout-v5", 2, 300)])
+def test_lean_sync_steps_exactly_as_gymnasiums_sync_vector_env(env_id, num_envs, steps):
+    from gymnasium.vector import AutoresetMode
+
+    from dqnkit.envs import LeanSyncVectorEnv, make_env
+
+    if env_id.startswith("ALE/"):
+        pytest.importorskip("ale_py")
+    fns = [lambda: make_env(env_id, training=True) for _ in range(num_envs)]
+    lean = LeanSyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    reference = gym.vector.SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    _same(lean.reset(seed=5), reference.reset(seed=5))
+    rng, ended = np.random.default_rng(0), 0
+    for _ in range(steps):
+        actions = rng.integers(lean.single_action_space.n, size=num_envs)
+        ours, theirs = lean.step(actions), reference.step(actions)
+        _same(ours, theirs)
+        ended += int(ours[2].any() or ours[3].any())
+    assert ended  # episodes (or lives) ended inside the window
+    lean.close(), reference.close()
