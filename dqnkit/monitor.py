@@ -206,12 +206,13 @@ def record_learning_stats(state: Any, stats: Any) -> None:
 def pop_learning_stats(state: Any, step: int) -> tuple[float | None, float | None]:
     """Mean loss and Q since the last call (None before learning starts); resets the sums.
     A non-finite loss stops the run here, at the first episode row that would show it."""
-    check_loss(state.loss_sum, step)
-    if not state.n_losses:
+    if not state.n_losses:  # nothing learned since the last row: the sums are still zero
         return None, None
-    means = ((state.loss_sum / state.n_losses).item(), (state.q_sum / state.n_losses).item())
+    loss, q_mean = (state.loss_sum / state.n_losses).item(), (state.q_sum / state.n_losses).item()
+    if not math.isfinite(loss):  # checked on the host value: a torch.isfinite per episode costs more
+        check_loss(state.loss_sum, step)
     state.loss_sum, state.q_sum, state.n_losses = torch.zeros(()), torch.zeros(()), 0
-    return means
+    return loss, q_mean
 
 
 class _StopFlag:

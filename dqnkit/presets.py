@@ -96,6 +96,32 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             eval_every=10_000,
         ),
     ),
+    "cartpole-cleanrl": (
+        "CleanRL dqn.py's defaults on CartPole-v1 over 100k steps (120x84 MLP, MSE, few updates: "
+        "one per 10 steps), for speed comparisons",
+        dict(
+            env_id="CartPole-v1",
+            total_steps=100_000,
+            lr=2.5e-4,
+            batch_size=128,
+            buffer_size=10_000,
+            learning_starts=10_000,
+            gamma=0.99,
+            target_update_interval=500,
+            train_freq=10,
+            gradient_steps=1,
+            exploration_fraction=0.5,
+            exploration_steps=0,
+            eps_start=1.0,
+            eps_end=0.05,
+            hidden_sizes=(120, 84),
+            loss="mse",
+            max_grad_norm=0.0,
+            double=False,
+            eval_every=0,
+            stop_at_return=None,
+        ),
+    ),
     "cartpole-lesson": (
         "the lesson's DQNAgent: 128-unit MLP, Adam 1e-3, MSE, clip 1.0, eps*0.995 per update, "
         "target copy every 1000 steps",

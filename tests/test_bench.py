@@ -44,13 +44,17 @@ def test_bench_refuses_bad_options(capsys):
 def test_bench_speed_runs_both_libraries(tmp_path, capsys):
     from dqnkit.bench import speed
 
-    result = speed.run(steps=1500, seeds=1, out=tmp_path / "speed.json", cartpole_steps=2000)
+    result = speed.run(steps=1500, seeds=1, out=tmp_path / "speed.json", cartpole_steps=2000, cleanrl_steps=12_000)
     assert json.loads((tmp_path / "speed.json").read_text()) == result
     assert result["sb3_zoo"]["wall_s"] > 0 and result["dqnkit_zoo"]["wall_s"] > 0
     ratio = result["sb3_zoo"]["wall_s"] / result["dqnkit_zoo"]["wall_s"]  # of the rounded times
     assert abs(result["zoo_speedup"] - ratio) < 0.02 * ratio + 0.01
     assert len(result["cartpole"]["runs"]) == 1 and result["cartpole"]["runs"][0]["steps"] <= 2000
-    assert "SB3 DQN, rl-zoo settings" in capsys.readouterr().out
+    k = result["cleanrl_defaults"]
+    assert k["sb3_sps"] > 0 and k["dqnkit_sps"] > 0 and 0 < k["dqnkit_overhead_us_per_step"]
+    assert k["raw_env_step_us"] > 0 and k["steps"] == 12_000
+    out = capsys.readouterr().out
+    assert "SB3 DQN, rl-zoo settings" in out and "CleanRL dqn.py defaults" in out
 
 
 def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):

@@ -6,6 +6,11 @@
    included); SB3's is ``model.learn()``.
 2. dqnkit's ``cartpole`` preset on seeds 0-4: solved count (greedy eval >= 475) and median
    wall time as a fraction of SB3's 50k-step time.
+3. CleanRL dqn.py's defaults (the ``cartpole-cleanrl`` preset: 100k steps, one small update
+   per 10 steps), where the loop's own cost per env step decides the speed: SB3 and dqnkit
+   steps/s (SB3's ``learn()``; dqnkit's loop rate, ``summary.json``'s ``sps``), and dqnkit's
+   overhead per env step, ``(loop time - time inside learn) / steps``, against a bare
+   ``env.step`` of CartPole timed in the same process.
 
 Needs ``pip install 'dqnkit[bench]'`` (stable-baselines3 is never a runtime dependency).
 """
@@ -59,10 +64,84 @@ def _sb3_zoo(steps: int, seed: int) -> tuple[float, float]:
     return wall, float(mean)
 
 
+def _sb3_cleanrl(steps: int, seed: int) -> float:
+    """SB3 DQN at CleanRL dqn.py's defaults; its ``learn()`` steps/s. (SB3's loss is Huber,
+    CleanRL's MSE; SB3 always clips gradients, here at a norm no update reaches.)"""
+    from stable_baselines3 import DQN
+
+    c = presets.get("cartpole-cleanrl")
+    model = DQN(
+        "MlpPolicy",
+        c.env_id,
+        learning_rate=c.lr,
+        batch_size=c.batch_size,
+        buffer_size=c.buffer_size,
+        learning_starts=c.learning_starts,
+        gamma=c.gamma,
+        target_update_interval=c.target_update_interval,
+        train_freq=c.train_freq,
+        gradient_steps=c.gradient_steps,
+        exploration_fraction=c.exploration_fraction,
+        exploration_final_eps=c.eps_end,
+        max_grad_norm=1e9,
+        policy_kwargs={"net_arch": list(c.hidden_sizes)},
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    start = time.perf_counter()
+    model.learn(steps)
+    return steps / (time.perf_counter() - start)
+
+
+def _raw_step_us(steps: int = 20_000) -> float:
+    """Microseconds per bare ``env.step`` of CartPole-v1 (resets included), random actions."""
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(0, 2, size=steps)
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(int(action))
+        if terminated or truncated:
+            env.reset()
+    return (time.perf_counter() - start) / steps * 1e6
+
+
+def _dqnkit_cleanrl(steps: int, seed: int, tmp: Path) -> dict[str, float]:
+    """dqnkit at the same settings: loop steps/s, and loop time outside ``learn`` per step."""
+    from dqnkit.agent import DQNAgent
+
+    inside = [0.0]
+    learn = DQNAgent.learn
+
+    def timed(agent: DQNAgent, batch: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return learn(agent, batch)
+        finally:
+            inside[0] += time.perf_counter() - start
+
+    DQNAgent.learn = timed  # type: ignore[method-assign]  # bench-only instrumentation
+    try:
+        cfg = presets.get("cartpole-cleanrl", seed=seed, total_steps=steps, final_eval=False, checkpoint_every=steps)
+        summary = train(cfg, tmp / "cleanrl")
+    finally:
+        DQNAgent.learn = learn  # type: ignore[method-assign]
+    loop_s = summary["steps"] / summary["sps"]
+    return {"sps": summary["sps"], "overhead_us": (loop_s - inside[0]) / summary["steps"] * 1e6}
+
+
 def run(
-    steps: int = 50_000, seed: int = 0, seeds: int = 5, out: Path | None = None, cartpole_steps: int | None = None
+    steps: int = 50_000,
+    seed: int = 0,
+    seeds: int = 5,
+    out: Path | None = None,
+    cartpole_steps: int | None = None,
+    cleanrl_steps: int = 100_000,
 ) -> dict[str, Any]:
-    """Both parts; ``cartpole_steps`` caps the preset runs (only for quick checks)."""
+    """All three parts; ``cartpole_steps`` caps the preset runs (only for quick checks)."""
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         sb3_wall, sb3_eval = _sb3_zoo(steps, seed)
@@ -82,6 +161,9 @@ def run(
                     "eval_return_mean": summary["eval_return_mean"],
                 }
             )
+        sb3_cleanrl_sps = _sb3_cleanrl(cleanrl_steps, seed)
+        raw_us = _raw_step_us()
+        cleanrl = _dqnkit_cleanrl(cleanrl_steps, seed, Path(tmp))
     median = float(np.median([r["wall_s"] for r in solves]))
     result = {
         "benchmark": "speed",
@@ -101,6 +183,15 @@ def run(
             "median_wall_s": round(median, 2),
             "median_vs_sb3_zoo": round(median / sb3_wall, 3),
         },
+        "cleanrl_defaults": {
+            "steps": cleanrl_steps,
+            "sb3_sps": round(sb3_cleanrl_sps, 1),
+            "dqnkit_sps": round(cleanrl["sps"], 1),
+            "speedup": round(cleanrl["sps"] / sb3_cleanrl_sps, 2),
+            "dqnkit_overhead_us_per_step": round(cleanrl["overhead_us"], 1),
+            "raw_env_step_us": round(raw_us, 1),
+            "overhead_vs_raw_step": round(cleanrl["overhead_us"] / raw_us, 2),
+        },
     }
     return report(result, _print, out)
 
@@ -110,6 +201,13 @@ def _print(r: dict[str, Any]) -> None:
     for name, key in (("SB3 DQN, rl-zoo settings", "sb3_zoo"), ("dqnkit cartpole-zoo", "dqnkit_zoo")):
         print(f"{name:<34} {r[key]['wall_s']:>8.1f} {r[key]['sps']:>9.0f} {r[key]['eval_return_mean']:>7.1f}")
     print(f"dqnkit vs SB3 at identical settings: {r['zoo_speedup']:.2f}x faster")
+    k = r["cleanrl_defaults"]
+    print(
+        f"CleanRL dqn.py defaults, {k['steps']} steps: SB3 {k['sb3_sps']:.0f} steps/s, dqnkit "
+        f"{k['dqnkit_sps']:.0f} steps/s ({k['speedup']:.2f}x); dqnkit's loop outside learn "
+        f"{k['dqnkit_overhead_us_per_step']:.0f} µs/step = {k['overhead_vs_raw_step']:.1f}x a bare CartPole "
+        f"env.step ({k['raw_env_step_us']:.0f} µs)"
+    )
     c = r["cartpole"]
     print(
         f"dqnkit cartpole preset: {c['solved']}/{len(c['runs'])} seeds solved, median {c['median_wall_s']:.1f} s "
