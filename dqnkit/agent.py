@@ -231,6 +231,7 @@ class DQNAgent:
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizer, exploration RNG, noise generator and update count: all a resume needs."""
         return {
             "q_net": self.q_net.state_dict(),
             "target_net": self.target_net.state_dict(),
@@ -241,6 +242,7 @@ class DQNAgent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s content (onto this agent's device; the captured update is rebuilt)."""
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
         self.optimizer.load_state_dict(state["optimizer"])

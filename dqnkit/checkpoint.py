@@ -92,6 +92,7 @@ class CheckpointDir:
 
     @property
     def latest(self) -> Path:
+        """``checkpoints/latest.pt``, a hard link to the newest numbered checkpoint."""
         return self.dir / "latest.pt"
 
     def save(self, step: int, payload: dict[str, Any]) -> Path:

@@ -24,6 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``dqnkit`` argument parser: one subcommand per function below."""
     from dqnkit.config import describe_fields
 
     keys = "\n".join(f"  {name} ({kind}): {help}" for name, kind, help in describe_fields())
@@ -110,6 +111,7 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv``; returns the exit code (0, 2 bad input, 130 interrupted)."""
     try:
         args = build_parser().parse_args(argv)
         if args.version:
@@ -400,6 +402,7 @@ def _refuse_existing_results(out: Path, overwrite: bool) -> None:
 
 
 def entry() -> None:
+    """The ``dqnkit`` console script."""
     sys.exit(main())
 
 

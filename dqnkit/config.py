@@ -173,6 +173,7 @@ class Config:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def to_json(self) -> str:
+        """The whole config as indented JSON (``config.json`` of a run)."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
     @property

@@ -42,6 +42,7 @@ def envpool_task(env_id: str) -> str:
 
 
 def import_envpool() -> Any:
+    """The envpool module, or a one-line error that says how to install it."""
     try:
         import envpool
     except ImportError:
@@ -92,6 +93,7 @@ class EnvpoolAtari:
         return self._stack.copy(), {}
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """One vector step with gymnasium's SAME_STEP semantics (final_obs, life losses, raw scores)."""
         frames, raw, game_over, truncated, info = self._pool.step(np.asarray(actions))
         assert (info["env_id"] == np.arange(self.num_envs)).all()  # a synchronous pool answers in order
         self._stack[:, :-1] = self._stack[:, 1:]
@@ -108,6 +110,7 @@ class EnvpoolAtari:
         return self._stack.copy(), np.clip(raw, -1.0, 1.0), terminated, truncated, out
 
     def close(self) -> None:
+        """Release envpool's threads."""
         self._pool.close()
 
     # ------------------------------------------------------------------ internals

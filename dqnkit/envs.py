@@ -95,6 +95,7 @@ class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
     half the overhead around a CartPole step."""
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every env once (``actions`` [N]); an env that ended is reset in the same step."""
         infos: dict[str, Any] = {}
         for i, env in enumerate(self.envs):
             obs, self._rewards[i], self._terminations[i], self._truncations[i], env_info = env.step(actions[i])

@@ -13,6 +13,8 @@ from dqnkit.envs import make_env
 
 
 class EvalResult(NamedTuple):
+    """What :func:`evaluate` measured, per episode."""
+
     returns: np.ndarray  # [E] undiscounted episode returns (the score people report)
     discounted: np.ndarray  # [E] sum of gamma^t r_t: what Q(s_0, a_0) estimates
     start_obs: np.ndarray  # [E, *obs] the first observation of each episode
@@ -53,6 +55,8 @@ VIDEO_FORMATS = (".mp4", ".gif")
 
 
 class Video(NamedTuple):
+    """What :func:`record_video` wrote."""
+
     path: Path
     frames: int  # frames written: the episode's steps + 1 (its first observation)
     fps: float

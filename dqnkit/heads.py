@@ -41,6 +41,8 @@ Losses = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per-sample loss, pri
 
 
 class Head(NamedTuple):
+    """A loss head: ``expected(out, support)`` -> Q [B, A] and ``loss(HeadInput)`` -> :data:`Losses`."""
+
     expected: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     loss: Callable[[HeadInput], Losses]
 
@@ -120,6 +122,7 @@ def quantile_huber_loss(quantiles_BK: torch.Tensor, targets_BK: torch.Tensor, ka
 
 # ----------------------------------------------------------------------------- none (DQN)
 def q_as_is(out_BA: torch.Tensor, support_K: torch.Tensor) -> torch.Tensor:
+    """DQN's head outputs Q [B, A] already."""
     return out_BA
 
 

@@ -63,6 +63,7 @@ class Logger:
             self._tb.flush()
 
     def close(self) -> None:
+        """Close metrics.csv and the TensorBoard writer."""
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -121,6 +121,7 @@ class RunMonitor:
         return self._stop.requested
 
     def advance(self, steps: int) -> None:
+        """Move the progress bar by ``steps`` env steps."""
         self._bar.update(steps)
 
     # ------------------------------------------------------------------ what is logged

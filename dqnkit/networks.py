@@ -39,6 +39,7 @@ class NoisyLinear(nn.Module):
         self.register_buffer("eps_out", torch.zeros(out_features))
 
     def reset_noise(self, generator: torch.Generator | None = None) -> None:
+        """Draw fresh factorised noise from ``generator`` (the agent's, so runs are seeded)."""
         for eps in (self.eps_in, self.eps_out):
             noise = torch.randn(
                 eps.shape, generator=generator, device=eps.device if generator is None else generator.device
@@ -46,6 +47,7 @@ class NoisyLinear(nn.Module):
             eps.copy_(noise.sign() * noise.abs().sqrt())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` with noisy weights in training mode, mean weights in eval mode."""
         if not self.training:
             return F.linear(x, self.weight_mu, self.bias_mu)
         weight = self.weight_mu + self.weight_sigma * torch.outer(self.eps_out, self.eps_in)
@@ -75,6 +77,7 @@ class DuelingHead(nn.Module):
         self.advantage = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, n_actions * atoms))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Q = V + A - mean(A): [B, hidden] -> [B, A] (or [B, A, K] with atoms)."""
         value, adv = self.value(features), self.advantage(features)
         if self.atoms > 1:
             value, adv = value.view(-1, 1, self.atoms), adv.view(-1, self.n_actions, self.atoms)
@@ -126,6 +129,7 @@ class MLP(nn.Module):
         self.head = _Head(width, n_actions, hidden_sizes[-1] if dueling else None, dueling, atoms, linear)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """[B, *obs] (flattened) -> [B, A] (or [B, A, K])."""
         return self.head(self.body(obs.flatten(1).float()))
 
 
@@ -150,6 +154,7 @@ class NatureCNN(nn.Module):
         self.head = _Head(3136, n_actions, 512, dueling, atoms, linear)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 frames [B, 4, 84, 84] (scaled to [0, 1] here) -> [B, A] (or [B, A, K])."""
         return self.head(self.body(obs.float() / 255.0))
 
 
@@ -171,6 +176,7 @@ class MinAtarCNN(nn.Module):
         self.head = _Head(16 * (h - 2) * (w - 2), n_actions, 128, dueling, atoms, linear)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """MinAtar grids [B, C, 10, 10] -> [B, A] (or [B, A, K])."""
         return self.head(self.body(obs.float()))
 
 

@@ -34,6 +34,7 @@ class FireOnReset(gym.Wrapper):
     """
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        """Reset, then press FIRE (resetting again if that ended the episode)."""
         self.env.reset(**kwargs)
         obs, _, terminated, truncated, info = self.env.step(1)
         if terminated or truncated:
@@ -57,6 +58,7 @@ class EpisodicLife(gym.Wrapper):
         self.game_over = True
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Step; a lost life (not the last) comes back as ``terminated`` with ``info['life_lost']``."""
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.game_over = terminated or truncated
         lives = self.env.unwrapped.ale.lives()
@@ -66,6 +68,7 @@ class EpisodicLife(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
+        """A real reset after a game over; after a lost life, a no-op step that continues the game."""
         if self.game_over:
             obs, info = self.env.reset(**kwargs)
         else:
@@ -86,6 +89,7 @@ class ChannelsFirst(gym.ObservationWrapper):
         self.observation_space = gym.spaces.Box(0, 1, (c, h, w), np.uint8)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
+        """[10, 10, C] bool -> [C, 10, 10] uint8."""
         return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
 
 

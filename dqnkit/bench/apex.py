@@ -22,6 +22,7 @@ from dqnkit.distributed.apex import run as apex_run
 
 
 def run(steps: int = 20_000, actors: tuple[int, ...] = (1, 2), out: Path | None = None) -> dict[str, Any]:
+    """Run each actor count twice (collection only, then learning); print the table, write JSON to ``out``."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in actors:

@@ -86,6 +86,7 @@ def _sb3_buffer(transitions: int) -> Any | None:
 
 
 def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None) -> dict[str, Any]:
+    """Measure the Atari env, replay and update costs for ``seconds`` each; print the table, write JSON to ``out``."""
     result: dict[str, Any] = {"benchmark": "atari", "env_id": ENV_ID, "transitions": transitions}
     result["env_sps"] = {str(n): round(_env_sps(n, seconds), 1) for n in (1, 4)}
     if importlib.util.find_spec("envpool") is not None:

@@ -176,6 +176,7 @@ def _update_ms(device: torch.device, graph: bool, updates: int = 200) -> float:
 def run(
     steps: int = 25_000, envs: int = 8, device: str = "auto", seed: int = 0, out: Path | None = None
 ) -> dict[str, Any]:
+    """Train SB3 and dqnkit on Breakout for ``steps`` with 1 and ``envs`` envs on ``device``; print, write JSON."""
     dev = resolve_device(device)
     result: dict[str, Any] = {
         "benchmark": "atari-train",

@@ -31,6 +31,7 @@ class LessonPER:
         self.position = 0
 
     def sample(self, batch_size: int, beta: float = BETA) -> tuple:
+        """The lesson's O(N) sample: normalise every priority, then ``np.random.choice``."""
         n = len(self.buffer)
         probs = self.priorities[:n] ** self.alpha
         probs /= probs.sum()
@@ -42,6 +43,7 @@ class LessonPER:
         return np.array(states), actions, rewards, np.array(next_states), dones, indices, weights
 
     def update_priorities(self, indices: np.ndarray, td_errors: np.ndarray) -> None:
+        """The lesson's priority update: ``|td| + eps`` written into the flat array."""
         for idx, error in zip(indices, td_errors):
             self.priorities[idx] = abs(error) + 1e-6
 

@@ -60,6 +60,8 @@ def actor_epsilon(i: int, actors: int, base: float = 0.4, alpha: float = 7.0) ->
 
 @dataclass(frozen=True)
 class ApexOptions:
+    """How an Ape-X run is spread over processes; the learning itself is the :class:`Config`."""
+
     actors: int = 2
     ray_address: str | None = None  # None: start a local cluster; "auto" or host:port: join one
     send_every: int = 50  # vector steps an actor collects per batch it sends
@@ -144,6 +146,7 @@ class ActorWorker:
         self._pull()
 
     def pid(self) -> int:
+        """The actor's process id (tests kill it)."""
         return os.getpid()
 
     def collect(self, vector_steps: int) -> dict[str, Any]:
@@ -193,6 +196,7 @@ class ReplayServer:
         )
 
     def add(self, fields: list[np.ndarray], priorities: np.ndarray) -> None:
+        """Store an actor's folded transitions with the priorities the actor computed for them."""
         slots = self.replay.add_batch(*fields)
         self.replay.update_priorities(slots, priorities)
 
@@ -201,6 +205,7 @@ class ReplayServer:
         return [self.replay.sample(batch_size, beta) for _ in range(count)]
 
     def update_priorities(self, updates: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Apply the learner's new priorities, one (indices, |TD|) pair per update."""
         for indices, priorities in updates:
             self.replay.update_priorities(indices, priorities)
 
@@ -212,9 +217,11 @@ class WeightStore:
         self.version, self.weights = -1, None
 
     def put(self, version: int, weights: dict[str, np.ndarray]) -> None:
+        """Publish ``weights`` as ``version`` (the learner's update count)."""
         self.version, self.weights = version, weights
 
     def get(self, known: int) -> tuple[int, dict[str, np.ndarray]] | None:
+        """The weights if newer than version ``known``, else None (nothing to copy)."""
         return (self.version, self.weights) if self.version > known else None
 
 

@@ -26,6 +26,8 @@ from dqnkit.logger import read_metrics
 
 @dataclass(frozen=True)
 class Experiment:
+    """One experiment of the lesson: its variants, seeds, steps and the plots it draws."""
+
     description: str
     preset: str
     steps: int

@@ -73,6 +73,7 @@ class FrameReplay:
 
     @property
     def size(self) -> int:
+        """Rows held (the same as ``len``)."""
         return len(self)
 
     @property
@@ -189,9 +190,11 @@ class FrameReplay:
     _ARRAYS = ("frames", "actions", "rewards", "kind", "ep_pos", "pos", "written", "next_ep_pos")
 
     def state_dict(self) -> dict[str, Any]:
+        """Rows, ring positions and RNG: enough to resume bit for bit."""
         return {**{name: getattr(self, name).copy() for name in self._ARRAYS}, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s content into a buffer built with the same sizes."""
         for name in self._ARRAYS:
             if state[name].shape != getattr(self, name).shape:
                 raise ValueError("replay state does not match this buffer's capacity, envs or frame shape")
@@ -233,6 +236,7 @@ class PrioritizedFrameReplay(FrameReplay):
         terminated: np.ndarray,
         truncated: np.ndarray,
     ) -> np.ndarray:
+        """Store a vector step; rows that just became complete transitions get the max priority."""
         written = super().add_step(obs, actions, rewards, next_obs, terminated, truncated)
         self.priorities.set(written, 0.0)
         self.pending[written] = self.kind.reshape(-1)[written] == _NORMAL
@@ -260,9 +264,11 @@ class PrioritizedFrameReplay(FrameReplay):
         self.priorities.update(indices[keep], to_host(td_errors)[keep])
 
     def state_dict(self) -> dict[str, Any]:
+        """The rows plus the sum tree and the rows still waiting to become sampleable."""
         return {**super().state_dict(), **self.priorities.state_dict(), "pending": self.pending.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s content."""
         super().load_state_dict(state)
         self.priorities.load_state_dict(state)
         self.pending[:] = state["pending"]

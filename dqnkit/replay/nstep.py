@@ -94,7 +94,9 @@ class NStepFolder:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
+        """The steps still waiting in each env's queue."""
         return {"queues": [[(np.array(o), a, r) for o, a, r in q] for q in self.queues]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the waiting steps."""
         self.queues = [deque((np.asarray(o), int(a), float(r)) for o, a, r in q) for q in state["queues"]]

@@ -36,9 +36,11 @@ class Priorities:
         self.max_priority = 1.0  # new transitions enter with the largest priority seen
 
     def set(self, idx: np.ndarray, value: float) -> None:
+        """Set the priority of slots ``idx`` to ``value`` (0 takes them out of sampling)."""
         self.tree.update(idx, np.full(len(idx), value))
 
     def set_max(self, idx: np.ndarray) -> None:
+        """Give slots ``idx`` the largest priority seen so far (new transitions)."""
         self.set(idx, self.max_priority**self.alpha)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -65,9 +67,11 @@ class Priorities:
         self.max_priority = max(self.max_priority, float(priorities.max()))
 
     def state_dict(self) -> dict[str, Any]:
+        """The sum tree's nodes and the largest priority seen."""
         return {"tree": self.tree.nodes.copy(), "max_priority": self.max_priority}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s content."""
         if state["tree"].shape != self.tree.nodes.shape:
             raise ValueError("replay state does not match this buffer's capacity")
         self.tree.nodes[:] = state["tree"]
@@ -109,6 +113,7 @@ class PrioritizedReplay(UniformReplay):
         terminated: np.ndarray,
         horizons: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Store N transitions at the largest priority seen; returns their slots."""
         slots = super().add_batch(obs, actions, rewards, next_obs, terminated, horizons)
         self.priorities.set_max(slots)
         return slots
@@ -127,8 +132,10 @@ class PrioritizedReplay(UniformReplay):
         self.priorities.update(indices, td_errors)
 
     def state_dict(self) -> dict[str, Any]:
+        """The transitions plus the sum tree."""
         return {**super().state_dict(), **self.priorities.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s content."""
         super().load_state_dict(state)
         self.priorities.load_state_dict(state)

@@ -55,10 +55,12 @@ class SumTree:
 
     @property
     def total(self) -> float:
+        """The sum of all priorities (the root)."""
         return float(self.levels[0][0])
 
     @property
     def leaves(self) -> np.ndarray:
+        """The priorities themselves: a view of the bottom level [fanout ** depth], zero past capacity."""
         return self.levels[-1]
 
     def __getitem__(self, indices: np.ndarray) -> np.ndarray:

@@ -173,6 +173,7 @@ class UniformReplay:
         return {**state, "folder": self.folder.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s content into a buffer of the same shape."""
         n = int(state["size"])
         if n > self.capacity or tuple(state["obs"].shape[1:]) != self.obs_shape:
             raise ValueError("replay state does not match this buffer's capacity or observation shape")

@@ -21,10 +21,12 @@ class TabularMDP:
 
     @property
     def n_states(self) -> int:
+        """Number of states."""
         return self.next_state.shape[0]
 
     @property
     def n_actions(self) -> int:
+        """Number of actions."""
         return self.next_state.shape[1]
 
 
