@@ -264,6 +264,12 @@ def epsilon(config: Config, step: int, updates: int) -> float:
     return schedules.linear(start, end, config.exploration_duration, step)
 
 
+def per_beta(config: Config, step: int) -> float:
+    """Prioritized replay's importance-sampling exponent now: ``per_beta`` -> ``per_beta_final``
+    over ``per_beta_steps`` env steps (default: the whole run)."""
+    return schedules.linear(config.per_beta, config.per_beta_final, config.per_beta_steps or config.total_steps, step)
+
+
 def crossed(prev: int, now: int, every: int) -> int:
     """How many multiples of ``every`` lie in (prev, now]: events due this iteration."""
     return now // every - prev // every if every > 0 else 0
@@ -327,8 +333,7 @@ def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
 def _learn_once(parts: Parts) -> None:
     """Sample, update, and hand the new |TD errors| back (a no-op for uniform replay)."""
     cfg, replay, loop = parts.config, parts.replay, parts.loop
-    beta = schedules.linear(cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps, loop.step)
-    batch = replay.sample(cfg.batch_size, beta)
+    batch = replay.sample(cfg.batch_size, per_beta(cfg, loop.step))
     stats = parts.agent.learn(batch)
     replay.update_priorities(batch.indices, stats.td_abs)
     record_learning_stats(loop, stats)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dqnkit import __version__, schedules
+from dqnkit import __version__
 from dqnkit.config import Config
 from dqnkit.distributed.cluster import connect
 from dqnkit.envs import check_env_id, finished_episodes, make_vec_env, true_next_obs
@@ -50,7 +50,7 @@ from dqnkit.monitor import (
 from dqnkit.replay import PrioritizedReplay
 from dqnkit.replay.nstep import NStepFolder
 from dqnkit.replay.uniform import Batch
-from dqnkit.training import build_agent, resolve_device, spaces
+from dqnkit.training import build_agent, per_beta, resolve_device, spaces
 
 
 def actor_epsilon(i: int, actors: int, base: float = 0.4, alpha: float = 7.0) -> float:
@@ -389,7 +389,7 @@ class Apex:
         owed = int(self._owed_updates())
         if owed < 1:
             return sample
-        beta = schedules.linear(cfg.per_beta, cfg.per_beta_final, cfg.per_beta_steps or cfg.total_steps, self.env_steps)
+        beta = per_beta(cfg, self.env_steps)
         if sample is None:
             sample = self.replay.sample.remote(cfg.batch_size, beta, count)
         batches = self.ray.get(sample)
