@@ -31,46 +31,15 @@ from dqnkit.errors import DqnkitError
 from dqnkit.training import train
 
 
-def _sb3_zoo(steps: int, seed: int) -> tuple[float, float]:
-    """Train SB3 DQN with rl-zoo's CartPole settings; (wall seconds, greedy eval mean)."""
+def _sb3_dqn(preset: str, seed: int) -> Any:
+    """SB3's DQN ("MlpPolicy") with a dqnkit preset's settings. SB3 always clips gradients: a
+    preset without clipping gets a norm no update reaches. (SB3's loss is always Huber.)"""
     try:
         from stable_baselines3 import DQN
-        from stable_baselines3.common.evaluation import evaluate_policy
     except ImportError:
         raise DqnkitError("bench speed needs Stable-Baselines3: pip install 'dqnkit[bench]'") from None
-    z = presets.get("cartpole-zoo")
-    model = DQN(
-        "MlpPolicy",
-        z.env_id,
-        learning_rate=z.lr,
-        batch_size=z.batch_size,
-        buffer_size=z.buffer_size,
-        learning_starts=z.learning_starts,
-        gamma=z.gamma,
-        target_update_interval=z.target_update_interval,
-        train_freq=z.train_freq,
-        gradient_steps=z.gradient_steps,
-        exploration_fraction=z.exploration_fraction,
-        exploration_final_eps=z.eps_end,
-        policy_kwargs={"net_arch": list(z.hidden_sizes)},
-        seed=seed,
-        device="cpu",
-        verbose=0,
-    )
-    start = time.perf_counter()
-    model.learn(steps)
-    wall = time.perf_counter() - start
-    mean, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=z.eval_episodes, deterministic=True)
-    return wall, float(mean)
-
-
-def _sb3_cleanrl(steps: int, seed: int) -> float:
-    """SB3 DQN at CleanRL dqn.py's defaults; its ``learn()`` steps/s. (SB3's loss is Huber,
-    CleanRL's MSE; SB3 always clips gradients, here at a norm no update reaches.)"""
-    from stable_baselines3 import DQN
-
-    c = presets.get("cartpole-cleanrl")
-    model = DQN(
+    c = presets.get(preset)
+    return DQN(
         "MlpPolicy",
         c.env_id,
         learning_rate=c.lr,
@@ -83,12 +52,30 @@ def _sb3_cleanrl(steps: int, seed: int) -> float:
         gradient_steps=c.gradient_steps,
         exploration_fraction=c.exploration_fraction,
         exploration_final_eps=c.eps_end,
-        max_grad_norm=1e9,
+        max_grad_norm=c.max_grad_norm or 1e9,
         policy_kwargs={"net_arch": list(c.hidden_sizes)},
         seed=seed,
         device="cpu",
         verbose=0,
     )
+
+
+def _sb3_zoo(steps: int, seed: int) -> tuple[float, float]:
+    """Train SB3 DQN with rl-zoo's CartPole settings; (wall seconds, greedy eval mean)."""
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    model = _sb3_dqn("cartpole-zoo", seed)
+    start = time.perf_counter()
+    model.learn(steps)
+    wall = time.perf_counter() - start
+    n_eval = presets.get("cartpole-zoo").eval_episodes
+    mean, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=n_eval, deterministic=True)
+    return wall, float(mean)
+
+
+def _sb3_cleanrl(steps: int, seed: int) -> float:
+    """SB3 DQN at CleanRL dqn.py's defaults; its ``learn()`` steps/s."""
+    model = _sb3_dqn("cartpole-cleanrl", seed)
     start = time.perf_counter()
     model.learn(steps)
     return steps / (time.perf_counter() - start)
