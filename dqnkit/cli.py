@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,8 @@ def _report(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
         print(json.dumps(summary))
         return
     result = f"evaluation return {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}"
+    if math.isnan(summary["eval_return_mean"]):
+        result = "not evaluated (eval_every=0 and final_eval=false)"
     if summary["stopped_early"]:
         result += " (reached stop_at_return: stopped early)"
     print(f"{summary['steps']:,} steps in {summary['wall_s']:.0f} s ({summary['sps']:,.0f} steps/s); {result}")

@@ -120,3 +120,11 @@ def test_minimal_example_runs():
     result = subprocess.run([sys.executable, str(example), "2500"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "step   2500" in result.stdout
+
+
+def test_a_run_without_evaluation_says_so_at_the_end(tmp_path, capsys):
+    args = ["train", "--steps", "300", "--run-dir", str(tmp_path / "run"), "--quiet", "--set", "learning_starts=100",
+            "--set", "eval_every=0", "--set", "final_eval=false", "--set", "hidden_sizes=16"]  # fmt: skip
+    assert main(args) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("300 steps in") and "not evaluated" in first and "nan" not in first
