@@ -26,6 +26,9 @@ from dqnkit.heads import HEADS, HeadInput
 from dqnkit.networks import MLP, reset_noise
 from dqnkit.replay.uniform import Batch
 
+# a Linear layer as numpy (weight, bias), and the LayerNorm after it (scale, shift, eps) if any
+NumpyLayer = tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, float] | None]
+
 
 class LearnStats(NamedTuple):
     """What one update reports. Tensors, so the hot loop never waits for a host sync."""
@@ -35,12 +38,10 @@ class LearnStats(NamedTuple):
     q_mean: torch.Tensor  # scalar, mean Q(s,a) of the batch
 
 
-class DQNAgent:
-    """Online and target Q-networks, an Adam optimizer and an exploration RNG.
-
-    Composition (PFRL style): the agent is handed its network; the training loop owns the
-    env and the replay and decides *when* to learn and to update the target.
-    """
+class QAgent:
+    """What every agent of the family shares: a Q-network on a device, epsilon-greedy
+    acting with its own RNG, and greedy evaluation. :class:`DQNAgent` adds the target
+    network and replay updates; :class:`dqnkit.pqn.PQNAgent` adds rollout updates."""
 
     def __init__(
         self,
@@ -55,14 +56,6 @@ class DQNAgent:
         self.n_actions = int(n_actions)
         self.device = torch.device(device)
         self.q_net = q_net.to(self.device)
-        self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
-        # fused: one kernel for all parameters, about 3x faster than the default on CPU (measured)
-        # A captured update needs Adam's step count on the device (capturable).
-        self._graph_wanted = self.device.type == "cuda" and config.cuda_graph
-        self._graphed: Any = None  # the captured update, built at the first learn()
-        self.optimizer = torch.optim.Adam(
-            self.q_net.parameters(), lr=config.lr, eps=config.adam_eps, fused=True, capturable=self._graph_wanted
-        )
         self.rng = np.random.default_rng([config.seed, 1])  # exploration only
         # noisy nets draw from their own generator: a seed fixes the noise, and evaluating
         # (which uses the mean weights) never shifts the training noise
@@ -72,9 +65,6 @@ class DQNAgent:
         self.updates = 0  # gradient steps taken
         self._params = list(self.q_net.parameters())
         self._numpy_layers = _numpy_mlp(self.q_net, config, self.device)
-        # Optimizer.step's hook-and-profiler wrapper costs tens of µs per call on this CPU,
-        # a large share of a small network's update; call the step it wraps.
-        self._optimizer_step = getattr(type(self.optimizer).step, "__wrapped__", type(self.optimizer).step)
 
     # ------------------------------------------------------------------ acting
     def q_values(self, obs: np.ndarray) -> np.ndarray:
@@ -89,8 +79,13 @@ class DQNAgent:
         observation (15 against 77 µs at 256x256, measured)."""
         h = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
         last = len(self._numpy_layers) - 1
-        for i, (weight, bias) in enumerate(self._numpy_layers):
+        for i, (weight, bias, norm) in enumerate(self._numpy_layers):
             h = h @ weight.T + bias
+            if norm is not None:  # LayerNorm: each row to zero mean, unit variance, then scaled
+                scale, shift, eps = norm
+                h -= h.mean(axis=1, keepdims=True)
+                h *= scale / np.sqrt((h * h).mean(axis=1, keepdims=True) + eps)
+                h += shift
             if i < last:
                 np.maximum(h, 0.0, out=h)
         return h
@@ -134,6 +129,38 @@ class DQNAgent:
             q = self._numpy_q(batch) if self._numpy_layers else self.q_values(batch)
             actions = np.where(explore_B, random_B, q.argmax(axis=1))
         return int(actions[0]) if single else actions.astype(np.int64)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array), device=self.device)
+
+
+class DQNAgent(QAgent):
+    """Online and target Q-networks, an Adam optimizer and an exploration RNG.
+
+    Composition (PFRL style): the agent is handed its network; the training loop owns the
+    env and the replay and decides *when* to learn and to update the target.
+    """
+
+    def __init__(
+        self,
+        q_net: nn.Module,
+        obs_shape: tuple[int, ...],
+        n_actions: int,
+        config: Config,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__(q_net, obs_shape, n_actions, config, device)
+        self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
+        # fused: one kernel for all parameters, about 3x faster than the default on CPU (measured)
+        # A captured update needs Adam's step count on the device (capturable).
+        self._graph_wanted = self.device.type == "cuda" and config.cuda_graph
+        self._graphed: Any = None  # the captured update, built at the first learn()
+        self.optimizer = torch.optim.Adam(
+            self.q_net.parameters(), lr=config.lr, eps=config.adam_eps, fused=True, capturable=self._graph_wanted
+        )
+        # Optimizer.step's hook-and-profiler wrapper costs tens of µs per call on this CPU,
+        # a large share of a small network's update; call the step it wraps.
+        self._optimizer_step = getattr(type(self.optimizer).step, "__wrapped__", type(self.optimizer).step)
 
     # ---------------------------------------------------------------- learning
     def learn(self, batch: Batch) -> LearnStats:
@@ -181,7 +208,7 @@ class DQNAgent:
             p.grad = None
         loss.backward()
         if cfg.max_grad_norm > 0:
-            _clip_grad_norm(self._params, cfg.max_grad_norm)
+            clip_grad_norm(self._params, cfg.max_grad_norm)
         self._optimizer_step(self.optimizer)
         return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
 
@@ -265,14 +292,11 @@ class DQNAgent:
                 stacklevel=3,
             )
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(array), device=self.device)
 
-
-def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(weight, bias) numpy views of a plain CPU MLP's layers, for acting; [] for any other
-    network. The views share memory with the parameters, which the optimizer and
-    ``load_state_dict`` update in place, so they never go stale."""
+def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[NumpyLayer]:
+    """(weight, bias, LayerNorm or None) numpy views of a plain CPU MLP's layers, for acting;
+    [] for any other network. The views share memory with the parameters, which the
+    optimizer and ``load_state_dict`` update in place, so they never go stale."""
     plain = (
         isinstance(q_net, MLP)
         and device.type == "cpu"
@@ -282,10 +306,17 @@ def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[t
     )
     if not plain:
         return []
-    return [(m.weight.detach().numpy(), m.bias.detach().numpy()) for m in q_net.modules() if isinstance(m, nn.Linear)]
+    layers: list[NumpyLayer] = []
+    for m in q_net.modules():
+        if isinstance(m, nn.Linear):
+            layers.append((m.weight.detach().numpy(), m.bias.detach().numpy(), None))
+        elif isinstance(m, nn.LayerNorm):  # normalises the output of the Linear before it
+            weight, bias, _ = layers[-1]
+            layers[-1] = (weight, bias, (m.weight.detach().numpy(), m.bias.detach().numpy(), m.eps))
+    return layers
 
 
-def _clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
+def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
     """``nn.utils.clip_grad_norm_``'s arithmetic, op for op (so bit-identical), without its
     argument handling and wrappers: 60 against 125-140 µs per call at 256x256 here."""
     grads = [p.grad for p in params if p.grad is not None]

@@ -28,9 +28,11 @@ def _opt(
     hi: float | None = None,
     lo_open: bool = False,
     choices: tuple[str, ...] | None = None,
+    only: str | None = None,
 ) -> Any:
-    """A dataclass field with its help text and allowed range attached."""
-    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices}
+    """A dataclass field with its help text and allowed range attached; ``only`` names the
+    algorithm the key belongs to (a non-default value with the other one is refused)."""
+    meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "only": only}
     return field(default=default, metadata=meta)
 
 
@@ -39,6 +41,11 @@ class Config:
     """Everything that decides a run. Immutable: derive variants with :meth:`replace`."""
 
     # --- run ---
+    algorithm: str = _opt(
+        "dqn",
+        "dqn: replay buffer and target network (with every Rainbow part). pqn: Parallel Q-learning (Gallici et al. 2025): Q(lambda) returns over short rollouts of num_envs envs, several epochs of minibatches on each rollout, then the rollout is dropped; no replay, no target network, LayerNorm keeps it stable.",
+        choices=("dqn", "pqn"),
+    )
     preset: str = _opt("custom", "Name of the preset this config started from (informational).")
     env_id: str = _opt("CartPole-v1", "Gymnasium environment id (Box or image observations, Discrete actions).")
     seed: int = _opt(0, "Seed for every random number generator of the run.", lo=0)
@@ -57,7 +64,7 @@ class Config:
     )
     vector_env: str = _opt(
         "auto",
-        "How num_envs > 1 envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE and MinAtar ids, whose steps are expensive enough to pay for the processes; sync otherwise).",
+        "How num_envs > 1 envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE ids, whose steps are expensive enough to pay for the processes; sync otherwise: a MinAtar step costs less than a round trip to a worker).",
         choices=("auto", "sync", "async"),
     )
     env_backend: str = _opt(
@@ -71,50 +78,87 @@ class Config:
 
     # --- learning ---
     gamma: float = _opt(0.99, "Discount factor, in (0, 1].", lo=0.0, hi=1.0, lo_open=True)
-    lr: float = _opt(1e-3, "Adam learning rate.", lo=0.0, lo_open=True)
-    adam_eps: float = _opt(1e-8, "Adam epsilon.", lo=0.0, lo_open=True)
-    batch_size: int = _opt(64, "Transitions per gradient step.", lo=1)
-    buffer_size: int = _opt(100_000, "Replay capacity in transitions.", lo=1)
-    learning_starts: int = _opt(1000, "Transitions collected before the first gradient step.", lo=0)
-    train_freq: int = _opt(1, "Run `gradient_steps` updates every this many transitions.", lo=1)
-    gradient_steps: int = _opt(1, "Gradient steps per training round.", lo=1)
-    target_update_interval: int = _opt(1000, "Update the target network every this many transitions.", lo=1)
+    lr: float = _opt(1e-3, "Learning rate (Adam for dqn, RAdam for pqn).", lo=0.0, lo_open=True)
+    adam_eps: float = _opt(1e-8, "The optimizer's epsilon (Adam, or RAdam for pqn).", lo=0.0, lo_open=True)
+    batch_size: int = _opt(64, "Transitions per gradient step.", lo=1, only="dqn")
+    buffer_size: int = _opt(100_000, "Replay capacity in transitions.", lo=1, only="dqn")
+    learning_starts: int = _opt(1000, "Transitions collected before the first gradient step.", lo=0, only="dqn")
+    train_freq: int = _opt(1, "Run `gradient_steps` updates every this many transitions.", lo=1, only="dqn")
+    gradient_steps: int = _opt(1, "Gradient steps per training round.", lo=1, only="dqn")
+    target_update_interval: int = _opt(1000, "Update the target network every this many transitions.", lo=1, only="dqn")
     tau: float = _opt(
         0.0,
         "0 = hard copy of the online weights; in (0, 1] = Polyak blend target <- tau*online + (1-tau)*target.",
         lo=0.0,
         hi=1.0,
+        only="dqn",
     )
-    double: bool = _opt(False, "Double DQN: the online network picks the next action, the target network values it.")
+    double: bool = _opt(
+        False, "Double DQN: the online network picks the next action, the target network values it.", only="dqn"
+    )
     dueling: bool = _opt(False, "Dueling head: Q = V + A - mean(A).")
     loss: str = _opt("huber", "TD loss: huber (smooth L1) or mse.", choices=("huber", "mse"))
     max_grad_norm: float = _opt(10.0, "Clip the gradient's global norm to this (0 = no clipping).", lo=0.0)
     hidden_sizes: tuple[int, ...] = _opt((64, 64), "Widths of the MLP's hidden layers, e.g. 256,256.")
-    n_step: int = _opt(1, "n-step returns: fold this many rewards into each transition (cut at episode ends).", lo=1)
+    n_step: int = _opt(
+        1, "n-step returns: fold this many rewards into each transition (cut at episode ends).", lo=1, only="dqn"
+    )
+
+    layer_norm: bool = _opt(
+        False,
+        "LayerNorm after every hidden layer (convolutions included), before its ReLU: what lets PQN learn without a target network.",
+    )
+
+    # --- PQN (algorithm=pqn) ---
+    rollout_steps: int = _opt(
+        128,
+        "pqn: steps per env in each rollout (a rollout holds num_envs * rollout_steps transitions).",
+        lo=1,
+        only="pqn",
+    )
+    q_lambda: float = _opt(
+        0.65,
+        "pqn: lambda of the Q(lambda) returns: 0 = one-step Q-learning targets, 1 = Monte-Carlo returns bootstrapped only where the rollout or the episode is cut.",
+        lo=0.0,
+        hi=1.0,
+        only="pqn",
+    )
+    update_epochs: int = _opt(4, "pqn: passes over each rollout.", lo=1, only="pqn")
+    num_minibatches: int = _opt(
+        4,
+        "pqn: minibatches per pass (each holds num_envs * rollout_steps / num_minibatches transitions).",
+        lo=1,
+        only="pqn",
+    )
+    anneal_lr: bool = _opt(False, "pqn: lower the learning rate linearly to 0 over the run's rollouts.", only="pqn")
 
     # --- Rainbow: noisy nets and distributional heads ---
     noisy: bool = _opt(
         False,
         "Noisy linear layers (Fortunato et al.): learned exploration noise, resampled every step and update; epsilon is 0 unless eps_start is set.",
+        only="dqn",
     )
-    noisy_sigma0: float = _opt(0.5, "Noisy nets: initial noise scale sigma0 (sigma = sigma0 / sqrt(fan_in)).", lo=0.0)
+    noisy_sigma0: float = _opt(
+        0.5, "Noisy nets: initial noise scale sigma0 (sigma = sigma0 / sqrt(fan_in)).", lo=0.0, only="dqn"
+    )
     distributional: str = _opt(
         "none",
         "Value distribution: none (expected Q), c51 (categorical over n_atoms fixed atoms in [v_min, v_max], Bellemare et al.) or qr (n_atoms quantiles, QR-DQN, Dabney et al.). The loss key applies to none only.",
         choices=("none", "c51", "qr"),
+        only="dqn",
     )
-    n_atoms: int = _opt(51, "c51: atoms of the support; qr: quantiles.", lo=2)
-    v_min: float = _opt(-10.0, "c51: lowest atom of the support.")
-    v_max: float = _opt(10.0, "c51: highest atom of the support.")
-    qr_kappa: float = _opt(1.0, "qr: Huber threshold kappa of the quantile loss.", lo=0.0, lo_open=True)
+    n_atoms: int = _opt(51, "c51: atoms of the support; qr: quantiles.", lo=2, only="dqn")
+    v_min: float = _opt(-10.0, "c51: lowest atom of the support.", only="dqn")
+    v_max: float = _opt(10.0, "c51: highest atom of the support.", only="dqn")
+    qr_kappa: float = _opt(1.0, "qr: Huber threshold kappa of the quantile loss.", lo=0.0, lo_open=True, only="dqn")
 
     # --- prioritized replay ---
-    prioritized: bool = _opt(False, "Proportional prioritized replay (Schaul et al. 2016) on a sum tree.")
-    per_alpha: float = _opt(0.6, "PER: priority exponent (0 = uniform).", lo=0.0, hi=1.0)
-    per_beta: float = _opt(0.4, "PER: initial importance-sampling exponent.", lo=0.0, hi=1.0)
-    per_beta_final: float = _opt(1.0, "PER: beta reached linearly after per_beta_steps.", lo=0.0, hi=1.0)
-    per_beta_steps: int = _opt(0, "PER: transitions over which beta anneals; 0 = total_steps.", lo=0)
-    per_eps: float = _opt(1e-6, "PER: added to |TD error| so no priority is zero.", lo=0.0, lo_open=True)
+    prioritized: bool = _opt(False, "Proportional prioritized replay (Schaul et al. 2016) on a sum tree.", only="dqn")
+    per_alpha: float = _opt(0.6, "PER: priority exponent (0 = uniform).", lo=0.0, hi=1.0, only="dqn")
+    per_beta: float = _opt(0.4, "PER: initial importance-sampling exponent.", lo=0.0, hi=1.0, only="dqn")
+    per_beta_final: float = _opt(1.0, "PER: beta reached linearly after per_beta_steps.", lo=0.0, hi=1.0, only="dqn")
+    per_beta_steps: int = _opt(0, "PER: transitions over which beta anneals; 0 = total_steps.", lo=0, only="dqn")
+    per_eps: float = _opt(1e-6, "PER: added to |TD error| so no priority is zero.", lo=0.0, lo_open=True, only="dqn")
 
     # --- exploration ---
     eps_schedule: str = _opt(
@@ -187,6 +231,11 @@ class Config:
         if self.eps_start is None:
             return (0.0, 0.0) if self.noisy else (1.0, self.eps_end)
         return self.eps_start, self.eps_end
+
+    @property
+    def rollout_size(self) -> int:
+        """PQN: transitions per rollout, summed over envs."""
+        return self.num_envs * self.rollout_steps
 
     @property
     def checkpoint_interval(self) -> int:
@@ -291,9 +340,12 @@ def _validate(cfg: Config) -> None:
         _check_range(name, value, f.metadata)
     if any(h < 1 for h in cfg.hidden_sizes):
         raise ConfigError("hidden_sizes: every layer needs at least one unit")
-    if cfg.batch_size > cfg.buffer_size:
+    _check_algorithm_keys(cfg)
+    if cfg.algorithm == "pqn":
+        _check_rollout(cfg)
+    elif cfg.batch_size > cfg.buffer_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than buffer_size {cfg.buffer_size}")
-    if cfg.learning_starts >= cfg.total_steps:
+    elif cfg.learning_starts >= cfg.total_steps:
         raise ConfigError(
             f"learning_starts {cfg.learning_starts} is not below total_steps {cfg.total_steps}: "
             "nothing would be learned; raise --steps or lower learning_starts"
@@ -307,6 +359,36 @@ def _validate(cfg: Config) -> None:
         )
     if cfg.distributional == "c51" and cfg.v_min >= cfg.v_max:
         raise ConfigError(f"v_min {cfg.v_min} must be below v_max {cfg.v_max}")
+
+
+def _check_algorithm_keys(cfg: Config) -> None:
+    """Refuse a key of the other algorithm set away from its default: it would be silently
+    ignored (a replay size for PQN, a lambda for DQN). Left at its default, it is harmless."""
+    for name, f in FIELDS.items():
+        only, value = f.metadata.get("only"), getattr(cfg, name)
+        if only is None or only == cfg.algorithm or value == f.default:
+            continue
+        hint = {
+            "pqn": "PQN has no replay buffer, no target network and no Rainbow heads; leave it at its "
+            f"default {f.default!r}, or start from a pqn preset such as pqn-cartpole",
+            "dqn": f"leave it at its default {f.default!r}, or set algorithm=pqn",
+        }[cfg.algorithm]
+        raise ConfigError(f"{name}={value!r} is a {only} key that algorithm={cfg.algorithm} would ignore: {hint}")
+
+
+def _check_rollout(cfg: Config) -> None:
+    """PQN's rollout must split into equal minibatches, and the run must hold one rollout."""
+    rollout = cfg.num_envs * cfg.rollout_steps
+    if rollout % cfg.num_minibatches:
+        raise ConfigError(
+            f"num_envs * rollout_steps = {rollout} transitions do not split into num_minibatches="
+            f"{cfg.num_minibatches} equal minibatches"
+        )
+    if cfg.total_steps < rollout:
+        raise ConfigError(
+            f"total_steps {cfg.total_steps} is below one rollout ({cfg.num_envs} envs x {cfg.rollout_steps} "
+            "steps): nothing would be learned; raise --steps"
+        )
 
 
 def _check_range(name: str, value: Any, meta: Any) -> None:

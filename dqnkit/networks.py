@@ -54,6 +54,13 @@ class NoisyLinear(nn.Module):
         return F.linear(x, weight, self.bias_mu + self.bias_sigma * self.eps_out)
 
 
+def hidden(layer: nn.Module, shape: int | tuple[int, ...], layer_norm: bool) -> list[nn.Module]:
+    """A hidden layer and its ReLU, with a LayerNorm over its output ``shape`` between them
+    when ``layer_norm`` (PQN). Without it the modules, and so the state_dict keys, are as
+    before: older checkpoints still load."""
+    return [layer, nn.LayerNorm(shape), nn.ReLU()] if layer_norm else [layer, nn.ReLU()]
+
+
 def reset_noise(net: nn.Module, generator: torch.Generator | None = None) -> None:
     """Draw fresh noise for every noisy layer of ``net`` (no-op for a plain network)."""
     for module in net.modules():
@@ -69,12 +76,19 @@ class DuelingHead(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, n_actions: int, hidden: int, atoms: int = 1, linear: Linear = nn.Linear
+        self,
+        in_features: int,
+        n_actions: int,
+        hidden_width: int,
+        atoms: int = 1,
+        linear: Linear = nn.Linear,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.n_actions, self.atoms = n_actions, atoms
-        self.value = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, atoms))
-        self.advantage = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, n_actions * atoms))
+        w = hidden_width
+        self.value = nn.Sequential(*hidden(linear(in_features, w), w, layer_norm), linear(w, atoms))
+        self.advantage = nn.Sequential(*hidden(linear(in_features, w), w, layer_norm), linear(w, n_actions * atoms))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Q = V + A - mean(A): [B, hidden] -> [B, A] (or [B, A, K] with atoms)."""
@@ -88,14 +102,23 @@ class _Head(nn.Module):
     """Features -> [B, A] (or [B, A, K] with atoms): a dueling head or hidden + output layers."""
 
     def __init__(
-        self, in_features: int, n_actions: int, hidden: int | None, dueling: bool, atoms: int, linear: Linear
+        self,
+        in_features: int,
+        n_actions: int,
+        width: int | None,
+        dueling: bool,
+        atoms: int,
+        linear: Linear,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.n_actions, self.atoms = n_actions, atoms
         if dueling:
-            self.net: nn.Module = DuelingHead(in_features, n_actions, hidden or in_features, atoms, linear)
-        elif hidden:
-            self.net = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, n_actions * atoms))
+            self.net: nn.Module = DuelingHead(in_features, n_actions, width or in_features, atoms, linear, layer_norm)
+        elif width:
+            self.net = nn.Sequential(
+                *hidden(linear(in_features, width), width, layer_norm), linear(width, n_actions * atoms)
+            )
         else:
             self.net = linear(in_features, n_actions * atoms)
 
@@ -115,6 +138,7 @@ class MLP(nn.Module):
         dueling: bool = False,
         atoms: int = 1,
         linear: Linear = nn.Linear,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -123,10 +147,11 @@ class MLP(nn.Module):
         # and width stay comparable with the plain one.
         body_sizes = hidden_sizes[:-1] if dueling else hidden_sizes
         for h in body_sizes:
-            layers += [linear(width, h), nn.ReLU()]
+            layers += hidden(linear(width, h), h, layer_norm)
             width = h
         self.body = nn.Sequential(*layers)
-        self.head = _Head(width, n_actions, hidden_sizes[-1] if dueling else None, dueling, atoms, linear)
+        last = hidden_sizes[-1] if dueling else None
+        self.head = _Head(width, n_actions, last, dueling, atoms, linear, layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """[B, *obs] (flattened) -> [B, A] (or [B, A, K])."""
@@ -139,19 +164,22 @@ class NatureCNN(nn.Module):
     and the host-to-device copy stay uint8."""
 
     def __init__(
-        self, in_channels: int, n_actions: int, dueling: bool = False, atoms: int = 1, linear: Linear = nn.Linear
+        self,
+        in_channels: int,
+        n_actions: int,
+        dueling: bool = False,
+        atoms: int = 1,
+        linear: Linear = nn.Linear,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 8, stride=4),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1),
-            nn.ReLU(),
+            *hidden(nn.Conv2d(in_channels, 32, 8, stride=4), (32, 20, 20), layer_norm),
+            *hidden(nn.Conv2d(32, 64, 4, stride=2), (64, 9, 9), layer_norm),
+            *hidden(nn.Conv2d(64, 64, 3, stride=1), (64, 7, 7), layer_norm),
             nn.Flatten(),
         )
-        self.head = _Head(3136, n_actions, 512, dueling, atoms, linear)
+        self.head = _Head(3136, n_actions, 512, dueling, atoms, linear, layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 frames [B, 4, 84, 84] (scaled to [0, 1] here) -> [B, A] (or [B, A, K])."""
@@ -169,11 +197,12 @@ class MinAtarCNN(nn.Module):
         dueling: bool = False,
         atoms: int = 1,
         linear: Linear = nn.Linear,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         c, h, w = obs_shape
-        self.body = nn.Sequential(nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
-        self.head = _Head(16 * (h - 2) * (w - 2), n_actions, 128, dueling, atoms, linear)
+        self.body = nn.Sequential(*hidden(nn.Conv2d(c, 16, 3, stride=1), (16, h - 2, w - 2), layer_norm), nn.Flatten())
+        self.head = _Head(16 * (h - 2) * (w - 2), n_actions, 128, dueling, atoms, linear, layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """MinAtar grids [B, C, 10, 10] -> [B, A] (or [B, A, K])."""
@@ -188,15 +217,17 @@ def build_q_network(
     atoms: int = 1,
     noisy: bool = False,
     noisy_sigma0: float = 0.5,
+    layer_norm: bool = False,
 ) -> nn.Module:
     """The Q-network that fits ``obs_shape``: NatureCNN for [C, 84, 84] frames, MinAtarCNN
     for other [C, H, W] grids, else an MLP over the flattened observation. ``noisy`` turns
-    every fully connected layer into a :class:`NoisyLinear`."""
+    every fully connected layer into a :class:`NoisyLinear`; ``layer_norm`` normalises every
+    hidden layer's output."""
 
     def linear(i: int, o: int) -> nn.Module:
         return NoisyLinear(i, o, noisy_sigma0) if noisy else nn.Linear(i, o)
 
-    options = dict(dueling=dueling, atoms=atoms, linear=linear)
+    options = dict(dueling=dueling, atoms=atoms, linear=linear, layer_norm=layer_norm)
     if len(obs_shape) == 3 and obs_shape[1:] == (84, 84):
         return NatureCNN(obs_shape[0], n_actions, **options)
     if len(obs_shape) == 3:

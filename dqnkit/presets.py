@@ -56,6 +56,20 @@ _ATARI: dict[str, Any] = dict(
     num_threads=0,
 )
 
+# PQN (Gallici et al. 2025): no replay, no target network, LayerNorm; every key below is
+# one PQN reads (a dqn key set here would be refused).
+_PQN: dict[str, Any] = dict(
+    algorithm="pqn",
+    layer_norm=True,
+    loss="mse",
+    max_grad_norm=10.0,
+    gamma=0.99,
+    q_lambda=0.65,
+    update_epochs=4,
+    anneal_lr=True,
+    eps_start=1.0,
+)
+
 # name -> (one-line description, overrides of Config's defaults)
 _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "cartpole": (
@@ -202,6 +216,62 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             eval_episodes=10,
             eval_epsilon=0.0,
         ),
+    ),
+    "pqn-cartpole": (
+        "PQN on CartPole-v1: 8 envs x 64 steps, 8 minibatches x 4 epochs, RAdam 1e-3 annealed, "
+        "lambda 0.65, LayerNorm 120x84 MLP (stops once greedy eval reaches 475)",
+        {
+            **_PQN,
+            "env_id": "CartPole-v1",
+            "total_steps": 500_000,
+            "num_envs": 8,
+            "rollout_steps": 64,
+            "num_minibatches": 8,
+            "lr": 1e-3,
+            "hidden_sizes": (120, 84),
+            "eps_end": 0.05,
+            "exploration_steps": 50_000,
+            "eval_every": 10_000,
+            "eval_episodes": 10,
+            "stop_at_return": 475.0,
+        },
+    ),
+    "pqn-minatar": (
+        "PQN on MinAtar: the minatar CNN with LayerNorm, 32 envs x 32 steps, 4 minibatches x 4 epochs, "
+        "RAdam 2.5e-4 annealed, lambda 0.65, eps 1 -> 0.01 over 500k steps",
+        {
+            **_PQN,
+            "env_id": "MinAtar/Breakout",
+            "total_steps": 5_000_000,
+            "num_envs": 32,
+            "rollout_steps": 32,
+            "num_minibatches": 4,
+            "lr": 2.5e-4,
+            "eps_end": 0.01,
+            "exploration_steps": 500_000,
+            "eval_every": 50_000,
+            "eval_episodes": 10,
+        },
+    ),
+    "pqn-atari": (
+        "CleanRL's pqn_atari_envpool.py: 8 envs x 128 steps, 4 minibatches x 4 epochs, RAdam 2.5e-4 "
+        "annealed, lambda 0.65, eps 1 -> 0.01 over 10%, LayerNorm Nature CNN, 10M steps",
+        {
+            **_PQN,
+            "env_id": "ALE/Breakout-v5",
+            "total_steps": 10_000_000,
+            "num_envs": 8,
+            "rollout_steps": 128,
+            "num_minibatches": 4,
+            "lr": 2.5e-4,
+            "eps_end": 0.01,
+            "exploration_fraction": 0.1,
+            "eval_every": 250_000,
+            "eval_episodes": 10,
+            "eval_epsilon": 0.05,
+            "checkpoint_every": 1_000_000,
+            "num_threads": 0,
+        },
     ),
 }
 

@@ -39,6 +39,7 @@ from dqnkit.monitor import (
     run_summary,
 )
 from dqnkit.networks import build_q_network
+from dqnkit.pqn import PQNAgent, Rollout
 from dqnkit.replay import FrameReplay, PrioritizedFrameReplay, PrioritizedReplay, UniformReplay
 
 
@@ -70,8 +71,10 @@ class Parts:
 
     config: Config
     envs: Any
-    agent: DQNAgent
-    replay: UniformReplay | FrameReplay  # or their prioritized subclasses: one interface
+    agent: DQNAgent | PQNAgent
+    # where transitions go, by one interface (add_step): dqn's replay buffer (uniform or
+    # prioritized, vectors or frames), or pqn's rollout in progress
+    replay: UniformReplay | FrameReplay | Rollout
     loop: Loop = field(default_factory=Loop)
 
 
@@ -148,6 +151,9 @@ def build(config: Config) -> Parts:
     )
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
+    if config.algorithm == "pqn":
+        rollout = Rollout(config.rollout_steps, config.num_envs, obs_space.shape, obs_space.dtype)
+        return Parts(config, envs, agent, rollout)
     return Parts(config, envs, agent, build_replay(config, obs_space.shape, obs_space.dtype))
 
 
@@ -167,8 +173,8 @@ def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype
     return UniformReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps)
 
 
-def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent:
-    """A fresh agent (network, target, optimizer) for ``config``."""
+def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent | PQNAgent:
+    """A fresh agent of ``config.algorithm`` (network, optimizer; a target network for dqn)."""
     atoms = 1 if config.distributional == "none" else config.n_atoms
     q_net = build_q_network(
         obs_shape,
@@ -178,11 +184,13 @@ def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> D
         atoms=atoms,
         noisy=config.noisy,
         noisy_sigma0=config.noisy_sigma0,
+        layer_norm=config.layer_norm,
     )
-    return DQNAgent(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
+    agent = PQNAgent if config.algorithm == "pqn" else DQNAgent
+    return agent(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
 
 
-def load(run_dir: str | Path, device: str = "auto") -> DQNAgent:
+def load(run_dir: str | Path, device: str = "auto") -> DQNAgent | PQNAgent:
     """The trained agent of a run (its latest checkpoint): ``agent.act(obs, greedy=True)``.
 
     ``device`` is where it runs here (``auto``: cuda if this machine has it), whatever device
@@ -202,7 +210,7 @@ def load(run_dir: str | Path, device: str = "auto") -> DQNAgent:
     return agent
 
 
-def spaces(agent: DQNAgent) -> dict[str, Any]:
+def spaces(agent: DQNAgent | PQNAgent) -> dict[str, Any]:
     """The observation shape and action count a checkpoint records, so that :func:`load`
     rebuilds the network without building the env."""
     return {"obs_shape": list(agent.obs_shape), "n_actions": agent.n_actions}
@@ -277,6 +285,7 @@ def crossed(prev: int, now: int, every: int) -> int:
 
 def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
     cfg, agent, loop = parts.config, parts.agent, parts.loop
+    learn_due = _pqn_updates if cfg.algorithm == "pqn" else _dqn_updates
     monitor = RunMonitor(cfg, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
     try:
         while loop.step < cfg.total_steps and not loop.stopped_early:
@@ -293,13 +302,7 @@ def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
                 loop.episodes += 1
                 monitor.episode(loop.step, loop.episodes, ret, length, eps, *pop_learning_stats(loop, loop.step))
 
-            if loop.step >= cfg.learning_starts:
-                for _ in range(crossed(prev, loop.step, cfg.train_freq) * cfg.gradient_steps):
-                    _learn_once(parts)
-                for _ in range(crossed(prev, loop.step, cfg.target_update_interval)):
-                    agent.update_target()
-                    if cfg.tau == 0:
-                        break  # repeated hard copies are the same copy
+            learn_due(parts, prev)
             monitor.advance(cfg.num_envs)
 
             if crossed(prev, loop.step, cfg.eval_every):
@@ -328,6 +331,27 @@ def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
         "sps": round(sps, 1),
     }
     return monitor.finish(summary, title=f"{cfg.preset} on {cfg.env_id}, seed {cfg.seed}")
+
+
+def _dqn_updates(parts: Parts, prev: int) -> None:
+    """DQN's updates due since step ``prev``: every ``train_freq`` transitions
+    ``gradient_steps`` replay updates, every ``target_update_interval`` a target update."""
+    cfg, loop = parts.config, parts.loop
+    if loop.step < cfg.learning_starts:
+        return
+    for _ in range(crossed(prev, loop.step, cfg.train_freq) * cfg.gradient_steps):
+        _learn_once(parts)
+    for _ in range(crossed(prev, loop.step, cfg.target_update_interval)):
+        parts.agent.update_target()
+        if cfg.tau == 0:
+            break  # repeated hard copies are the same copy
+
+
+def _pqn_updates(parts: Parts, prev: int) -> None:
+    """PQN learns from a rollout once it is full, then drops it."""
+    if parts.replay.full:
+        record_learning_stats(parts.loop, parts.agent.learn_rollout(parts.replay))
+        parts.replay.clear()
 
 
 def _learn_once(parts: Parts) -> None:

@@ -189,7 +189,7 @@ def test_numpy_acting_path_matches_the_network():
 
 
 def test_hand_clipping_is_torch_clipping_bit_for_bit():
-    from dqnkit.agent import _clip_grad_norm
+    from dqnkit.agent import clip_grad_norm
 
     torch.manual_seed(0)
     a = [torch.nn.Parameter(torch.randn(s)) for s in ((64, 4), (64,), (2, 64))]
@@ -197,7 +197,7 @@ def test_hand_clipping_is_torch_clipping_bit_for_bit():
     for p, q in zip(a, b):
         p.grad = torch.randn_like(p) * 10
         q.grad = p.grad.clone()
-    _clip_grad_norm(a, 1.0)
+    clip_grad_norm(a, 1.0)
     torch.nn.utils.clip_grad_norm_(b, 1.0)
     assert all(torch.equal(p.grad, q.grad) for p, q in zip(a, b))
     assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in a])) <= 1.0 + 1e-5

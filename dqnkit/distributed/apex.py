@@ -446,6 +446,8 @@ def run(
     ray = _import_ray()
     if options.actors < 1:
         raise DqnkitError(f"--actors must be at least 1, got {options.actors}")
+    if config.algorithm != "dqn":
+        raise DqnkitError(f"apex distributes DQN; algorithm={config.algorithm} trains with `dqnkit train`")
     spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
     resolve_device(config.device)
     # a local cluster gets one logical CPU per actor, even on a smaller machine
