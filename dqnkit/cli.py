@@ -16,6 +16,10 @@ from typing import Any
 from dqnkit.config import check_range
 from dqnkit.errors import DqnkitError
 
+# dqnkit.experiments imports matplotlib: the parser names them without importing it (a test
+# keeps this list equal to experiments.EXPERIMENTS)
+EXPERIMENT_NAMES = ("target-ablation", "soft-vs-hard", "overestimation", "rainbow-ablation", "pqn-vs-dqn")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 2 like every other bad input."""
@@ -68,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("name", nargs="?")
 
     exp = sub.add_parser("experiment", help="the lesson's experiments over several seeds, with plots")
-    exp.add_argument("name", choices=("target-ablation", "soft-vs-hard", "overestimation", "rainbow-ablation"))
+    exp.add_argument("name", choices=EXPERIMENT_NAMES)
     exp.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     exp.add_argument("--steps", type=int, help="environment steps per run (default: the experiment's)")
     exp.add_argument("--out", type=Path, help="output directory (default runs/experiment-NAME)")

@@ -156,3 +156,23 @@ def overestimation(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, out_png)
+
+
+def versus(panels: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]], out_png: str | Path) -> Path:
+    """One row per env: the 100-episode running mean of each run against environment steps
+    (left) and against training wall seconds (right), one colour per variant.
+    ``panels[env][variant]`` lists each seed's (steps, wall seconds, returns) per episode."""
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.6 * len(panels)), dpi=100, squeeze=False)
+    for (env, variants), row in zip(panels.items(), axes):
+        for color, (variant, seeds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], variants.items()):
+            for i, (steps, wall, returns) in enumerate(seeds):
+                label = f"{variant} ({len(seeds)} seeds)" if i == 0 else None
+                smooth = running_mean(returns)
+                row[0].plot(steps, smooth, color=color, lw=1.4, alpha=0.8, label=label)
+                row[1].plot(wall, smooth, color=color, lw=1.4, alpha=0.8, label=label)
+        row[0].set(xlabel="environment steps", ylabel="return (100-episode running mean)", title=env)
+        row[1].set(xlabel="training wall seconds", title=env)
+        for ax in row:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="upper left")
+    return _save(fig, out_png)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dqnkit import experiments
+from dqnkit import experiments, presets
 from dqnkit.cli import main
 
 
@@ -34,7 +34,8 @@ def test_on_grid_reads_the_running_mean_at_steps():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
 def test_experiment_runs_and_writes_its_files(name, tmp_path):
-    result = experiments.run(name, tmp_path, seeds=2, steps=1500, jobs=2)
+    # pqn-vs-dqn's MinAtar DQN starts learning at 5000 steps
+    result = experiments.run(name, tmp_path, seeds=2, steps=6000 if name == "pqn-vs-dqn" else 1500, jobs=2)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(result)) and on_disk["experiment"] == name
     assert set(on_disk["variants"]) == set(experiments.EXPERIMENTS[name].variants)
@@ -42,6 +43,9 @@ def test_experiment_runs_and_writes_its_files(name, tmp_path):
         assert len(stats["final_return_per_seed"]) == 2 and stats["final_return_mean"] > 0
         assert stats["final_return_std"] >= 0
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    if name == "pqn-vs-dqn":
+        assert all(v["wall_s_median"] > 0 for v in on_disk["variants"].values())
+        assert on_disk["presets"]["pqn-minatar"] == "pqn-minatar"
     assert "| variant |" in (tmp_path / "summary.md").read_text()
     if name == "overestimation":
         assert (tmp_path / "overestimation.png").exists()
@@ -63,3 +67,32 @@ def test_cli_refuses_bad_options_before_running(tmp_path, capsys):
     assert main(["experiment", "soft-vs-hard", "--steps", "10", "--out", str(tmp_path / "b")]) == 2
     assert "nothing would be learned" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_pqn_vs_dqn_gives_each_variant_its_preset_and_equal_minatar_steps():
+    cfgs = experiments.configs("pqn-vs-dqn", 1, None)
+    assert {v: cfgs[(v, 0)].algorithm for v, _ in cfgs} == {
+        "dqn-cartpole": "dqn",
+        "pqn-cartpole": "pqn",
+        "dqn-minatar": "dqn",
+        "pqn-minatar": "pqn",
+    }
+    # CartPole runs stop once solved, within their preset's own budget; MinAtar compares equal steps
+    assert cfgs[("dqn-cartpole", 0)].total_steps == presets.get("cartpole").total_steps
+    assert cfgs[("pqn-cartpole", 0)].total_steps == presets.get("pqn-cartpole").total_steps
+    assert cfgs[("dqn-minatar", 0)].total_steps == cfgs[("pqn-minatar", 0)].total_steps == 200_000
+    assert cfgs[("pqn-minatar", 0)].env_id == cfgs[("dqn-minatar", 0)].env_id == "MinAtar/Breakout"
+    assert {c.total_steps for c in experiments.configs("pqn-vs-dqn", 1, 6000).values()} == {6000}
+
+
+def test_summary_leaves_a_measure_a_variant_lacks_blank():
+    result = {"experiment": "x", "description": "d", "preset": "p", "steps": 1, "seeds": 1,
+              "variants": {"a": {"m": 1.0, "solved": 2.0}, "b": {"m": 3.0}}}  # fmt: skip
+    table = experiments.summary_markdown(result)
+    assert "| a | 1.00 | 2.00 |" in table and "| b | 3.00 | - |" in table
+
+
+def test_the_command_line_offers_every_experiment():
+    from dqnkit.cli import EXPERIMENT_NAMES
+
+    assert EXPERIMENT_NAMES == tuple(experiments.EXPERIMENTS)

@@ -34,6 +34,9 @@ class Experiment:
     variants: dict[str, dict[str, Any]]
     extra: Callable[[dict[str, list[list[dict[str, str]]]], Path, int], dict[str, dict[str, float]]] | None = None
     base: dict[str, Any] = field(default_factory=dict)
+    # False where variants train different envs (one return axis would mix their scales):
+    # ``extra`` draws the plots then
+    band_plot: bool = True
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -101,6 +104,34 @@ def _overestimation(runs: dict[str, list[list[dict[str, str]]]], out: Path, step
     return result
 
 
+def _pqn_vs_dqn(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: int) -> dict[str, dict[str, float]]:
+    """Per env, return against env steps and against wall seconds (pqn-vs-dqn.png); per
+    variant the median training wall time, steps and final greedy evaluation."""
+    result, panels = {}, {}
+    for variant, rs in runs.items():
+        summaries = [
+            json.loads((out / "runs" / f"{variant}-s{s}" / "summary.json").read_text()) for s in range(len(rs))
+        ]
+        evals = [s["eval_return_mean"] for s in summaries]
+        goal = presets.get(_variant_preset("pqn-vs-dqn", variant)).stop_at_return
+        result[variant] = {
+            "wall_s_median": float(np.median([s["wall_s"] for s in summaries])),
+            "steps_median": float(np.median([s["steps"] for s in summaries])),
+            "eval_return_mean": float(np.mean(evals)),
+            **({"solved": float(sum(e >= goal for e in evals))} if goal is not None else {}),
+        }
+        panel = panels.setdefault(summaries[0]["env_id"], {})
+        panel[variant] = [episodes_by(rows) for rows in rs]
+    plots.versus(panels, out / "pqn-vs-dqn.png")
+    return result
+
+
+def episodes_by(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(end step, training wall seconds, return) of every training episode of one run."""
+    ep = [r for r in rows if r["kind"] == "episode"]
+    return tuple(np.array([float(r[k]) for r in ep]) for k in ("step", "wall_s", "return"))  # type: ignore[return-value]
+
+
 EXPERIMENTS: dict[str, Experiment] = {
     "target-ablation": Experiment(
         "lesson exercise 1: target network refreshed every 1000 steps vs copied every step",
@@ -150,21 +181,43 @@ EXPERIMENTS: dict[str, Experiment] = {
             "eval_episodes": 5,
         },
     ),
+    "pqn-vs-dqn": Experiment(
+        "PQN against DQN, each with its own preset: CartPole-v1 until solved (greedy eval >= 475), "
+        "MinAtar Breakout at equal env steps; return against env steps and against wall seconds",
+        "cartpole",
+        200_000,
+        {
+            "dqn-cartpole": {"preset": "cartpole"},
+            "pqn-cartpole": {"preset": "pqn-cartpole"},
+            "dqn-minatar": {"preset": "minatar"},
+            "pqn-minatar": {"preset": "pqn-minatar"},
+        },
+        extra=_pqn_vs_dqn,
+        band_plot=False,
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- runner
+def _variant_preset(name: str, variant: str) -> str:
+    """The preset a variant starts from: its own ``preset`` entry, else the experiment's."""
+    return EXPERIMENTS[name].variants[variant].get("preset", EXPERIMENTS[name].preset)
+
+
 def configs(name: str, seeds: int, steps: int | None) -> dict[tuple[str, int], Config]:
-    """Every run of the experiment, validated before anything starts."""
+    """Every run of the experiment, validated before anything starts. ``steps`` (or the
+    experiment's) applies to every run, except that a variant naming its own preset that
+    stops at a goal (``stop_at_return``) keeps that preset's budget when ``steps`` is None."""
     exp = EXPERIMENTS[name]
-    total = steps or exp.steps
-    return {
-        (variant, seed): presets.get(
-            exp.preset, **{**exp.base, **overrides}, seed=seed, total_steps=total, checkpoint_every=total
-        )
-        for variant, overrides in exp.variants.items()
-        for seed in range(seeds)
-    }
+    runs = {}
+    for variant, overrides in exp.variants.items():
+        preset = _variant_preset(name, variant)
+        own = presets.get(preset)
+        total = steps or (own.total_steps if own.stop_at_return is not None and "preset" in overrides else exp.steps)
+        values = {k: v for k, v in {**exp.base, **overrides}.items() if k != "preset"}
+        for seed in range(seeds):
+            runs[(variant, seed)] = presets.get(preset, **values, seed=seed, total_steps=total, checkpoint_every=total)
+    return runs
 
 
 def _train_one(args: tuple[Config, str]) -> dict[str, Any]:
@@ -184,9 +237,10 @@ def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: in
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_train_one, work))
     rows = {v: [read_metrics(out / "runs" / f"{v}-s{s}" / "metrics.csv") for s in range(seeds)] for v in exp.variants}
-    grid = np.linspace(0, total, 200)
-    curves = {v: np.array([on_grid(r, grid) for r in rs]) for v, rs in rows.items()}
-    plots.band_curves(grid, curves, out / f"{name}.png", title=exp.description)
+    if exp.band_plot:
+        grid = np.linspace(0, total, 200)
+        curves = {v: np.array([on_grid(r, grid) for r in rs]) for v, rs in rows.items()}
+        plots.band_curves(grid, curves, out / f"{name}.png", title=exp.description)
     variants = {
         v: {
             "final_return_mean": float(np.mean(finals := [final_return(r) for r in rs])),
@@ -201,6 +255,7 @@ def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: in
         "experiment": name,
         "description": exp.description,
         "preset": exp.preset,
+        "presets": {v: _variant_preset(name, v) for v in exp.variants},
         "steps": total,
         "seeds": seeds,
         "variants": variants,
@@ -212,17 +267,20 @@ def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: in
 
 def summary_markdown(result: dict[str, Any]) -> str:
     """A Markdown table: one row per variant, one column per reported number."""
-    keys = [k for k in next(iter(result["variants"].values())) if not k.endswith("per_seed")]
+    keys = list(dict.fromkeys(k for v in result["variants"].values() for k in v if not k.endswith("per_seed")))
     lines = [
         f"# {result['experiment']}",
         "",
         result["description"],
         "",
-        f"{result['seeds']} seeds x {result['steps']} steps, preset `{result['preset']}`.",
+        f"{result['seeds']} seeds x {result['steps']} steps, "
+        + ", ".join(f"`{p}`" for p in dict.fromkeys(result.get("presets", {}).values()) or [result["preset"]])
+        + ".",
         "",
         "| variant | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 1) + "|",
     ]
     for variant, values in result["variants"].items():
-        lines.append(f"| {variant} | " + " | ".join(f"{values[k]:.2f}" for k in keys) + " |")
+        cells = (f"{values[k]:.2f}" if k in values else "-" for k in keys)  # a measure some variants lack
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
