@@ -237,18 +237,18 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
     "pqn-minatar": (
-        "PQN on MinAtar: the minatar CNN with LayerNorm, 32 envs x 32 steps, 4 minibatches x 4 epochs, "
-        "RAdam 2.5e-4 annealed, lambda 0.65, eps 1 -> 0.01 over 500k steps",
+        "PQN on MinAtar: the minatar CNN with LayerNorm, 32 envs x 32 steps, 8 minibatches x 4 epochs, "
+        "RAdam 1e-3 annealed, lambda 0.65, eps 1 -> 0.01 over 100k steps (as long as minatar's)",
         {
             **_PQN,
             "env_id": "MinAtar/Breakout",
             "total_steps": 5_000_000,
             "num_envs": 32,
             "rollout_steps": 32,
-            "num_minibatches": 4,
-            "lr": 2.5e-4,
+            "num_minibatches": 8,
+            "lr": 1e-3,
             "eps_end": 0.01,
-            "exploration_steps": 500_000,
+            "exploration_steps": 100_000,
             "eval_every": 50_000,
             "eval_episodes": 10,
         },
