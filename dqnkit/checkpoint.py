@@ -26,6 +26,7 @@ from dqnkit.errors import CheckpointError
 FORMAT_VERSION = 1
 _NP_TAG = "__ndarray__"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
+_CHUNK_FILE = re.compile(r"chunk_(\d+)\.pt$")
 
 
 def to_storable(obj: Any) -> Any:
@@ -123,3 +124,132 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------- the replay
+class FullReplay:
+    """``replay_checkpoint=full``: every checkpoint holds the whole replay (simple; a 1M Atari
+    replay makes each checkpoint about 7 GB)."""
+
+    def state(self, replay: Any) -> dict[str, Any]:
+        """The replay's whole state, rows included."""
+        return replay.state_dict()
+
+    def commit(self, kept: list[Path]) -> None:
+        """Nothing to do once the checkpoint is on disk."""
+
+    def restore(self, replay: Any, state: dict[str, Any]) -> None:
+        """Load a checkpoint's replay state (one saved whole, or left out: then the replay
+        stays empty and the caller refills it)."""
+        if state.get("omitted"):
+            return
+        if "chunks" in state:
+            raise CheckpointError(
+                "this checkpoint keeps its replay in chunks: resume with replay_checkpoint=incremental"
+            )
+        replay.load_state_dict(state)
+
+
+class NoReplay(FullReplay):
+    """``replay_checkpoint=none``: checkpoints leave the replay out; a resumed run refills it."""
+
+    def state(self, replay: Any) -> dict[str, Any]:
+        """A marker only: nothing of the replay is kept."""
+        return {"omitted": True}
+
+
+class ReplayChunks(FullReplay):
+    """``replay_checkpoint=incremental``: the replay's rows live in ``checkpoints/replay/``
+    chunk files, each written once with the rows written since the previous checkpoint and
+    shared by every checkpoint that still refers to them; a checkpoint itself holds only the
+    small state (positions, RNG, sum-tree leaves, the n-step folder) and ``owner``, the chunk
+    that holds each row's content (-1: never written).
+
+    Crash safety: the new chunk is written, fsynced and renamed into place *before* the
+    checkpoint that refers to it, and becomes the base of the next save only once that
+    checkpoint is on disk (:meth:`commit`). A crash at any moment leaves the previous
+    checkpoint and every chunk it refers to; a chunk no kept checkpoint refers to is deleted
+    at the next commit.
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.dir = Path(run_dir) / "checkpoints" / "replay"
+        self.owner: np.ndarray | None = None  # of the last committed checkpoint
+        self.mark: np.ndarray | None = None  # the replay's write mark at that checkpoint
+        self.next_id = 0
+        self.bytes_written = 0  # by the last save: the new rows
+        self._pending: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._refs: dict[str, set[int]] = {}  # chunk ids each numbered checkpoint refers to
+
+    def path(self, chunk_id: int) -> Path:
+        """``checkpoints/replay/chunk_<id>.pt``."""
+        return self.dir / f"chunk_{chunk_id:08d}.pt"
+
+    def state(self, replay: Any) -> dict[str, Any]:
+        """Write the rows changed since the last committed checkpoint as one new chunk;
+        return the replay's small state and the row -> chunk map that includes it."""
+        columns, mark = replay.row_columns(), replay.write_mark()
+        owner = np.full(len(next(iter(columns.values()))), -1, np.int32) if self.owner is None else self.owner.copy()
+        rows = replay.rows_since(np.zeros_like(mark) if self.mark is None else self.mark)
+        chunk_id, self.bytes_written = self.next_id, 0
+        if len(rows):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            chunk = {"rows": rows, **{name: column[rows] for name, column in columns.items()}}
+            atomic_save(chunk, self.path(chunk_id))
+            self.bytes_written = sum(a.nbytes for a in chunk.values())
+            owner[rows] = chunk_id
+            chunk_id += 1
+        self._pending = (owner, mark, chunk_id)
+        return {**replay.state_dict(rows=False), "chunks": {"owner": owner, "next_id": chunk_id}}
+
+    def commit(self, kept: list[Path]) -> None:
+        """The checkpoint just saved becomes the base of the next; chunks that none of the
+        ``kept`` checkpoints refers to are deleted."""
+        if self._pending is None:
+            return
+        self.owner, self.mark, self.next_id = self._pending
+        self._pending = None
+        referenced = set(np.unique(self.owner[self.owner >= 0]).tolist())
+        for path in kept:
+            referenced |= self._referenced_by(path)
+        for chunk in self.dir.glob("chunk_*.pt*"):
+            match = _CHUNK_FILE.search(chunk.name)
+            if match is None or int(match.group(1)) not in referenced:
+                chunk.unlink(missing_ok=True)
+
+    def _referenced_by(self, checkpoint: Path) -> set[int]:
+        if checkpoint.name not in self._refs:
+            try:
+                owner = safe_load(checkpoint)["replay"]["chunks"]["owner"]
+                self._refs[checkpoint.name] = set(np.unique(owner[owner >= 0]).tolist())
+            except (CheckpointError, KeyError):
+                self._refs[checkpoint.name] = set()  # not a chunked checkpoint: refers to none
+        return self._refs[checkpoint.name]
+
+    def restore(self, replay: Any, state: dict[str, Any]) -> None:
+        """Load a checkpoint's replay state, its rows from the chunks it refers to; it becomes
+        the base of the next save. (A checkpoint saved whole, as before this version, loads too.)"""
+        if "chunks" not in state:
+            super().restore(replay, state)
+            return
+        replay.load_state_dict(state)
+        owner, columns = state["chunks"]["owner"], replay.row_columns()
+        if len(owner) != len(next(iter(columns.values()))):
+            raise ValueError(f"replay chunks cover {len(owner)} rows, not this buffer's")
+        for chunk_id in np.unique(owner[owner >= 0]).tolist():
+            if not self.path(chunk_id).is_file():
+                raise CheckpointError(
+                    f"replay chunk {self.path(chunk_id)} of this checkpoint is missing; use an earlier checkpoint"
+                )
+            chunk = safe_load(self.path(chunk_id))
+            rows = chunk["rows"]
+            mine = owner[rows] == chunk_id  # rows a later chunk rewrote are read from that one
+            for name, column in columns.items():
+                column[rows[mine]] = chunk[name][mine]
+        self.owner, self.next_id = owner.copy(), int(state["chunks"]["next_id"])
+        self.mark = replay.write_mark()
+
+
+def replay_saver(mode: str, run_dir: str | Path) -> FullReplay:
+    """How checkpoints keep the replay: ``incremental`` (chunks), ``full`` or ``none``."""
+    return {"incremental": lambda: ReplayChunks(run_dir), "full": FullReplay, "none": NoReplay}[mode]()

@@ -203,6 +203,12 @@ class Config:
     )
     checkpoint_every: int = _opt(0, "Checkpoint every this many transitions (0 = about ten per run).", lo=0)
     keep_checkpoints: int = _opt(3, "Numbered checkpoints to keep besides `latest`.", lo=1)
+    replay_checkpoint: str = _opt(
+        "incremental",
+        "How checkpoints keep the replay: incremental (each writes only the rows written since the previous one, into chunk files later checkpoints share: keeping 3 costs about one replay on disk), full (each holds the whole replay, as before this version) or none (left out: a resumed run refills the replay from scratch, warns, and says so in summary.json).",
+        choices=("incremental", "full", "none"),
+        only="dqn",
+    )
 
     # ------------------------------------------------------------------ API
     def __post_init__(self) -> None:

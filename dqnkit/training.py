@@ -23,7 +23,7 @@ import torch
 
 from dqnkit import __version__, schedules
 from dqnkit.agent import DQNAgent
-from dqnkit.checkpoint import CheckpointDir, safe_load
+from dqnkit.checkpoint import CheckpointDir, FullReplay, replay_saver, safe_load
 from dqnkit.config import Config, from_dict
 from dqnkit.envpool_env import import_envpool
 from dqnkit.envs import check_env_id, finished_episodes, get_env_states, make_vec_env, set_env_state, true_next_obs
@@ -58,6 +58,8 @@ class Loop:
     ep_return: np.ndarray | None = None  # [N]
     ep_length: np.ndarray | None = None  # [N]
     env_fresh_reset: bool = False  # the envs could not be restored and were reset on resume
+    replay_refilled: bool = False  # resumed without the replay (replay_checkpoint=none)
+    refill_until: int = 0  # no updates before this step: the emptied replay fills up again
     # Loss and Q summed over the updates since the last logged episode (tensors: adding
     # them never waits for a host sync; kept here so a resumed run logs the same means).
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
@@ -76,6 +78,7 @@ class Parts:
     # prioritized, vectors or frames), or pqn's rollout in progress
     replay: UniformReplay | FrameReplay | Rollout
     loop: Loop = field(default_factory=Loop)
+    replay_saver: FullReplay = field(default_factory=FullReplay)  # how checkpoints keep `replay`
 
 
 # ----------------------------------------------------------------------------- public API
@@ -92,7 +95,7 @@ def train(
     resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     open_run_dir(config, run_dir, overwrite)
-    parts = build(config)
+    parts = build(config, run_dir)
     _reset_envs(parts)
     return _run(parts, run_dir, progress)
 
@@ -107,7 +110,7 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
             raise ConfigError(f"--steps {total_steps} is below the {ckpt['loop']['step']} steps this run already has")
         config = config.replace(total_steps=total_steps)
     resolve_device(config.device)
-    parts = build(config)
+    parts = build(config, run_dir)
     restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
     (run_dir / "config.json").write_text(config.to_json())
     if total_steps is not None:
@@ -136,8 +139,9 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
 
 
 # ----------------------------------------------------------------------------- building
-def build(config: Config) -> Parts:
-    """Envs, network, agent and replay for ``config``, seeded; nothing is run yet."""
+def build(config: Config, run_dir: str | Path | None = None) -> Parts:
+    """Envs, network, agent and replay for ``config``, seeded; nothing is run yet. With a
+    ``run_dir``, checkpoints keep the replay as ``replay_checkpoint`` says (else whole)."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
@@ -151,10 +155,11 @@ def build(config: Config) -> Parts:
     )
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
-    if config.algorithm == "pqn":
+    if config.algorithm == "pqn":  # a rollout is small: checkpoints keep it whole
         rollout = Rollout(config.rollout_steps, config.num_envs, obs_space.shape, obs_space.dtype)
         return Parts(config, envs, agent, rollout)
-    return Parts(config, envs, agent, build_replay(config, obs_space.shape, obs_space.dtype))
+    saver = replay_saver(config.replay_checkpoint, run_dir) if run_dir is not None else FullReplay()
+    return Parts(config, envs, agent, build_replay(config, obs_space.shape, obs_space.dtype), replay_saver=saver)
 
 
 def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> UniformReplay | FrameReplay:
@@ -210,6 +215,21 @@ def load(run_dir: str | Path, device: str = "auto") -> DQNAgent | PQNAgent:
     return agent
 
 
+def load_replay(run_dir: str | Path) -> UniformReplay | FrameReplay:
+    """The replay of a run's latest checkpoint, rebuilt (rows read from its chunks where the
+    run saves incrementally); empty where the run leaves the replay out. For inspection:
+    ``load_replay(d).obs[: len(replay)]``."""
+    ckpt = load_checkpoint(run_dir)
+    config = from_dict(ckpt["config"])
+    obs_shape, obs_dtype, _ = check_env_id(config.env_id)
+    replay = build_replay(config, obs_shape, obs_dtype)
+    try:
+        replay_saver(config.replay_checkpoint, run_dir).restore(replay, ckpt["replay"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
+    return replay
+
+
 def spaces(agent: DQNAgent | PQNAgent) -> dict[str, Any]:
     """The observation shape and action count a checkpoint records, so that :func:`load`
     rebuilds the network without building the env."""
@@ -220,12 +240,19 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
     """Load a checkpoint's state into freshly built parts."""
     try:
         parts.agent.load_state_dict(ckpt["agent"])
-        parts.replay.load_state_dict(ckpt["replay"])
+        parts.replay_saver.restore(parts.replay, ckpt["replay"])
         if "folder" in ckpt:  # older checkpoints kept the n-step folder beside the replay
             parts.replay.folder.load_state_dict(ckpt["folder"])
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
     loop = Loop(**ckpt["loop"])
+    if ckpt["replay"].get("omitted"):
+        warnings.warn(
+            "this run's checkpoints leave the replay out (replay_checkpoint=none): it refills from "
+            f"scratch, and learning waits {parts.config.learning_starts} steps for it",
+            stacklevel=2,
+        )
+        loop.replay_refilled, loop.refill_until = True, loop.step + parts.config.learning_starts
     env_states = ckpt["envs"]
     if all(s is not None for s in env_states) and len(env_states) == parts.config.num_envs:
         for env, state in zip(parts.envs.envs, env_states):  # states are only ever saved from a SyncVectorEnv
@@ -249,7 +276,7 @@ def snapshot(parts: Parts) -> dict[str, Any]:
         "config": parts.config.to_dict(),
         "agent": parts.agent.state_dict(),
         "spaces": spaces(parts.agent),
-        "replay": parts.replay.state_dict(),
+        "replay": parts.replay_saver.state(parts.replay),
         "loop": asdict(parts.loop),
         "envs": get_env_states(parts.envs),
         "torch_rng": torch.get_rng_state(),
@@ -327,6 +354,7 @@ def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
     summary = {
         **run_summary(cfg, loop.step, loop.episodes, agent, loop.eval_mean, loop.eval_std, loop.stopped_early),
         "resumed_with_fresh_episodes": loop.env_fresh_reset,
+        "resumed_with_empty_replay": loop.replay_refilled,
         "wall_s": round(loop.wall_s, 3),
         "sps": round(sps, 1),
     }
@@ -337,7 +365,7 @@ def _dqn_updates(parts: Parts, prev: int) -> None:
     """DQN's updates due since step ``prev``: every ``train_freq`` transitions
     ``gradient_steps`` replay updates, every ``target_update_interval`` a target update."""
     cfg, loop = parts.config, parts.loop
-    if loop.step < cfg.learning_starts:
+    if loop.step < max(cfg.learning_starts, loop.refill_until):
         return
     for _ in range(crossed(prev, loop.step, cfg.train_freq) * cfg.gradient_steps):
         _learn_once(parts)
@@ -374,6 +402,7 @@ def _save(parts: Parts, monitor: RunMonitor) -> None:
     check_loss(parts.loop.loss_sum, parts.loop.step)
     parts.loop.wall_s = monitor.wall_s()
     monitor.save(parts.loop.step, snapshot(parts))
+    parts.replay_saver.commit(monitor.checkpoints.numbered())
 
 
 def resolve_device(name: str) -> torch.device:

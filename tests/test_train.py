@@ -7,7 +7,7 @@ import torch
 
 from dqnkit import Config, load, presets, resume, train
 from dqnkit.errors import DqnkitError
-from dqnkit.training import build, crossed, epsilon, load_checkpoint
+from dqnkit.training import build, crossed, epsilon, load_replay
 
 TINY = dict(
     total_steps=600,
@@ -36,10 +36,9 @@ def _q(agent) -> np.ndarray:
 # ------------------------------------------------------- termination vs truncation
 def _stored(run) -> set[tuple[float, float, float]]:
     """(obs, next_obs, terminated) of every transition in the run's final replay (its checkpoint)."""
-    replay = load_checkpoint(run)["replay"]
-    return {
-        (float(o[0]), float(n[0]), float(t)) for o, n, t in zip(replay["obs"], replay["next_obs"], replay["terminated"])
-    }
+    replay = load_replay(run)
+    rows = zip(*(getattr(replay, name)[: len(replay)] for name in ("obs", "next_obs", "terminated")))
+    return {(float(o[0]), float(n[0]), float(t)) for o, n, t in rows}
 
 
 @pytest.mark.parametrize("num_envs", [1, 3])
@@ -232,7 +231,7 @@ SOLVE_SEEDS = range(int(os.environ.get("DQNKIT_SOLVE_SEEDS", "1")))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["cartpole", "cartpole-rainbow", "cartpole-c51", "cartpole-qr"])
+@pytest.mark.parametrize("preset", ["cartpole", "cartpole-rainbow", "cartpole-c51", "cartpole-qr", "pqn-cartpole"])
 @pytest.mark.parametrize("seed", SOLVE_SEEDS)
 def test_presets_solve_cartpole(tmp_path, preset, seed):
     summary = train(presets.get(preset, seed=seed), tmp_path / "run")

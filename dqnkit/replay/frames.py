@@ -187,15 +187,38 @@ class FrameReplay:
         return flat.take(env[:, None] * self.rows + rows, axis=0)
 
     # ------------------------------------------------------------------ state
-    _ARRAYS = ("frames", "actions", "rewards", "kind", "ep_pos", "pos", "written", "next_ep_pos")
+    _ROWS = ("frames", "actions", "rewards", "kind", "ep_pos")  # [num_envs, rows, ...] each
+    _COUNTERS = ("pos", "written", "next_ep_pos")  # [num_envs] each
 
-    def state_dict(self) -> dict[str, Any]:
-        """Rows, ring positions and RNG: enough to resume bit for bit."""
-        return {**{name: getattr(self, name).copy() for name in self._ARRAYS}, "rng": self.rng.bit_generator.state}
+    def row_columns(self) -> dict[str, np.ndarray]:
+        """The rows as [capacity, ...] views, row ``env * rows + slot`` (the flat index
+        ``add_step`` returns): what an incremental checkpoint writes row by row."""
+        return {name: getattr(self, name).reshape(self.capacity, *getattr(self, name).shape[2:]) for name in self._ROWS}
+
+    def write_mark(self) -> np.ndarray:
+        """A mark of how far writing has got: rows written per env."""
+        return self.written.copy()
+
+    def rows_since(self, mark: np.ndarray) -> np.ndarray:
+        """Flat rows written after ``mark`` (each once): per env, the last ``written - mark``
+        slots before ``pos``, at most its whole ring."""
+        counts = np.minimum(self.written - mark, self.rows)
+        return np.concatenate(
+            [env * self.rows + (self.pos[env] - k + np.arange(k)) % self.rows for env, k in enumerate(counts)]
+        )
+
+    def state_dict(self, rows: bool = True) -> dict[str, Any]:
+        """Ring positions and RNG, plus the rows unless ``rows=False`` (an incremental
+        checkpoint stores them apart): enough to resume bit for bit."""
+        names = self._ROWS + self._COUNTERS if rows else self._COUNTERS
+        return {**{name: getattr(self, name).copy() for name in names}, "rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s content into a buffer built with the same sizes."""
-        for name in self._ARRAYS:
+        """Restore :meth:`state_dict`'s content into a buffer built with the same sizes (rows
+        saved apart are loaded into :meth:`row_columns` by the caller)."""
+        for name in self._ROWS + self._COUNTERS:
+            if name not in state and name in self._ROWS:
+                continue
             if state[name].shape != getattr(self, name).shape:
                 raise ValueError("replay state does not match this buffer's capacity, envs or frame shape")
             getattr(self, name)[...] = state[name]
@@ -263,9 +286,9 @@ class PrioritizedFrameReplay(FrameReplay):
         keep = self.sampleable(indices)
         self.priorities.update(indices[keep], to_host(td_errors)[keep])
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rows: bool = True) -> dict[str, Any]:
         """The rows plus the sum tree and the rows still waiting to become sampleable."""
-        return {**super().state_dict(), **self.priorities.state_dict(), "pending": self.pending.copy()}
+        return {**super().state_dict(rows), **self.priorities.state_dict(), "pending": self.pending.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s content."""

@@ -131,9 +131,9 @@ class PrioritizedReplay(UniformReplay):
         """New priorities |td| + eps for sampled slots (duplicates: the last one wins)."""
         self.priorities.update(indices, td_errors)
 
-    def state_dict(self) -> dict[str, Any]:
-        """The transitions plus the sum tree."""
-        return {**super().state_dict(), **self.priorities.state_dict()}
+    def state_dict(self, rows: bool = True) -> dict[str, Any]:
+        """The transitions (unless ``rows=False``) plus the sum tree."""
+        return {**super().state_dict(rows), **self.priorities.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s content."""

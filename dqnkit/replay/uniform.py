@@ -73,6 +73,7 @@ class UniformReplay:
         self._columns = {name: self.data[name] for name in record.names}
         self.pos = 0  # next slot to write
         self.size = 0
+        self.written = 0  # transitions ever written (which rows changed since a checkpoint)
         self.rng = np.random.default_rng(seed)
         # add_step folds n-step returns on the way in (FrameReplay folds at sample time instead)
         self.folder = NStepFolder(n_step, gamma, num_envs, self.obs_shape, self.obs_dtype)
@@ -130,6 +131,7 @@ class UniformReplay:
         columns["horizons"][where] = 1 if horizons is None else horizons
         self.pos = (pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
+        self.written += n
         return slots
 
     def sample(self, batch_size: int, beta: float | None = None) -> Batch:
@@ -165,21 +167,41 @@ class UniformReplay:
         raise AttributeError(name)
 
     # ---------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        """Contents, position and RNG, enough to resume bit for bit."""
+    # ---------------------------------------------------------------- rows, for checkpoints
+    def row_columns(self) -> dict[str, np.ndarray]:
+        """The stored rows, each field as a [capacity, ...] view: what an incremental
+        checkpoint (:class:`dqnkit.checkpoint.ReplayChunks`) writes row by row."""
+        return dict(self._columns)
+
+    def write_mark(self) -> np.ndarray:
+        """A mark of how far writing has got; :meth:`rows_since` a mark lists what changed."""
+        return np.array([self.written], np.int64)
+
+    def rows_since(self, mark: np.ndarray) -> np.ndarray:
+        """Slots written after ``mark`` (each once, oldest first): the last ``written - mark``
+        slots before ``pos``, at most the whole ring."""
+        count = min(self.written - int(mark[0]), self.capacity)
+        return (self.pos - count + np.arange(count)) % self.capacity
+
+    def state_dict(self, rows: bool = True) -> dict[str, Any]:
+        """Position, counters, RNG and the n-step folder, plus the rows unless ``rows=False``
+        (an incremental checkpoint stores them apart): enough to resume bit for bit."""
         n = self.size
-        fields = {name: self.data[name][:n].copy() for name in self.data.dtype.names}
-        state = {**fields, "pos": self.pos, "size": n, "rng": self.rng.bit_generator.state}
+        fields = {name: self.data[name][:n].copy() for name in self.data.dtype.names} if rows else {}
+        state = {**fields, "pos": self.pos, "size": n, "written": self.written, "rng": self.rng.bit_generator.state}
         return {**state, "folder": self.folder.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s content into a buffer of the same shape."""
+        """Restore :meth:`state_dict`'s content into a buffer of the same shape (rows saved
+        apart are loaded into :meth:`row_columns` by the caller)."""
         n = int(state["size"])
-        if n > self.capacity or tuple(state["obs"].shape[1:]) != self.obs_shape:
+        if n > self.capacity or ("obs" in state and tuple(state["obs"].shape[1:]) != self.obs_shape):
             raise ValueError("replay state does not match this buffer's capacity or observation shape")
-        for name in self.data.dtype.names:
-            self.data[name][:n] = state[name]
+        if "obs" in state:
+            for name in self.data.dtype.names:
+                self.data[name][:n] = state[name]
         self.pos, self.size = int(state["pos"]), n
+        self.written = int(state.get("written", n))  # older checkpoints: as if written once
         self.rng.bit_generator.state = state["rng"]
         if "folder" in state:  # older checkpoints kept the folder beside the replay
             self.folder.load_state_dict(state["folder"])
