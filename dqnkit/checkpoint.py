@@ -11,6 +11,7 @@ as tensors (tagged) because the safe unpickler does not rebuild numpy objects.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -129,11 +130,22 @@ def _fsync_dir(directory: Path) -> None:
 # ----------------------------------------------------------------------------- the replay
 class FullReplay:
     """``replay_checkpoint=full``: every checkpoint holds the whole replay (simple; a 1M Atari
-    replay makes each checkpoint about 7 GB)."""
+    replay makes each checkpoint about 7 GB).
+
+    The protocol of every way to keep the replay: :meth:`state` (on the loop, the small state
+    and what must be written), :meth:`write` (in the background, before the checkpoint that
+    refers to it), :meth:`commit` (once that checkpoint is on disk), and ``safe_steps``: how
+    many vector steps the loop may take before it would overwrite rows not yet written.
+    """
+
+    safe_steps: float = math.inf
 
     def state(self, replay: Any) -> dict[str, Any]:
-        """The replay's whole state, rows included."""
+        """The replay's whole state, rows included (copied: the loop goes on meanwhile)."""
         return replay.state_dict()
+
+    def write(self) -> None:
+        """Nothing is written apart from the checkpoint."""
 
     def commit(self, kept: list[Path]) -> None:
         """Nothing to do once the checkpoint is on disk."""
@@ -178,7 +190,9 @@ class ReplayChunks(FullReplay):
         self.mark: np.ndarray | None = None  # the replay's write mark at that checkpoint
         self.next_id = 0
         self.bytes_written = 0  # by the last save: the new rows
+        self.safe_steps = math.inf
         self._pending: tuple[np.ndarray, np.ndarray, int] | None = None
+        self._job: tuple[Path, np.ndarray, dict[str, np.ndarray]] | None = None
         self._refs: dict[str, set[int]] = {}  # chunk ids each numbered checkpoint refers to
 
     def path(self, chunk_id: int) -> Path:
@@ -186,21 +200,34 @@ class ReplayChunks(FullReplay):
         return self.dir / f"chunk_{chunk_id:08d}.pt"
 
     def state(self, replay: Any) -> dict[str, Any]:
-        """Write the rows changed since the last committed checkpoint as one new chunk;
-        return the replay's small state and the row -> chunk map that includes it."""
+        """The replay's small state and the row -> chunk map, with the rows written since the
+        last committed checkpoint assigned to one new chunk. The rows stay in the ring until
+        :meth:`write` reads them, and the loop must wait for that before ``safe_steps`` more
+        vector steps (after them it could overwrite one)."""
         columns, mark = replay.row_columns(), replay.write_mark()
         owner = np.full(len(next(iter(columns.values()))), -1, np.int32) if self.owner is None else self.owner.copy()
-        rows = replay.rows_since(np.zeros_like(mark) if self.mark is None else self.mark)
-        chunk_id, self.bytes_written = self.next_id, 0
+        since = np.zeros_like(mark) if self.mark is None else self.mark
+        rows, chunk_id = replay.rows_since(since), self.next_id
+        self._job, self.safe_steps = None, math.inf
         if len(rows):
-            self.dir.mkdir(parents=True, exist_ok=True)
-            chunk = {"rows": rows, **{name: column[rows] for name, column in columns.items()}}
-            atomic_save(chunk, self.path(chunk_id))
-            self.bytes_written = sum(a.nbytes for a in chunk.values())
+            self._job = (self.path(chunk_id), rows, columns)
+            self.safe_steps = replay.safe_steps(since)
             owner[rows] = chunk_id
             chunk_id += 1
         self._pending = (owner, mark, chunk_id)
         return {**replay.state_dict(rows=False), "chunks": {"owner": owner, "next_id": chunk_id}}
+
+    def write(self) -> None:
+        """Write the new chunk (fsynced, renamed into place) from the ring's rows."""
+        self.bytes_written = 0
+        if self._job is None:
+            return
+        path, rows, columns = self._job
+        self.dir.mkdir(parents=True, exist_ok=True)
+        chunk = {"rows": rows, **{name: column[rows] for name, column in columns.items()}}
+        atomic_save(chunk, path)
+        self.bytes_written = sum(a.nbytes for a in chunk.values())
+        self._job = None
 
     def commit(self, kept: list[Path]) -> None:
         """The checkpoint just saved becomes the base of the next; chunks that none of the

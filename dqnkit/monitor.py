@@ -14,6 +14,8 @@ import shutil
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,8 @@ class RunMonitor:
         )
         self._start_s, self._start_step, self._base_s = time.perf_counter(), step, wall_s
         self._stop = _StopFlag()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="dqnkit-checkpoint")
+        self._saving: Future[None] | None = None
 
     # ------------------------------------------------------------------ time and progress
     def wall_s(self) -> float:
@@ -160,11 +164,44 @@ class RunMonitor:
         """The evaluation met ``stop_at_return``: the run may stop early."""
         return self.config.stop_at_return is not None and eval_mean >= self.config.stop_at_return
 
-    def save(self, step: int, payload: dict[str, Any]) -> None:
+    def save(
+        self,
+        step: int,
+        payload: dict[str, Any],
+        *,
+        before: Callable[[], None] | None = None,
+        after: Callable[[list[Path]], None] | None = None,
+        background: bool = False,
+    ) -> None:
         """A checkpoint of ``step``. Metrics first: a resumed run keeps exactly the rows up to
-        its checkpoint's step, so they must be on disk before the checkpoint that vouches for them."""
+        its checkpoint's step, so they must be on disk before the checkpoint that vouches for them.
+
+        ``before`` writes what the checkpoint refers to (replay chunks), ``after`` gets the
+        numbered checkpoints kept once it is on disk. ``background``: all three run on a
+        writer thread while the loop goes on (``payload`` must hold copies, not live state);
+        saves stay in order, and one that failed raises at the next :meth:`save` or
+        :meth:`wait_saved`.
+        """
         self.logger.flush()
-        self.checkpoints.save(step, payload)
+        self.wait_saved()
+
+        def write() -> None:
+            if before is not None:
+                before()
+            self.checkpoints.save(step, payload)
+            if after is not None:
+                after(self.checkpoints.numbered())
+
+        if background:
+            self._saving = self._writer.submit(write)
+        else:
+            write()
+
+    def wait_saved(self) -> None:
+        """Wait for the checkpoint being written in the background; raise what made it fail."""
+        saving, self._saving = self._saving, None
+        if saving is not None:
+            saving.result()
 
     # ------------------------------------------------------------------ the end
     def close(self) -> None:
@@ -174,6 +211,8 @@ class RunMonitor:
 
     def finish(self, summary: dict[str, Any], title: str) -> dict[str, Any]:
         """Write ``summary.json`` (with the version) and the learning curve; return the summary."""
+        self.wait_saved()
+        self._writer.shutdown()
         self.logger.close()
         summary = {**summary, "dqnkit_version": __version__}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

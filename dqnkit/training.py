@@ -12,6 +12,7 @@ between two iterations resumes bit for bit.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,7 @@ class Parts:
     replay: UniformReplay | FrameReplay | Rollout
     loop: Loop = field(default_factory=Loop)
     replay_saver: FullReplay = field(default_factory=FullReplay)  # how checkpoints keep `replay`
+    save_deadline: float = math.inf  # the step by which a background save must have read the ring
 
 
 # ----------------------------------------------------------------------------- public API
@@ -274,11 +276,11 @@ def snapshot(parts: Parts) -> dict[str, Any]:
     """Everything needed to continue the run bit for bit."""
     return {
         "config": parts.config.to_dict(),
-        "agent": parts.agent.state_dict(),
+        "agent": copy.deepcopy(parts.agent.state_dict()),
         "spaces": spaces(parts.agent),
         "replay": parts.replay_saver.state(parts.replay),
         "loop": asdict(parts.loop),
-        "envs": get_env_states(parts.envs),
+        "envs": copy.deepcopy(get_env_states(parts.envs)),
         "torch_rng": torch.get_rng_state(),
         "dqnkit_version": __version__,
     }
@@ -316,6 +318,9 @@ def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
     monitor = RunMonitor(cfg, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
     try:
         while loop.step < cfg.total_steps and not loop.stopped_early:
+            if loop.step >= parts.save_deadline:  # the next step could overwrite rows being saved
+                monitor.wait_saved()
+                parts.save_deadline = math.inf
             eps = epsilon(cfg, loop.step, agent.updates)
             actions = agent.act(loop.obs, eps)
             next_obs, rewards, terminated, truncated, info = parts.envs.step(actions)
@@ -342,6 +347,7 @@ def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
         monitor.close()
     if monitor.interrupted:
         _save(parts, monitor)
+        monitor.wait_saved()
         monitor.logger.close()
         raise KeyboardInterrupt(
             f"interrupted at step {loop.step}; checkpoint saved, continue with `dqnkit train --resume {run_dir}`"
@@ -401,8 +407,12 @@ def _evaluate(parts: Parts, monitor: RunMonitor) -> None:
 def _save(parts: Parts, monitor: RunMonitor) -> None:
     check_loss(parts.loop.loss_sum, parts.loop.step)
     parts.loop.wall_s = monitor.wall_s()
-    monitor.save(parts.loop.step, snapshot(parts))
-    parts.replay_saver.commit(monitor.checkpoints.numbered())
+    saver = parts.replay_saver
+    monitor.wait_saved()  # the previous save commits first: the new chunk holds the rows since it
+    payload = snapshot(parts)  # copies: the loop goes on while a thread writes them
+    monitor.save(parts.loop.step, payload, before=saver.write, after=saver.commit, background=True)
+    # the new replay rows are read from the ring by that thread: wait for it before they could be overwritten
+    parts.save_deadline = parts.loop.step + parts.config.num_envs * saver.safe_steps
 
 
 def resolve_device(name: str) -> torch.device:

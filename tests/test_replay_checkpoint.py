@@ -69,7 +69,9 @@ def test_every_buffer_restores_exactly_from_chunks_after_wrapping(tmp_path, kind
     for i, steps in enumerate([40, 70, 200, 5]):  # the ring (150 rows per env) wraps at the third
         before = np.copy(replay.written)
         _fill(replay, steps, seed=i)
-        checkpoints.save(i, {"replay": chunks.state(replay)})
+        state = chunks.state(replay)  # on the loop: small state, rows assigned to a chunk
+        chunks.write()  # on the writer thread, before the checkpoint that refers to it
+        checkpoints.save(i, {"replay": state})
         chunks.commit(checkpoints.numbered())
         # exactly the rows written since the last checkpoint, each once, at most a whole ring
         rows = safe_load(chunks.path(chunks.next_id - 1))["rows"]
@@ -179,3 +181,21 @@ def test_a_missing_chunk_is_refused_with_a_clear_error(tmp_path):
     next(iter(sorted((run / "checkpoints" / "replay").glob("chunk_*.pt")))).unlink()
     with pytest.raises(CheckpointError, match="replay chunk .* is missing"):
         resume(run, total_steps=1500)
+
+
+@pytest.mark.parametrize("kind", BUFFERS)
+def test_rows_are_read_from_the_ring_intact_for_safe_steps_more_steps(tmp_path, kind):
+    """The writer thread reads the new rows from the ring after the loop has gone on: for up
+    to ``safe_steps`` vector steps (the loop waits after that) none of them is overwritten."""
+    replay, chunks = BUFFERS[kind](), ReplayChunks(tmp_path)
+    _fill(replay, 100, seed=1)
+    at_save = BUFFERS[kind]()
+    at_save.load_state_dict(replay.state_dict())  # the buffer as it is when the checkpoint is taken
+    state = chunks.state(replay)
+    assert 0 < chunks.safe_steps < replay.capacity
+    _fill(replay, chunks.safe_steps, seed=2)  # the loop goes on, up to the deadline
+    chunks.write()
+    atomic_save({"replay": state}, tmp_path / "ckpt.pt")
+    twin = BUFFERS[kind]()
+    ReplayChunks(tmp_path).restore(twin, safe_load(tmp_path / "ckpt.pt")["replay"])
+    _same(at_save, twin)

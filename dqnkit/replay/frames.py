@@ -207,6 +207,12 @@ class FrameReplay:
             [env * self.rows + (self.pos[env] - k + np.arange(k)) % self.rows for env, k in enumerate(counts)]
         )
 
+    def safe_steps(self, mark: np.ndarray) -> int:
+        """Vector steps this buffer can take before it overwrites a row written after
+        ``mark``: a step writes at most two rows per env (the step's, and a final row)."""
+        pending = np.minimum(self.written - mark, self.rows)
+        return int((self.rows - pending).min()) // 2
+
     def state_dict(self, rows: bool = True) -> dict[str, Any]:
         """Ring positions and RNG, plus the rows unless ``rows=False`` (an incremental
         checkpoint stores them apart): enough to resume bit for bit."""

@@ -183,6 +183,12 @@ class UniformReplay:
         count = min(self.written - int(mark[0]), self.capacity)
         return (self.pos - count + np.arange(count)) % self.capacity
 
+    def safe_steps(self, mark: np.ndarray) -> int:
+        """Vector steps this buffer can take before it overwrites a row written after
+        ``mark``: a step writes at most n transitions per env (an episode's end flushes them)."""
+        pending = min(self.written - int(mark[0]), self.capacity)
+        return (self.capacity - pending) // (len(self.folder.queues) * self.folder.n)
+
     def state_dict(self, rows: bool = True) -> dict[str, Any]:
         """Position, counters, RNG and the n-step folder, plus the rows unless ``rows=False``
         (an incremental checkpoint stores them apart): enough to resume bit for bit."""
