@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -171,6 +172,7 @@ def versus(panels: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray, np.nda
                 row[0].plot(steps, smooth, color=color, lw=1.4, alpha=0.8, label=label)
                 row[1].plot(wall, smooth, color=color, lw=1.4, alpha=0.8, label=label)
         row[0].set(xlabel="environment steps", ylabel="return (100-episode running mean)", title=env)
+        row[0].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
         row[1].set(xlabel="training wall seconds", title=env)
         for ax in row:
             ax.grid(alpha=0.3)
