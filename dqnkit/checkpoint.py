@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 _NP_TAG = "__ndarray__"
 _STEP_FILE = re.compile(r"step_(\d+)\.pt$")
 _CHUNK_FILE = re.compile(r"chunk_(\d+)\.pt$")
+CHUNK_ROWS = 10_000  # replay rows per chunk file at most (70 MB of Atari frames)
 
 
 def to_storable(obj: Any) -> Any:
@@ -172,8 +173,8 @@ class NoReplay(FullReplay):
 
 class ReplayChunks(FullReplay):
     """``replay_checkpoint=incremental``: the replay's rows live in ``checkpoints/replay/``
-    chunk files, each written once with the rows written since the previous checkpoint and
-    shared by every checkpoint that still refers to them; a checkpoint itself holds only the
+    chunk files, each written once with (up to :data:`CHUNK_ROWS` of) the rows written since
+    the previous checkpoint and shared by every checkpoint that still refers to them; a checkpoint itself holds only the
     small state (positions, RNG, sum-tree leaves, the n-step folder) and ``owner``, the chunk
     that holds each row's content (-1: never written).
 
@@ -192,7 +193,8 @@ class ReplayChunks(FullReplay):
         self.bytes_written = 0  # by the last save: the new rows
         self.safe_steps = math.inf
         self._pending: tuple[np.ndarray, np.ndarray, int] | None = None
-        self._job: tuple[Path, np.ndarray, dict[str, np.ndarray]] | None = None
+        self._jobs: list[tuple[Path, np.ndarray]] = []  # chunk files to write, and their rows
+        self._columns: dict[str, np.ndarray] = {}
         self._refs: dict[str, set[int]] = {}  # chunk ids each numbered checkpoint refers to
 
     def path(self, chunk_id: int) -> Path:
@@ -208,26 +210,28 @@ class ReplayChunks(FullReplay):
         owner = np.full(len(next(iter(columns.values()))), -1, np.int32) if self.owner is None else self.owner.copy()
         since = np.zeros_like(mark) if self.mark is None else self.mark
         rows, chunk_id = replay.rows_since(since), self.next_id
-        self._job, self.safe_steps = None, math.inf
-        if len(rows):
-            self._job = (self.path(chunk_id), rows, columns)
-            self.safe_steps = replay.safe_steps(since)
-            owner[rows] = chunk_id
+        self._jobs, self._columns = [], columns
+        self.safe_steps = replay.safe_steps(since) if len(rows) else math.inf
+        # files of at most CHUNK_ROWS rows: once its rows are overwritten, a slice of a big
+        # write (the first checkpoint of a full replay) can go without the rest of it
+        for start in range(0, len(rows), CHUNK_ROWS):
+            piece = rows[start : start + CHUNK_ROWS]
+            self._jobs.append((self.path(chunk_id), piece))
+            owner[piece] = chunk_id
             chunk_id += 1
         self._pending = (owner, mark, chunk_id)
         return {**replay.state_dict(rows=False), "chunks": {"owner": owner, "next_id": chunk_id}}
 
     def write(self) -> None:
-        """Write the new chunk (fsynced, renamed into place) from the ring's rows."""
+        """Write the new chunks (each fsynced, renamed into place) from the ring's rows."""
         self.bytes_written = 0
-        if self._job is None:
-            return
-        path, rows, columns = self._job
-        self.dir.mkdir(parents=True, exist_ok=True)
-        chunk = {"rows": rows, **{name: column[rows] for name, column in columns.items()}}
-        atomic_save(chunk, path)
-        self.bytes_written = sum(a.nbytes for a in chunk.values())
-        self._job = None
+        if self._jobs:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        for path, rows in self._jobs:
+            chunk = {"rows": rows, **{name: column[rows] for name, column in self._columns.items()}}
+            atomic_save(chunk, path)
+            self.bytes_written += sum(a.nbytes for a in chunk.values())
+        self._jobs = []
 
     def commit(self, kept: list[Path]) -> None:
         """The checkpoint just saved becomes the base of the next; chunks that none of the

@@ -80,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
 
     bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
-    bench.add_argument("name", choices=("replay", "speed", "atari", "atari-train", "apex"))
+    bench.add_argument("name", choices=("replay", "speed", "atari", "atari-train", "apex", "checkpoint"))
     bench.add_argument("--out", type=Path, help="JSON file to write (default bench-results/NAME.json)")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per contender and size (default 2)")
-    bench.add_argument("--capacities", help="comma-separated replay sizes (default 10000,100000,1000000)")
+    bench.add_argument(
+        "--capacities", help="comma-separated replay sizes (default 10000,100000,1000000; checkpoint: one, 1000000)"
+    )
     bench.add_argument("--steps", type=int, help="atari-train: env steps per run (default 25000)")
     bench.add_argument("--envs", type=int, help="atari-train: envs of the second row (default 8)")
     bench.add_argument("--actors", help="apex: comma-separated actor counts (default 1,2)")
@@ -339,8 +341,8 @@ def _bench(args: argparse.Namespace) -> int:
     from dqnkit.bench import atari, replay, speed
 
     out = args.out or Path("bench-results") / f"{args.name}.json"
-    if args.name != "replay" and args.capacities:
-        raise DqnkitError("--capacities applies to `bench replay` only")
+    if args.name not in ("replay", "checkpoint") and args.capacities:
+        raise DqnkitError("--capacities applies to `bench replay` and `bench checkpoint` only")
     check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
     given = [
         flag
@@ -378,6 +380,16 @@ def _bench(args: argparse.Namespace) -> int:
     if args.name == "atari":
         out.parent.mkdir(parents=True, exist_ok=True)
         atari.run(seconds=args.seconds, out=out)
+        print(f"wrote {out}")
+        return 0
+    if args.name == "checkpoint":
+        from dqnkit.bench import checkpoint
+
+        capacity = _counts("--capacities", args.capacities or "1000000")
+        if len(capacity) != 1 or capacity[0] < 20_000:
+            raise DqnkitError("bench checkpoint takes one capacity of at least 20000 (--capacities 1000000)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.run(capacity=capacity[0], out=out)
         print(f"wrote {out}")
         return 0
     try:

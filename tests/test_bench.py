@@ -68,3 +68,24 @@ def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
     assert bytes_["sb3_optimize_memory"] > 3.5 * bytes_["dqnkit_frame_replay"]
     assert result["env_sps"]["1"] > 0 and result["updates_per_s"]["batch_32"] > 0
     assert "replay bytes/transition" in capsys.readouterr().out
+
+
+def test_bench_checkpoint_compares_full_and_incremental(tmp_path, capsys):
+    out = tmp_path / "checkpoint.json"
+    assert main(["bench", "checkpoint", "--capacities", "20000", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["mode"], r["new_transitions"]): r for r in result["checkpoints"]}
+    assert set(rows) == {(m, n) for m in ("full", "incremental") for n in (10_000, 100_000)}
+    for new in (10_000, 100_000):
+        full, incremental = rows[("full", new)], rows[("incremental", new)]
+        assert full["bytes_written"] >= result["replay_bytes"]  # the whole replay, every time
+        # the new rows (at most a ring of them: 100k new rows rewrite the whole 20k ring) and a small state
+        assert incremental["bytes_written"] <= 1.05 * full["bytes_written"]
+        assert incremental["loop_blocked_s"] <= incremental["writer_s"]
+    assert rows[("incremental", 10_000)]["written_over_new"] <= 1.1
+    assert rows[("incremental", 10_000)]["bytes_written"] < rows[("full", 10_000)]["bytes_written"] / 1.5
+    assert 1.0 <= result["disk"]["disk_over_replay"] < 3
+    assert all(t["steps_per_s_checkpointing"] > 0 for t in result["throughput"])
+    assert "written / new" in capsys.readouterr().out
+    assert main(["bench", "checkpoint", "--capacities", "30000,40000"]) == 2
+    assert main(["bench", "checkpoint", "--capacities", "100"]) == 2
