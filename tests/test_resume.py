@@ -37,10 +37,10 @@ def _q(run: Path) -> np.ndarray:
     return load(run).q_values(probe)
 
 
-def _start(run: Path) -> subprocess.Popen:
+def _start(run: Path, settings: dict = SETTINGS, preset: str = "cartpole") -> subprocess.Popen:
     sets = [
         arg
-        for k, v in SETTINGS.items()
+        for k, v in settings.items()
         if k != "total_steps"
         for arg in ("--set", f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
     ]
@@ -51,7 +51,7 @@ def _start(run: Path) -> subprocess.Popen:
             "dqnkit.cli",
             "train",
             "--preset",
-            "cartpole",
+            preset,
             "--quiet",
             "--steps",
             str(SETTINGS["total_steps"]),
@@ -100,6 +100,37 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, reference):
     ours, theirs = read_metrics(run / "metrics.csv"), read_metrics(reference / "metrics.csv")
     strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in ours]
     assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in theirs]
+
+
+@pytest.mark.slow
+def test_sigkill_with_a_1m_replay_then_resume_is_bit_identical(tmp_path):
+    """The default incremental checkpoints at 1M capacity: each checkpoint writes only its new
+    rows into chunks (a million-row ring, far from full here), and a kill between them loses nothing."""
+    settings = {**SETTINGS, "buffer_size": 1_000_000}
+    train(presets.get("cartpole", **settings), tmp_path / "reference")
+    run = tmp_path / "run"
+    proc = _start(run, settings)
+    _wait_for_checkpoint(run, proc, 2000)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert resume(run)["steps"] == SETTINGS["total_steps"]
+    assert np.array_equal(_q(run), _q(tmp_path / "reference"))
+    chunks = sorted((run / "checkpoints" / "replay").glob("chunk_*.pt"))
+    assert chunks and all(p.stat().st_size < 200_000 for p in chunks)  # 500 new rows each, not a 1M ring
+
+
+@pytest.mark.slow
+def test_sigkill_with_prioritized_n_step_replay_then_resume_is_bit_identical(tmp_path):
+    """PER's sum tree and the n-step folder travel in the checkpoint's small state, the rows in chunks."""
+    settings = {**SETTINGS, "per_beta_steps": SETTINGS["total_steps"]}  # beta independent of --steps
+    train(presets.get("cartpole-rainbow", **settings), tmp_path / "reference")
+    run = tmp_path / "run"
+    proc = _start(run, settings, preset="cartpole-rainbow")
+    _wait_for_checkpoint(run, proc, 2000)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert resume(run)["steps"] == SETTINGS["total_steps"]
+    assert np.array_equal(_q(run), _q(tmp_path / "reference"))
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):

@@ -150,8 +150,8 @@ def _throughput(replay: FrameReplay, root: Path, rng: np.random.Generator, steps
             _write(replay, min(every, steps - done), rng, sample_every=4)
             if done + every <= steps:
                 saver.save(done + every, replay)
+        rate = steps / (time.perf_counter() - start)  # a loop would go on while the last write ends
         saver.finish()
-        rate = steps / (time.perf_counter() - start)
         shutil.rmtree(root / f"tp-{every}")
         rows.append(
             {

@@ -82,6 +82,7 @@ NOT_IN_APEX = {
         "Ape-X actors explore with fixed epsilons 0.4 ** (1 + 7 i / (K - 1))",
     ),
     "prioritized": "Ape-X's replay is always prioritized",
+    "replay_checkpoint": "Ape-X checkpoints keep the learner, not the replay",
 }
 
 
