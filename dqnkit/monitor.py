@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
@@ -205,9 +206,14 @@ class RunMonitor:
 
     # ------------------------------------------------------------------ the end
     def close(self) -> None:
-        """Stop the bar and give Ctrl-C back; the run's files stay open for :meth:`finish`."""
+        """Stop the bar and give Ctrl-C back; the run's files stay open for :meth:`finish`.
+        A checkpoint still being written is finished first, so a run that stops on an error
+        leaves a complete run directory (the save's own error, if any, is kept for
+        :meth:`wait_saved`)."""
         self._bar.close()
         self._stop.restore()
+        if self._saving is not None:
+            wait_futures([self._saving])
 
     def finish(self, summary: dict[str, Any], title: str) -> dict[str, Any]:
         """Write ``summary.json`` (with the version) and the learning curve; return the summary."""
