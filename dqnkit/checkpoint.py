@@ -7,6 +7,11 @@ file or the new one, never half of one.
 Reading: ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and
 plain containers, so a crafted pickle is refused instead of run. numpy arrays are stored
 as tensors (tagged) because the safe unpickler does not rebuild numpy objects.
+
+The replay: :func:`replay_saver` picks how a run's checkpoints keep it: whole
+(:class:`FullReplay`), left out (:class:`NoReplay`), or by default in chunk files shared
+between checkpoints, each written once with the rows new since the one before
+(:class:`ReplayChunks`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """The training loop: the only code that touches env, replay and agent together.
 
-One iteration: act -> step the vector env -> store the real transitions -> every
-``train_freq`` transitions run ``gradient_steps`` updates -> target update -> evaluate /
-checkpoint when due. The loop decides *when*; the agent decides *how* (TD targets,
-loss), the replay decides *what* is sampled.
+One iteration: act -> step the vector env -> store the real transitions -> learn what is
+due -> evaluate / checkpoint when due. For DQN, learning is ``gradient_steps`` updates every
+``train_freq`` transitions and a target update every ``target_update_interval``; for PQN,
+a full rollout is learned from and dropped. The loop decides *when*; the agent decides
+*how* (targets, loss), the replay decides *what* is sampled.
 
 Everything the loop needs to continue (counters, the episode in progress, RNGs, env
 state) is in :class:`Loop` or in the components' ``state_dict``, so a checkpoint taken
-between two iterations resumes bit for bit.
+between two iterations resumes bit for bit. Checkpoints are written by a thread while the
+loop goes on (:func:`_save`).
 """
 
 from __future__ import annotations
@@ -220,7 +222,7 @@ def load(run_dir: str | Path, device: str = "auto") -> DQNAgent | PQNAgent:
 def load_replay(run_dir: str | Path) -> UniformReplay | FrameReplay:
     """The replay of a run's latest checkpoint, rebuilt (rows read from its chunks where the
     run saves incrementally); empty where the run leaves the replay out. For inspection:
-    ``load_replay(d).obs[: len(replay)]``."""
+    ``replay = load_replay(d); replay.obs[: len(replay)]``."""
     ckpt = load_checkpoint(run_dir)
     config = from_dict(ckpt["config"])
     obs_shape, obs_dtype, _ = check_env_id(config.env_id)
