@@ -148,3 +148,28 @@ def test_ctrl_c_saves_the_learner_and_evaluations_carry_the_overestimation_probe
     agent = load(tmp_path / "run")  # an Ape-X checkpoint loads like any run's
     assert agent.updates > 0
     assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--json"]) == 0
+
+
+def test_the_replay_server_keeps_atari_frames_once_in_one_ring_per_actor_env():
+    import numpy as np
+
+    from dqnkit.distributed.apex import ReplayServer
+    from dqnkit.replay import PrioritizedFrameReplay, PrioritizedReplay
+
+    cfg = presets.get("atari", buffer_size=20_000, n_step=3)
+    server = ReplayServer(cfg, (4, 84, 84), np.uint8, rings=4)  # 2 actors x 2 envs
+    assert isinstance(server.replay, PrioritizedFrameReplay) and server.replay.num_envs == 4
+    assert server.nbytes() / cfg.buffer_size <= 7.5 * 1024  # was 56 KB with whole observations
+    rng = np.random.default_rng(0)
+    for rings in (np.array([0, 1]), np.array([2, 3])):
+        server.cut(rings)  # what an actor does when it starts
+        frames = rng.integers(0, 255, (2, 1, 84, 84), dtype=np.uint8)
+        no = np.zeros(2, bool)
+        steps = [(frames, np.zeros(2, np.int64), np.ones(2), frames, no, no)] * 10
+        server.add_steps(rings, steps)
+    assert (server.replay.written == 10).all()
+    batches = server.sample(16, 0.4, 2)
+    assert [b.obs.shape for b in batches] == [(16, 4, 84, 84)] * 2
+    server.update_priorities([(b.indices, np.ones(16)) for b in batches])
+    vector = ReplayServer(presets.get("cartpole"), (4,), np.float32, rings=4)
+    assert type(vector.replay) is PrioritizedReplay

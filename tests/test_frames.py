@@ -143,3 +143,49 @@ def test_state_dict_round_trip_continues_identically():
         np.testing.assert_array_equal(u, v)
     with pytest.raises(ValueError):
         FrameReplay(60, SHAPE, STACK, num_envs=2).load_state_dict(a.state_dict())
+
+
+def _steps(count: int, envs: int, seed: int):
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        obs = rng.integers(0, 255, (envs, 4, 6, 6), dtype=np.uint8)
+        nxt = rng.integers(0, 255, (envs, 4, 6, 6), dtype=np.uint8)
+        done = rng.random(envs) < 0.1
+        yield obs, rng.integers(0, 3, envs), rng.normal(size=envs), nxt, done & (rng.random(envs) < 0.5), done
+
+
+@pytest.mark.parametrize("cls", [FrameReplay, PrioritizedFrameReplay])
+def test_rings_written_separately_equal_rings_written_together(cls):
+    """Ape-X's actors each write their own rings: the buffer ends up as if one vector env
+    had stepped them all."""
+    together, apart = cls(400, (6, 6), 4, num_envs=4, n_step=3), cls(400, (6, 6), 4, num_envs=4, n_step=3)
+    for obs, actions, rewards, nxt, terminated, truncated in _steps(150, 4, seed=0):
+        together.add_step(obs, actions, rewards, nxt, terminated, truncated)
+        for rings in (np.array([2, 3]), np.array([0, 1])):  # another order, too
+            apart.add_step(obs[rings], actions[rings], rewards[rings], nxt[rings], terminated[rings],
+                           truncated[rings], envs=rings)  # fmt: skip
+    a, b = together.state_dict(), apart.state_dict()
+    for key, value in a.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("cls", [FrameReplay, PrioritizedFrameReplay])
+def test_a_cut_episode_gives_no_transition_that_reaches_past_it(cls):
+    replay = cls(200, (6, 6), 4, num_envs=1, n_step=3)
+    frames = [np.full((1, 4, 6, 6), i, np.uint8) for i in range(10)]
+    no = np.zeros(1, bool)
+    for i in range(6):  # an episode of 6 steps, never ended: its actor died
+        replay.add_step(frames[i], np.zeros(1, np.int64), np.ones(1), frames[i + 1], no, no)
+    cut = replay.cut(np.array([0]))
+    assert len(cut) == 1 and len(replay.cut(np.array([0]))) == 0  # nothing left open to cut again
+    rows = np.arange(6)
+    # rows 0-2 have their whole 3-step window before the cut; rows 3-5 would reach into it
+    assert replay.sampleable(rows).tolist() == [True, True, True, False, False, False]
+    for i in range(4):  # the restarted actor's new episode starts from its own first frame
+        replay.add_step(frames[i + 5], np.zeros(1, np.int64), np.ones(1), frames[i + 6], no, no)
+    batch = replay.gather(np.array([7]), np.ones(1, np.float32))
+    assert batch.obs[0, :, 0, 0].tolist() == [5, 5, 5, 5]  # padded with the new episode's first frame
+    if cls is PrioritizedFrameReplay:
+        leaves = replay.priorities.tree[np.arange(8)]
+        assert (leaves[3:7] == 0).all() and (leaves[:3] > 0).all()

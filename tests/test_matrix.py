@@ -87,3 +87,5 @@ def test_every_command_works_for_the_family(env_id, tmp_path, capsys):
     summary = _summary(apex)
     assert summary["num_actors"] == 1 and summary["steps"] >= 300 and summary["env_id"] == env_id
     assert summary["updates"] > 0 and (apex / "checkpoints" / "latest.pt").exists()
+    if env_id.startswith("ALE/"):  # the replay train builds: each 84x84 frame stored once
+        assert summary["replay_bytes_per_slot"] <= 7.5 * 1024

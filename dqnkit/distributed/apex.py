@@ -5,8 +5,11 @@ Three kinds of process, all Ray actors except the learner, which is the driver:
 - ``K`` :class:`Actor` s, each with its own vector envs, its own copy of the network and a
   fixed epsilon ``0.4 ** (1 + 7 i / (K - 1))``. An actor steps its envs, folds n-step
   transitions, scores them with its own network (the initial priorities) and sends them to
-  the replay in batches. Every ``sync_every`` steps it pulls the newest weights.
-- one :class:`ReplayServer`: a :class:`PrioritizedReplay` behind a Ray actor.
+  the replay in batches; with stacked Atari frames it sends each step's newest frames to
+  its own rings of the replay's FrameReplay instead (which folds and prioritises them as in
+  ``train``). Every ``sync_every`` steps it pulls the newest weights.
+- one :class:`ReplayServer`: the prioritized replay ``train`` would build (frames stored
+  once for Atari) behind a Ray actor.
 - the learner (this process): samples, updates, writes priorities back and publishes its
   weights to a :class:`WeightStore` every ``publish_every`` updates.
 
@@ -17,9 +20,9 @@ small machine the actors cannot starve it. An actor that dies is restarted by Ra
 
 Runs are not bit-reproducible (actors and learner interleave as the OS schedules them).
 The run directory follows ``dqnkit train``'s contract; checkpoints hold the learner
-(networks, optimizer, counters), not the replay. The replay actor stores whole
-observations (a record-array PrioritizedReplay): for stacked Atari frames that is 56 KB a
-transition, not FrameReplay's 7 KB, so size ``buffer_size`` accordingly.
+(networks, optimizer, counters), not the replay. The replay is the one ``train`` builds
+(prioritized): for stacked Atari frames a FrameReplay, about 7 KB a transition (before this
+version, whole observations: 56 KB).
 """
 
 from __future__ import annotations
@@ -47,10 +50,9 @@ from dqnkit.monitor import (
     record_learning_stats,
     run_summary,
 )
-from dqnkit.replay import PrioritizedReplay
 from dqnkit.replay.nstep import NStepFolder
 from dqnkit.replay.uniform import Batch
-from dqnkit.training import build_agent, per_beta, resolve_device, spaces
+from dqnkit.training import build_agent, build_replay, per_beta, resolve_device, spaces, stores_frames
 
 
 def actor_epsilon(i: int, actors: int, base: float = 0.4, alpha: float = 7.0) -> float:
@@ -137,6 +139,14 @@ class ActorWorker:
         self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n))
         self.folder = NStepFolder(config.n_step, config.gamma, config.num_envs, space.shape, space.dtype)
         self.replay, self.store, self.sync_every = replay, store, sync_every
+        # Frames go to this actor's own rings of the replay's FrameReplay, which folds n-step
+        # returns itself; a restarted actor first cuts the episodes its predecessor left open.
+        self.frames = stores_frames(space.shape, space.dtype)
+        self.rings = np.arange(index * config.num_envs, (index + 1) * config.num_envs)
+        if self.frames:
+            import ray
+
+            ray.get(replay.cut.remote(self.rings))
         self.obs, _ = self.envs.reset(seed=self.config.seed)
         self.ep_return = np.zeros(config.num_envs)
         self.ep_length = np.zeros(config.num_envs, np.int64)
@@ -157,21 +167,30 @@ class ActorWorker:
         for _ in range(vector_steps):
             actions = self.agent.act(self.obs, self.epsilon)
             next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
-            parts.append(
-                self.folder.push(self.obs, actions, rewards, true_next_obs(next_obs, info), terminated, truncated)
-            )
+            real_next = true_next_obs(next_obs, info)
+            if self.frames:  # the newest frame of each stack is all a FrameReplay keeps
+                parts.append((self.obs[:, -1:], actions, rewards, real_next[:, -1:], terminated, truncated))
+            else:
+                parts.append(self.folder.push(self.obs, actions, rewards, real_next, terminated, truncated))
             episodes += finished_episodes(self.ep_return, self.ep_length, rewards, terminated, truncated, info)
             self.obs = next_obs
         self.steps += vector_steps * self.config.num_envs
+        if self.frames:
+            self.replay.add_steps.remote(self.rings, parts)
+        else:
+            self._send_transitions(parts)
+        if self.steps % self.sync_every < vector_steps * self.config.num_envs:
+            self._pull()
+        steps = vector_steps * self.config.num_envs
+        return {"steps": steps, "episodes": episodes, "epsilon": self.epsilon, "node": self.node}
+
+    def _send_transitions(self, parts: list[tuple[np.ndarray, ...]]) -> None:
+        """Folded transitions, with the priorities this actor computes for them (Ape-X)."""
         fields = [np.concatenate(f) for f in zip(*parts)]
         fields[4] = fields[4].astype(np.float32)  # terminated, as the replay stores it
         if len(fields[1]):
             batch = Batch(*fields, weights=np.ones(len(fields[1]), np.float32), indices=np.zeros(0, np.int64))
             self.replay.add.remote(fields, self.agent.priorities(batch))
-        if self.steps % self.sync_every < vector_steps * self.config.num_envs:
-            self._pull()
-        steps = vector_steps * self.config.num_envs
-        return {"steps": steps, "episodes": episodes, "epsilon": self.epsilon, "node": self.node}
 
     def _pull(self) -> None:
         import ray
@@ -183,23 +202,32 @@ class ActorWorker:
 
 
 class ReplayServer:
-    """A :class:`PrioritizedReplay` shared by every actor and the learner."""
+    """The prioritized replay ``train`` would build, shared by every actor and the learner:
+    a :class:`PrioritizedFrameReplay` for stacked frames (each frame stored once, one ring per
+    actor env, n-step returns folded at sample time, new transitions entering at the largest
+    priority as in train), else a :class:`PrioritizedReplay` of transitions the actors fold
+    and prioritise themselves (Ape-X's initial priorities)."""
 
-    def __init__(self, config: Config, obs_shape: tuple[int, ...], obs_dtype: Any) -> None:
-        self.replay = PrioritizedReplay(
-            config.buffer_size,
-            obs_shape,
-            obs_dtype,
-            alpha=config.per_alpha,
-            beta=config.per_beta,
-            eps=config.per_eps,
-            seed=config.seed + 1,
-        )
+    def __init__(self, config: Config, obs_shape: tuple[int, ...], obs_dtype: Any, rings: int) -> None:
+        self.replay = build_replay(config.replace(prioritized=True, num_envs=rings), obs_shape, obs_dtype)
 
     def add(self, fields: list[np.ndarray], priorities: np.ndarray) -> None:
         """Store an actor's folded transitions with the priorities the actor computed for them."""
         slots = self.replay.add_batch(*fields)
         self.replay.update_priorities(slots, priorities)
+
+    def add_steps(self, rings: np.ndarray, steps: list[tuple[np.ndarray, ...]]) -> None:
+        """Store an actor's vector steps (newest frames only) in its rings of the frame replay."""
+        for obs, actions, rewards, next_obs, terminated, truncated in steps:
+            self.replay.add_step(obs, actions, rewards, next_obs, terminated, truncated, envs=rings)
+
+    def cut(self, rings: np.ndarray) -> None:
+        """An actor (re)starts: end the episodes a predecessor left open in its rings."""
+        self.replay.cut(rings)
+
+    def nbytes(self) -> int:
+        """Bytes the replay's arrays hold."""
+        return int(self.replay.nbytes)
 
     def sample(self, batch_size: int, beta: float, count: int) -> list[Batch]:
         """``count`` batches in one call: one round trip per ``count`` updates."""
@@ -250,7 +278,7 @@ class Apex:
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.replay = ray.remote(num_cpus=0, scheduling_strategy=here)(ReplayServer).remote(
-            config, obs_shape, obs_dtype
+            config, obs_shape, obs_dtype, options.actors * config.num_envs
         )
         self.store = ray.remote(num_cpus=0, scheduling_strategy=here)(WeightStore).remote()
         self._publish()
@@ -330,6 +358,7 @@ class Apex:
             "sps": round(self.env_steps / wall, 1),
             "learner_updates_per_s": round(self.agent.updates / wall, 1),
             "learner_idle_fraction": round(self.learner_idle_s / wall, 3),
+            "replay_bytes_per_slot": round(self.ray.get(self.replay.nbytes.remote()) / cfg.buffer_size, 1),
         }
         return monitor.finish(summary, title=f"Ape-X, {self.options.actors} actors, {cfg.env_id}")
 

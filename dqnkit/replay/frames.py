@@ -30,6 +30,7 @@ from dqnkit.replay.prioritized import Priorities, to_host
 from dqnkit.replay.uniform import Batch
 
 _NORMAL, _FINAL_TERMINATED, _FINAL_TRUNCATED = 0, 1, 2
+_CUT = 3  # the episode was abandoned mid-way (an Ape-X actor restarted): no window may reach this row
 
 
 class FrameReplay:
@@ -90,18 +91,34 @@ class FrameReplay:
         next_obs: np.ndarray,
         terminated: np.ndarray,
         truncated: np.ndarray,
+        envs: np.ndarray | None = None,
     ) -> np.ndarray:
         """One vector env step: ``obs``/``next_obs`` [N, stack, H, W] uint8 (``next_obs`` the
-        true next observations, i.e. the final ones where an episode ended). Returns the flat
-        indices of the rows written."""
-        env_ids = np.arange(self.num_envs)
-        written = [self._write(env_ids, obs[:, -1], actions, rewards, np.full(self.num_envs, _NORMAL))]
+        true next observations, i.e. the final ones where an episode ended; only their last
+        frame is read). ``envs``: the rings these N envs write (default all, in order; Ape-X
+        gives each actor its own). Returns the flat indices of the rows written."""
+        env_ids = np.arange(self.num_envs) if envs is None else np.asarray(envs)
+        written = [self._write(env_ids, obs[:, -1], actions, rewards, np.full(len(env_ids), _NORMAL))]
         ended = np.flatnonzero(np.asarray(terminated) | np.asarray(truncated))
         if len(ended):
             kinds = np.where(np.asarray(terminated)[ended], _FINAL_TERMINATED, _FINAL_TRUNCATED)
-            written.append(self._write(ended, next_obs[ended, -1], np.zeros(len(ended)), np.zeros(len(ended)), kinds))
-            self.next_ep_pos[ended] = 0
+            zeros = np.zeros(len(ended))
+            written.append(self._write(env_ids[ended], next_obs[ended, -1], zeros, zeros, kinds))
+            self.next_ep_pos[env_ids[ended]] = 0
         return np.concatenate(written)
+
+    def cut(self, envs: np.ndarray) -> np.ndarray:
+        """Abandon the episodes in progress in these rings (their writer restarted and will
+        begin new ones): a cut row ends them, and no transition whose n-step window reaches
+        it is ever sampled. Returns the rows written."""
+        envs = np.asarray(envs)
+        envs = envs[self.next_ep_pos[envs] > 0]
+        if len(envs) == 0:
+            return np.zeros(0, np.int64)
+        blank = np.zeros((len(envs), *self.frame_shape), np.uint8)
+        rows = self._write(envs, blank, np.zeros(len(envs)), np.zeros(len(envs)), np.full(len(envs), _CUT))
+        self.next_ep_pos[envs] = 0
+        return rows
 
     def _write(
         self, envs: np.ndarray, frames: np.ndarray, actions: np.ndarray, rewards: np.ndarray, kinds: np.ndarray
@@ -140,9 +157,10 @@ class FrameReplay:
         env, slot = np.divmod(idx, self.rows)
         age = (self.pos[env] - 1 - slot) % self.rows  # rows written after this one
         live = np.minimum(self.written[env], self.rows)
-        k, _ = self._horizons(env, slot, age)
+        k, end_kind = self._horizons(env, slot, age)
         history = np.minimum(self.ep_pos[env, slot], self.stack - 1)
-        return (self.kind[env, slot] == _NORMAL) & (age < live) & (k > 0) & (history <= live - 1 - age)
+        whole = (age < live) & (k > 0) & (history <= live - 1 - age) & (end_kind != _CUT)
+        return (self.kind[env, slot] == _NORMAL) & whole
 
     def _horizons(self, env: np.ndarray, slot: np.ndarray, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(k, kind of row t+k) per row; k = 0 while the n-step window is still open."""
@@ -264,22 +282,33 @@ class PrioritizedFrameReplay(FrameReplay):
         next_obs: np.ndarray,
         terminated: np.ndarray,
         truncated: np.ndarray,
+        envs: np.ndarray | None = None,
     ) -> np.ndarray:
         """Store a vector step; rows that just became complete transitions get the max priority."""
-        written = super().add_step(obs, actions, rewards, next_obs, terminated, truncated)
+        written = super().add_step(obs, actions, rewards, next_obs, terminated, truncated, envs)
+        self._refresh(np.arange(self.num_envs) if envs is None else np.asarray(envs), written)
+        return written
+
+    def cut(self, envs: np.ndarray) -> np.ndarray:
+        """:meth:`FrameReplay.cut`; the rows whose window reaches the cut drop to priority 0."""
+        written = super().cut(envs)
+        self._refresh(np.asarray(envs), written)
+        return written
+
+    def _refresh(self, envs: np.ndarray, written: np.ndarray) -> None:
+        """Priorities after rows were written to the rings of ``envs``."""
         self.priorities.set(written, 0.0)
         self.pending[written] = self.kind.reshape(-1)[written] == _NORMAL
         # Rows that may have changed state: the newest n + 2 per env (windows closing; an
         # episode's end writes two rows) and the oldest stack - 1 (their history was overwritten).
         near = np.concatenate([np.arange(-self.n - 2, 0), np.arange(0, self.stack - 1)])
-        rows = (self.pos[:, None] + near[None, :]) % self.rows
-        candidates = np.unique((np.arange(self.num_envs)[:, None] * self.rows + rows).reshape(-1))
+        rows = (self.pos[envs, None] + near[None, :]) % self.rows
+        candidates = np.unique((envs[:, None] * self.rows + rows).reshape(-1))
         ok = self.sampleable(candidates)
         ready = candidates[ok & self.pending[candidates]]
         self.priorities.set_max(ready)
         self.pending[ready] = False
         self.priorities.set(candidates[~ok & ~self.pending[candidates]], 0.0)
-        return written
 
     def sample(self, batch_size: int, beta: float | None = None) -> Batch:
         """Proportional sample with IS weights corrected with ``beta`` (default: the last one given)."""

@@ -81,6 +81,11 @@ class UniformReplay:
     def __len__(self) -> int:
         return self.size
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored transitions."""
+        return int(self.data.nbytes)
+
     def add_step(
         self,
         obs: np.ndarray,
