@@ -6,6 +6,7 @@
 2. Full runs on the ``cartpole`` preset: env steps/s, learner updates/s, the learner's idle
    fraction (time spent waiting for data once learning started; near 0 = not starved) and
    the final greedy evaluation.
+3. The bytes per transition of the replay an Atari run would hold (frames stored once).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dqnkit import presets
 from dqnkit.bench import report
-from dqnkit.distributed.apex import ApexOptions
+from dqnkit.distributed.apex import ApexOptions, ReplayServer
 from dqnkit.distributed.apex import run as apex_run
 
 
@@ -50,7 +53,16 @@ def run(steps: int = 20_000, actors: tuple[int, ...] = (1, 2), out: Path | None 
     for row in rows:
         row["collect_scaling"] = round(row["collect_only_sps"] / rows[0]["collect_only_sps"], 2)
     result = {"benchmark": "apex", "steps": steps, "preset": "cartpole", "cpus": os.cpu_count(), "rows": rows}
+    result["atari_replay_bytes_per_transition"] = atari_replay_bytes(max(actors))
     return report(result, _print, out)
+
+
+def atari_replay_bytes(actors: int, capacity: int = 100_000) -> float:
+    """Bytes per transition of the replay an Atari Ape-X run with ``actors`` actors holds
+    (the replay server's own buffer, built as `dqnkit apex` builds it; allocated, not filled)."""
+    config = presets.get("atari", buffer_size=capacity)
+    server = ReplayServer(config, (4, 84, 84), np.uint8, rings=actors * config.num_envs)
+    return round(server.nbytes() / capacity, 1)
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -63,3 +75,4 @@ def _print(r: dict[str, Any]) -> None:
             f"{row['learner_updates_per_s']:>10.0f} {row['learner_idle_fraction']:>13.1%} "
             f"{row['eval_return_mean']:>7.1f}"
         )
+    print(f"Atari replay: {r['atari_replay_bytes_per_transition']:,.0f} bytes a transition (each frame stored once)")
