@@ -95,6 +95,10 @@ class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
     so the same transitions, ``final_obs`` and ``final_info`` (tests compare the two); about
     half the overhead around a CartPole step."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._box = isinstance(self.single_observation_space, gym.spaces.Box)
+
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env once (``actions`` [N]); an env that ended is reset in the same step."""
         infos: dict[str, Any] = {}
@@ -104,9 +108,12 @@ class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
                 infos = self._add_info(infos, {"final_obs": obs, "final_info": env_info}, i)
                 obs, env_info = env.reset()
             self._env_obs[i] = obs
+            if self._box:  # what concatenate's np.stack would write, row by row (6 µs less per step)
+                self._observations[i] = obs
             if env_info:
                 infos = self._add_info(infos, env_info, i)
-        self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
+        if not self._box:
+            self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
         self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
         return (
             self._observations.copy(),
