@@ -129,7 +129,8 @@ def _pqn_vs_dqn(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: i
 def episodes_by(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(end step, training wall seconds, return) of every training episode of one run."""
     ep = [r for r in rows if r["kind"] == "episode"]
-    return tuple(np.array([float(r[k]) for r in ep]) for k in ("step", "wall_s", "return"))  # type: ignore[return-value]
+    steps, wall, returns = (np.array([float(r[key]) for r in ep]) for key in ("step", "wall_s", "return"))
+    return steps, wall, returns
 
 
 EXPERIMENTS: dict[str, Experiment] = {

@@ -171,8 +171,7 @@ class UniformReplay:
             return data[name]
         raise AttributeError(name)
 
-    # ---------------------------------------------------------------- state
-    # ---------------------------------------------------------------- rows, for checkpoints
+    # ---------------------------------------------------------------- state and rows, for checkpoints
     def row_columns(self) -> dict[str, np.ndarray]:
         """The stored rows, each field as a [capacity, ...] view: what an incremental
         checkpoint (:class:`dqnkit.checkpoint.ReplayChunks`) writes row by row."""
