@@ -179,9 +179,9 @@ class NoReplay(FullReplay):
 class ReplayChunks(FullReplay):
     """``replay_checkpoint=incremental``: the replay's rows live in ``checkpoints/replay/``
     chunk files, each written once with (up to :data:`CHUNK_ROWS` of) the rows written since
-    the previous checkpoint and shared by every checkpoint that still refers to them; a checkpoint itself holds only the
-    small state (positions, RNG, sum-tree leaves, the n-step folder) and ``owner``, the chunk
-    that holds each row's content (-1: never written).
+    the previous checkpoint and shared by every checkpoint that still refers to them. A
+    checkpoint itself holds only the small state (positions, RNG, sum-tree leaves, the n-step
+    folder) and ``owner``, the chunk that holds each row's content (-1: never written).
 
     Crash safety: the new chunk is written, fsynced and renamed into place *before* the
     checkpoint that refers to it, and becomes the base of the next save only once that
@@ -195,7 +195,6 @@ class ReplayChunks(FullReplay):
         self.owner: np.ndarray | None = None  # of the last committed checkpoint
         self.mark: np.ndarray | None = None  # the replay's write mark at that checkpoint
         self.next_id = 0
-        self.bytes_written = 0  # by the last save: the new rows
         self.safe_steps = math.inf
         self._pending: tuple[np.ndarray, np.ndarray, int] | None = None
         self._jobs: list[tuple[Path, np.ndarray]] = []  # chunk files to write, and their rows
@@ -212,7 +211,7 @@ class ReplayChunks(FullReplay):
         :meth:`write` reads them, and the loop must wait for that before ``safe_steps`` more
         vector steps (after them it could overwrite one)."""
         columns, mark = replay.row_columns(), replay.write_mark()
-        owner = np.full(len(next(iter(columns.values()))), -1, np.int32) if self.owner is None else self.owner.copy()
+        owner = np.full(replay.capacity, -1, np.int32) if self.owner is None else self.owner.copy()
         since = np.zeros_like(mark) if self.mark is None else self.mark
         rows, chunk_id = replay.rows_since(since), self.next_id
         self._jobs, self._columns = [], columns
@@ -229,25 +228,25 @@ class ReplayChunks(FullReplay):
 
     def write(self) -> None:
         """Write the new chunks (each fsynced, renamed into place) from the ring's rows."""
-        self.bytes_written = 0
         if self._jobs:
             self.dir.mkdir(parents=True, exist_ok=True)
         for path, rows in self._jobs:
-            chunk = {"rows": rows, **{name: column[rows] for name, column in self._columns.items()}}
-            atomic_save(chunk, path)
-            self.bytes_written += sum(a.nbytes for a in chunk.values())
+            atomic_save({"rows": rows, **{name: column[rows] for name, column in self._columns.items()}}, path)
         self._jobs = []
 
     def commit(self, kept: list[Path]) -> None:
-        """The checkpoint just saved becomes the base of the next; chunks that none of the
-        ``kept`` checkpoints refers to are deleted."""
+        """The checkpoint just saved (the newest of ``kept``) becomes the base of the next;
+        chunks that none of the ``kept`` checkpoints refers to are deleted."""
         if self._pending is None:
             return
         self.owner, self.mark, self.next_id = self._pending
         self._pending = None
-        referenced = set(np.unique(self.owner[self.owner >= 0]).tolist())
-        for path in kept:
-            referenced |= self._referenced_by(path)
+        # the new checkpoint's references are known here; older ones are read once from disk
+        current = set(np.unique(self.owner[self.owner >= 0]).tolist())
+        self._refs = {path.name: self._refs[path.name] for path in kept if path.name in self._refs}
+        if kept:
+            self._refs[kept[-1].name] = current
+        referenced = current.union(*(self._referenced_by(path) for path in kept))
         for chunk in self.dir.glob("chunk_*.pt*"):
             match = _CHUNK_FILE.search(chunk.name)
             if match is None or int(match.group(1)) not in referenced:
@@ -270,8 +269,8 @@ class ReplayChunks(FullReplay):
             return
         replay.load_state_dict(state)
         owner, columns = state["chunks"]["owner"], replay.row_columns()
-        if len(owner) != len(next(iter(columns.values()))):
-            raise ValueError(f"replay chunks cover {len(owner)} rows, not this buffer's")
+        if len(owner) != replay.capacity:
+            raise ValueError(f"replay chunks cover {len(owner)} rows, this buffer {replay.capacity}")
         for chunk_id in np.unique(owner[owner >= 0]).tolist():
             if not self.path(chunk_id).is_file():
                 raise CheckpointError(

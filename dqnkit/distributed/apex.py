@@ -137,16 +137,18 @@ class ActorWorker:
         )
         space = self.envs.single_observation_space
         self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n))
-        self.folder = NStepFolder(config.n_step, config.gamma, config.num_envs, space.shape, space.dtype)
         self.replay, self.store, self.sync_every = replay, store, sync_every
         # Frames go to this actor's own rings of the replay's FrameReplay, which folds n-step
         # returns itself; a restarted actor first cuts the episodes its predecessor left open.
+        # Other observations are folded here, and prioritised by this actor.
         self.frames = stores_frames(space.shape, space.dtype)
         self.rings = np.arange(index * config.num_envs, (index + 1) * config.num_envs)
         if self.frames:
             import ray
 
             ray.get(replay.cut.remote(self.rings))
+        else:
+            self.folder = NStepFolder(config.n_step, config.gamma, config.num_envs, space.shape, space.dtype)
         self.obs, _ = self.envs.reset(seed=self.config.seed)
         self.ep_return = np.zeros(config.num_envs)
         self.ep_length = np.zeros(config.num_envs, np.int64)

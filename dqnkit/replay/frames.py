@@ -220,7 +220,7 @@ class FrameReplay:
     def rows_since(self, mark: np.ndarray) -> np.ndarray:
         """Flat rows written after ``mark`` (each once): per env, the last ``written - mark``
         slots before ``pos``, at most its whole ring."""
-        counts = np.minimum(self.written - mark, self.rows)
+        counts = self._written_since(mark)
         return np.concatenate(
             [env * self.rows + (self.pos[env] - k + np.arange(k)) % self.rows for env, k in enumerate(counts)]
         )
@@ -228,8 +228,11 @@ class FrameReplay:
     def safe_steps(self, mark: np.ndarray) -> int:
         """Vector steps this buffer can take before it overwrites a row written after
         ``mark``: a step writes at most two rows per env (the step's, and a final row)."""
-        pending = np.minimum(self.written - mark, self.rows)
-        return int((self.rows - pending).min()) // 2
+        return int((self.rows - self._written_since(mark)).min()) // 2
+
+    def _written_since(self, mark: np.ndarray) -> np.ndarray:
+        """Rows per env written after ``mark`` and still in the ring [num_envs]."""
+        return np.minimum(self.written - mark, self.rows)
 
     def state_dict(self, rows: bool = True) -> dict[str, Any]:
         """Ring positions and RNG, plus the rows unless ``rows=False`` (an incremental

@@ -184,14 +184,17 @@ class UniformReplay:
     def rows_since(self, mark: np.ndarray) -> np.ndarray:
         """Slots written after ``mark`` (each once, oldest first): the last ``written - mark``
         slots before ``pos``, at most the whole ring."""
-        count = min(self.written - int(mark[0]), self.capacity)
+        count = self._written_since(mark)
         return (self.pos - count + np.arange(count)) % self.capacity
 
     def safe_steps(self, mark: np.ndarray) -> int:
         """Vector steps this buffer can take before it overwrites a row written after
         ``mark``: a step writes at most n transitions per env (an episode's end flushes them)."""
-        pending = min(self.written - int(mark[0]), self.capacity)
-        return (self.capacity - pending) // (len(self.folder.queues) * self.folder.n)
+        return (self.capacity - self._written_since(mark)) // (len(self.folder.queues) * self.folder.n)
+
+    def _written_since(self, mark: np.ndarray) -> int:
+        """Transitions written after ``mark`` and still in the ring."""
+        return min(self.written - int(mark[0]), self.capacity)
 
     def state_dict(self, rows: bool = True) -> dict[str, Any]:
         """Position, counters, RNG and the n-step folder, plus the rows unless ``rows=False``
