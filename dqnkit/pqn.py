@@ -201,7 +201,7 @@ class PQNAgent(QAgent):
         return {
             "q_net": self.q_net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": self.rng.bit_generator.state,
+            "rng": self.draws.state_dict(),
             "shuffle": self.shuffle.bit_generator.state,
             "updates": self.updates,
             "rollouts": self.rollouts,
@@ -211,6 +211,6 @@ class PQNAgent(QAgent):
         """Restore :meth:`state_dict`'s content onto this agent's device."""
         self.q_net.load_state_dict(state["q_net"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rng.bit_generator.state = state["rng"]
+        self.draws.load_state_dict(state["rng"])
         self.shuffle.bit_generator.state = state["shuffle"]
         self.updates, self.rollouts = int(state["updates"]), int(state["rollouts"])

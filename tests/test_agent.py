@@ -156,6 +156,46 @@ def test_epsilon_one_is_uniform_and_zero_is_greedy():
     assert isinstance(agent.act(obs[0], greedy=True), int)
 
 
+def test_each_env_explores_on_its_own_draw_and_the_rest_act_greedily():
+    agent = _agent()
+    obs = np.random.default_rng(1).random((64, 3)).astype(np.float32)
+    state = agent.draws.state_dict()
+    uniform, random_actions = (x.copy() for x in agent.draws.take(64))
+    agent.draws.load_state_dict(state)
+    actions = agent.act(obs, epsilon=0.5)
+    explored = uniform < 0.5
+    assert 0 < explored.sum() < 64 and actions.dtype == np.int64
+    assert np.array_equal(actions[explored], random_actions[explored])
+    assert np.array_equal(actions[~explored], agent.q_values(obs[~explored]).argmax(1))
+
+
+def test_exploration_draws_continue_exactly_after_a_restore_mid_block():
+    from dqnkit.agent import ExplorationDraws
+
+    def stream(draws: ExplorationDraws, calls: int) -> list[np.ndarray]:
+        return [np.concatenate([u, a]) for u, a in (draws.take(3) for _ in range(calls))]
+
+    blocks = ExplorationDraws.BLOCK // 3 * 2  # past two block refills (4096 is not a multiple of 3)
+    a = ExplorationDraws(np.random.default_rng(7), 4)
+    b = ExplorationDraws(np.random.default_rng(99), 4)
+    first = stream(a, 1000)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))
+    assert all(np.array_equal(x, y) for x, y in zip(stream(a, blocks), stream(b, blocks)))
+    assert all(np.isin(x[3:], np.arange(4)).all() and (x[:3] < 1).all() for x in first)
+
+
+def test_exploration_draws_load_a_checkpoint_from_before_the_blocks():
+    """An older checkpoint holds only the RNG state: the block starts empty and is drawn from it."""
+    from dqnkit.agent import ExplorationDraws
+
+    rng = np.random.default_rng(5)
+    old_state = rng.bit_generator.state
+    draws = ExplorationDraws(np.random.default_rng(0), 2)
+    draws.load_state_dict(old_state)
+    uniform, _ = draws.take(2)
+    assert np.array_equal(uniform, np.random.default_rng(5).random(ExplorationDraws.BLOCK)[:2])
+
+
 def test_dueling_head_is_identifiable():
     head = DuelingHead(5, 4, 16)
     x = torch.randn(7, 5)
