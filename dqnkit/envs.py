@@ -97,6 +97,8 @@ class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.autoreset_mode != AutoresetMode.SAME_STEP:
+            raise ValueError(f"LeanSyncVectorEnv steps in SAME_STEP autoreset mode only, not {self.autoreset_mode}")
         self._box = isinstance(self.single_observation_space, gym.spaces.Box)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -114,7 +116,7 @@ class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
                 infos = self._add_info(infos, env_info, i)
         if not self._box:
             self._observations = concatenate(self.single_observation_space, self._env_obs, self._observations)
-        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
+        # (no _autoreset_envs update: only the NEXT_STEP and DISABLED modes read it)
         return (
             self._observations.copy(),
             self._rewards.copy(),
@@ -134,14 +136,16 @@ def finished_episodes(
 ) -> list[tuple[float, int]]:
     """Add one vector step to the running episode counters [N] (updated in place); return
     ``(return, length)`` of every episode the step finished, and reset their counters.
+    ``info`` is the SAME_STEP vector env's: ``info["_final_obs"]`` marks the envs whose
+    episode ended (``terminated | truncated``), and is absent when none did.
 
     An Atari life loss ends a learning episode but not the game: its counters reset and
     nothing is returned. A game over returns the raw score and length of the whole game.
     """
     ep_return += rewards
     ep_length += 1
-    ended = terminated | truncated
-    if not ended.any():  # most steps: nothing more to do
+    ended = info.get("_final_obs")  # SAME_STEP marks exactly the envs that ended, and only then
+    if ended is None:  # most steps: nothing more to do
         return []
     games = game_results(info)
     finished = []

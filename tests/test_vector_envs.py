@@ -148,5 +148,9 @@ def test_lean_sync_steps_exactly_as_gymnasiums_sync_vector_env(env_id, num_envs,
         ours, theirs = lean.step(actions), reference.step(actions)
         _same(ours, theirs)
         ended += int(ours[2].any() or ours[3].any())
+        # finished_episodes reads the envs that ended off this mask, present only when one did
+        np.testing.assert_array_equal(ours[4].get("_final_obs", np.zeros(num_envs, bool)), ours[2] | ours[3])
     assert ended  # episodes (or lives) ended inside the window
     lean.close(), reference.close()
+    with pytest.raises(ValueError, match="SAME_STEP"):
+        LeanSyncVectorEnv(fns, autoreset_mode=AutoresetMode.NEXT_STEP)

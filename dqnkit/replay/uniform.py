@@ -97,6 +97,8 @@ class UniformReplay:
     ) -> np.ndarray:
         """One vector env step [N, ...] (``next_obs``: the true next observations, final ones
         where an episode ended), folded into n-step transitions; returns the slots written."""
+        if self.folder.n == 1:  # nothing to fold: every step is a whole transition
+            return self.add_batch(obs, actions, rewards, next_obs, terminated)
         return self.add_batch(*self.folder.push(obs, actions, rewards, next_obs, terminated, truncated))
 
     def add(
