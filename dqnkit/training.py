@@ -14,9 +14,11 @@ loop goes on (:func:`_save`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,6 +322,11 @@ def crossed(prev: int, now: int, every: int) -> int:
 
 
 def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
+    with flush_denormals(parts.config.flush_denormal):
+        return _loop(parts, run_dir, progress)
+
+
+def _loop(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
     cfg, agent, loop = parts.config, parts.agent, parts.loop
     learn_due = _pqn_updates if cfg.algorithm == "pqn" else _dqn_updates
     monitor = RunMonitor(cfg, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
@@ -420,6 +427,23 @@ def _save(parts: Parts, monitor: RunMonitor) -> None:
     monitor.save(parts.loop.step, payload, before=saver.write, after=saver.commit, background=True)
     # the new replay rows are read from the ring by that thread: wait for it before they could be overwritten
     parts.save_deadline = parts.loop.step + parts.config.num_envs * saver.safe_steps
+
+
+@contextlib.contextmanager
+def flush_denormals(on: bool) -> Iterator[None]:
+    """``torch.set_flush_denormal(True)`` for this thread (the CPU's flush-to-zero mode) while
+    the block runs, then the mode it had before: the process is the caller's."""
+    before = _flushing_denormals()
+    torch.set_flush_denormal(on)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
+def _flushing_denormals() -> bool:
+    """Whether this thread's CPU flushes denormals: 1e-39 is one, and survives a product only if not."""
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
 
 
 def resolve_device(name: str) -> torch.device:

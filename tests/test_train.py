@@ -236,3 +236,20 @@ SOLVE_SEEDS = range(int(os.environ.get("DQNKIT_SOLVE_SEEDS", "1")))
 def test_presets_solve_cartpole(tmp_path, preset, seed):
     summary = train(presets.get(preset, seed=seed), tmp_path / "run")
     assert summary["eval_return_mean"] >= 475, summary
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_flushes_denormals_as_configured_and_gives_the_mode_back(tmp_path, monkeypatch, flush):
+    from dqnkit.agent import DQNAgent
+    from dqnkit.training import _flushing_denormals
+
+    seen, learn = set(), DQNAgent.learn
+
+    def spy(agent, batch):
+        seen.add(_flushing_denormals())
+        return learn(agent, batch)
+
+    monkeypatch.setattr(DQNAgent, "learn", spy)
+    train(_cfg(flush_denormal=flush), tmp_path / "run")
+    assert seen == {flush}
+    assert not _flushing_denormals()  # the caller's thread is as it was

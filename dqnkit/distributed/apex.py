@@ -52,7 +52,15 @@ from dqnkit.monitor import (
 )
 from dqnkit.replay.nstep import NStepFolder
 from dqnkit.replay.uniform import Batch
-from dqnkit.training import build_agent, build_replay, per_beta, resolve_device, spaces, stores_frames
+from dqnkit.training import (
+    build_agent,
+    build_replay,
+    flush_denormals,
+    per_beta,
+    resolve_device,
+    spaces,
+    stores_frames,
+)
 
 
 def actor_epsilon(i: int, actors: int, base: float = 0.4, alpha: float = 7.0) -> float:
@@ -488,6 +496,7 @@ def run(
         _check_resources(ray, dict(options.actor_resources))
         run_dir = Path(run_dir)
         open_run_dir(config, run_dir, overwrite)
-        return Apex(config, run_dir, options, spaces).run(progress, callback)
+        with flush_denormals(config.flush_denormal):
+            return Apex(config, run_dir, options, spaces).run(progress, callback)
     finally:
         ray.shutdown()
