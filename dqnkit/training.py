@@ -431,7 +431,7 @@ def _save(parts: Parts, monitor: RunMonitor) -> None:
 
 @contextlib.contextmanager
 def flush_denormals(on: bool) -> Iterator[None]:
-    """``torch.set_flush_denormal(True)`` for this thread (the CPU's flush-to-zero mode) while
+    """``torch.set_flush_denormal(on)`` for this thread (the CPU's flush-to-zero mode) while
     the block runs, then the mode it had before: the process is the caller's."""
     before = _flushing_denormals()
     torch.set_flush_denormal(on)
