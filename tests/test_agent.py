@@ -175,12 +175,12 @@ def test_exploration_draws_continue_exactly_after_a_restore_mid_block():
     def stream(draws: ExplorationDraws, calls: int) -> list[np.ndarray]:
         return [np.concatenate([u, a]) for u, a in (draws.take(3) for _ in range(calls))]
 
-    blocks = ExplorationDraws.BLOCK // 3 * 2  # past two block refills (4096 is not a multiple of 3)
+    calls = ExplorationDraws.BLOCK // 3 * 2  # past two block refills (4096 is not a multiple of 3)
     a = ExplorationDraws(np.random.default_rng(7), 4)
     b = ExplorationDraws(np.random.default_rng(99), 4)
     first = stream(a, 1000)
     b.load_state_dict(copy.deepcopy(a.state_dict()))
-    assert all(np.array_equal(x, y) for x, y in zip(stream(a, blocks), stream(b, blocks)))
+    assert all(np.array_equal(x, y) for x, y in zip(stream(a, calls), stream(b, calls)))
     assert all(np.isin(x[3:], np.arange(4)).all() and (x[:3] < 1).all() for x in first)
 
 
