@@ -242,7 +242,7 @@ class ReplayChunks(FullReplay):
         self.owner, self.mark, self.next_id = self._pending
         self._pending = None
         # the new checkpoint's references are known here; older ones are read once from disk
-        current = set(np.unique(self.owner[self.owner >= 0]).tolist())
+        current = _chunk_ids(self.owner)
         self._refs = {path.name: self._refs[path.name] for path in kept if path.name in self._refs}
         if kept:
             self._refs[kept[-1].name] = current
@@ -256,7 +256,7 @@ class ReplayChunks(FullReplay):
         if checkpoint.name not in self._refs:
             try:
                 owner = safe_load(checkpoint)["replay"]["chunks"]["owner"]
-                self._refs[checkpoint.name] = set(np.unique(owner[owner >= 0]).tolist())
+                self._refs[checkpoint.name] = _chunk_ids(owner)
             except (CheckpointError, KeyError):
                 self._refs[checkpoint.name] = set()  # not a chunked checkpoint: refers to none
         return self._refs[checkpoint.name]
@@ -271,7 +271,7 @@ class ReplayChunks(FullReplay):
         owner, columns = state["chunks"]["owner"], replay.row_columns()
         if len(owner) != replay.capacity:
             raise ValueError(f"replay chunks cover {len(owner)} rows, this buffer {replay.capacity}")
-        for chunk_id in np.unique(owner[owner >= 0]).tolist():
+        for chunk_id in sorted(_chunk_ids(owner)):
             if not self.path(chunk_id).is_file():
                 raise CheckpointError(
                     f"replay chunk {self.path(chunk_id)} of this checkpoint is missing; use an earlier checkpoint"
@@ -283,6 +283,11 @@ class ReplayChunks(FullReplay):
                 column[rows[mine]] = chunk[name][mine]
         self.owner, self.next_id = owner.copy(), int(state["chunks"]["next_id"])
         self.mark = replay.write_mark()
+
+
+def _chunk_ids(owner: np.ndarray) -> set[int]:
+    """The chunks an ``owner`` map refers to (-1 marks rows never written)."""
+    return set(np.unique(owner[owner >= 0]).tolist())
 
 
 def replay_saver(mode: str, run_dir: str | Path) -> FullReplay:

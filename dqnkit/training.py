@@ -219,10 +219,8 @@ def load(run_dir: str | Path, device: str = "auto") -> DQNAgent | PQNAgent:
     else:  # older checkpoints did not record them: ask the env
         obs_shape, _, n_actions = check_env_id(config.env_id)
     agent = build_agent(config, obs_shape, n_actions)
-    try:
+    with _fitting_checkpoint():
         agent.load_state_dict(ckpt["agent"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
     return agent
 
 
@@ -234,11 +232,19 @@ def load_replay(run_dir: str | Path) -> UniformReplay | FrameReplay:
     config = from_dict(ckpt["config"])
     obs_shape, obs_dtype, _ = check_env_id(config.env_id)
     replay = build_replay(config, obs_shape, obs_dtype)
-    try:
+    with _fitting_checkpoint():
         replay_saver(config.replay_checkpoint, run_dir).restore(replay, ckpt["replay"])
+    return replay
+
+
+@contextlib.contextmanager
+def _fitting_checkpoint() -> Iterator[None]:
+    """Loading state that does not fit the parts built from its config (other sizes, missing
+    keys) is a one-line CheckpointError, not a traceback."""
+    try:
+        yield
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
-    return replay
 
 
 def spaces(agent: DQNAgent | PQNAgent) -> dict[str, Any]:
@@ -249,13 +255,11 @@ def spaces(agent: DQNAgent | PQNAgent) -> dict[str, Any]:
 
 def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
     """Load a checkpoint's state into freshly built parts."""
-    try:
+    with _fitting_checkpoint():
         parts.agent.load_state_dict(ckpt["agent"])
         parts.replay_saver.restore(parts.replay, ckpt["replay"])
         if "folder" in ckpt:  # older checkpoints kept the n-step folder beside the replay
             parts.replay.folder.load_state_dict(ckpt["folder"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
     loop = Loop(**ckpt["loop"])
     if ckpt["replay"].get("omitted"):
         warnings.warn(

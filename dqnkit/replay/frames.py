@@ -97,7 +97,7 @@ class FrameReplay:
         true next observations, i.e. the final ones where an episode ended; only their last
         frame is read). ``envs``: the rings these N envs write (default all, in order; Ape-X
         gives each actor its own). Returns the flat indices of the rows written."""
-        env_ids = np.arange(self.num_envs) if envs is None else np.asarray(envs)
+        env_ids = self._rings(envs)
         written = [self._write(env_ids, obs[:, -1], actions, rewards, np.full(len(env_ids), _NORMAL))]
         ended = np.flatnonzero(np.asarray(terminated) | np.asarray(truncated))
         if len(ended):
@@ -106,6 +106,10 @@ class FrameReplay:
             written.append(self._write(env_ids[ended], next_obs[ended, -1], zeros, zeros, kinds))
             self.next_ep_pos[env_ids[ended]] = 0
         return np.concatenate(written)
+
+    def _rings(self, envs: np.ndarray | None) -> np.ndarray:
+        """The env rings a vector step writes: ``envs``, or all of them in order."""
+        return np.arange(self.num_envs) if envs is None else np.asarray(envs)
 
     def cut(self, envs: np.ndarray) -> np.ndarray:
         """Abandon the episodes in progress in these rings (their writer restarted and will
@@ -289,7 +293,7 @@ class PrioritizedFrameReplay(FrameReplay):
     ) -> np.ndarray:
         """Store a vector step; rows that just became complete transitions get the max priority."""
         written = super().add_step(obs, actions, rewards, next_obs, terminated, truncated, envs)
-        self._refresh(np.arange(self.num_envs) if envs is None else np.asarray(envs), written)
+        self._refresh(self._rings(envs), written)
         return written
 
     def cut(self, envs: np.ndarray) -> np.ndarray:
