@@ -79,6 +79,11 @@ class Config:
         True,
         "While training, the CPU flushes denormal floats (below 1.2e-38) to zero (torch.set_flush_denormal). Adam's moments decay into denormals wherever a gradient is exactly zero (a dead ReLU unit), and x86 computes with denormals about 100x slower: the rl-zoo CartPole run takes 28 instead of 42 s. Results are the same unless a value that small matters.",
     )
+    mlp_update: bool = _opt(
+        True,
+        "On the CPU, a plain MLP (no dueling, noisy or LayerNorm layers) with the scalar head updates without autograd: the same ATen kernels autograd's backward runs, called directly, so the result is bit-identical at about half the cost. Off, or with any module or parameter hook registered, the update goes through autograd.",
+        only="dqn",
+    )
 
     # --- learning ---
     gamma: float = _opt(0.99, "Discount factor, in (0, 1].", lo=0.0, hi=1.0, lo_open=True)

@@ -48,6 +48,11 @@ class Head(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- targets
+def discounts(gamma: float, horizons_B: torch.Tensor) -> torch.Tensor:
+    """``gamma ** k`` [B] for transitions that fold ``k`` rewards (n-step returns)."""
+    return gamma ** horizons_B.float()
+
+
 def next_actions(next_q_target_BA: torch.Tensor, next_q_online_BA: torch.Tensor | None = None) -> torch.Tensor:
     """``a*`` [B] for the bootstrap: argmax of the target network (DQN) or, for Double DQN
     (van Hasselt et al. 2016, https://arxiv.org/abs/1509.06461), of the online network, so
@@ -126,15 +131,16 @@ def q_as_is(out_BA: torch.Tensor, support_K: torch.Tensor) -> torch.Tensor:
     return out_BA
 
 
+# the none head's loss per sample: ``f(q_B, target_B, reduction="none")``
+ELEMENTWISE_LOSS = {"huber": F.smooth_l1_loss, "mse": F.mse_loss}
+
+
 def td_loss(x: HeadInput) -> Losses:
     """Huber or MSE to the (Double) DQN target; the priority is |TD error|."""
     with torch.no_grad():
         target_B = td_targets(x.rewards_B, x.terminated_B, x.discounts_B, x.next_target, x.next_online)
     q_B = x.out.gather(1, x.actions_B.unsqueeze(1)).squeeze(1)
-    if x.loss == "huber":
-        per_sample_B = F.smooth_l1_loss(q_B, target_B, reduction="none")
-    else:
-        per_sample_B = F.mse_loss(q_B, target_B, reduction="none")
+    per_sample_B = ELEMENTWISE_LOSS[x.loss](q_B, target_B, reduction="none")
     return per_sample_B, (q_B - target_B).detach().abs(), q_B
 
 

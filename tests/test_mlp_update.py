@@ -1,0 +1,105 @@
+"""The autograd-free MLP update must be the autograd update, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+
+from dqnkit import Config
+from dqnkit.agent import DQNAgent
+from dqnkit.networks import build_q_network
+from dqnkit.replay.uniform import Batch
+
+
+def _pair(**overrides) -> tuple[DQNAgent, DQNAgent]:
+    """Two agents with the same initial weights: one with the MLP update, one without."""
+    agents = []
+    for flat in (True, False):
+        cfg = Config(hidden_sizes=(32, 24), mlp_update=flat, **overrides)
+        torch.manual_seed(0)
+        agents.append(DQNAgent(build_q_network((5,), 3, cfg.hidden_sizes), (5,), 3, cfg))
+    assert (agents[0]._mlp_update is not None) and agents[1]._mlp_update is None
+    return agents[0], agents[1]
+
+
+def _batch(rng: np.random.Generator, b: int) -> Batch:
+    """Rewards, terminations, n-step horizons and IS weights that all vary."""
+    return Batch(
+        rng.standard_normal((b, 5)).astype(np.float32),
+        rng.integers(0, 3, b),
+        rng.standard_normal(b).astype(np.float32),
+        rng.standard_normal((b, 5)).astype(np.float32),
+        (rng.random(b) < 0.2).astype(np.float32),
+        rng.integers(1, 4, b),
+        rng.uniform(0.2, 1.0, b).astype(np.float32),
+        np.arange(b),
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(loss="mse"),
+        dict(loss="huber"),
+        dict(loss="huber", double=True, max_grad_norm=0.5),
+        dict(loss="mse", double=True, gamma=0.9, tau=0.3),
+    ],
+    ids=["mse", "huber", "huber-double-clip", "mse-double-soft"],
+)
+@pytest.mark.parametrize("batch_size", [64, 37])
+def test_mlp_update_is_the_autograd_update_bit_for_bit(overrides, batch_size):
+    flat, eager = _pair(lr=3e-3, **overrides)
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        batch = _batch(rng, batch_size)
+        got, want = flat.learn(batch), eager.learn(batch)
+        for name in ("loss", "td_abs", "q_mean"):
+            assert torch.equal(getattr(got, name), getattr(want, name)), (i, name)
+        if i % 10 == 9:
+            flat.update_target(), eager.update_target()
+    for p, q in zip(flat.q_net.parameters(), eager.q_net.parameters()):
+        assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
+    for p, q in zip(flat.q_net.parameters(), eager.q_net.parameters()):
+        for key, value in flat.optimizer.state[p].items():
+            assert torch.equal(value, eager.optimizer.state[q][key])
+
+
+def test_mlp_update_learns():
+    """Not only equal to autograd on random data: it fits a regression target."""
+    flat, _ = _pair(lr=1e-2, loss="mse")
+    rng = np.random.default_rng(0)
+    batch = _batch(rng, 32)._replace(terminated=np.ones(32, np.float32), weights=np.ones(32, np.float32))
+    first = flat.learn(batch).loss.item()
+    for _ in range(300):
+        last = flat.learn(batch).loss.item()
+    assert last < 0.05 * first
+
+
+def test_a_registered_hook_sends_the_update_through_autograd():
+    flat, _ = _pair()
+    batch = _batch(np.random.default_rng(0), 16)
+    seen = []
+    handle = flat.q_net.body[0].register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    flat.learn(batch)
+    assert (16, 32) in seen  # the update's forward ran through the module
+    handle.remove()
+    seen.clear()
+    flat.learn(batch)
+    assert not seen
+    grads = []
+    handle = next(flat.q_net.parameters()).register_hook(lambda grad: grads.append(grad))
+    flat.learn(batch)
+    assert grads
+    handle.remove()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(dueling=True), dict(noisy=True), dict(layer_norm=True), dict(distributional="c51")],
+    ids=["dueling", "noisy", "layer-norm", "c51"],
+)
+def test_networks_it_cannot_see_through_use_autograd(overrides):
+    cfg = Config(hidden_sizes=(8,), **overrides)
+    net = build_q_network(
+        (5,), 3, cfg.hidden_sizes, dueling=cfg.dueling, noisy=cfg.noisy, layer_norm=cfg.layer_norm, atoms=1
+    )
+    assert DQNAgent(net, (5,), 3, cfg)._mlp_update is None
