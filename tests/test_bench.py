@@ -89,3 +89,14 @@ def test_bench_checkpoint_compares_full_and_incremental(tmp_path, capsys):
     assert "written / new" in capsys.readouterr().out
     assert main(["bench", "checkpoint", "--capacities", "30000,40000"]) == 2
     assert main(["bench", "checkpoint", "--capacities", "100"]) == 2
+
+
+def test_the_sb3_peer_leaves_no_log_folder_behind(tmp_path, monkeypatch):
+    """SB3's default logger makes a ``SB3-<time>`` folder in the temp directory per learn()."""
+    import tempfile
+
+    from dqnkit.bench import speed
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    speed._sb3_dqn("cartpole-cleanrl", seed=0).learn(50)
+    assert not list(tmp_path.glob("SB3-*"))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dqnkit import presets
-from dqnkit.bench import report
+from dqnkit.bench import quiet_sb3, report
 from dqnkit.errors import DqnkitError
 from dqnkit.replay.uniform import Batch
 from dqnkit.training import build_agent, resolve_device, train
@@ -133,6 +133,7 @@ def _sb3(steps: int, envs: int, device: torch.device, seed: int) -> dict[str, An
         device=device,
         verbose=0,
     )
+    quiet_sb3(model)
     with _GpuBusy(device) as busy:
         start = time.perf_counter()
         model.learn(steps)

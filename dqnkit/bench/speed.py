@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dqnkit import presets
-from dqnkit.bench import report
+from dqnkit.bench import quiet_sb3, report
 from dqnkit.errors import DqnkitError
 from dqnkit.training import train
 
@@ -39,7 +39,7 @@ def _sb3_dqn(preset: str, seed: int) -> Any:
     except ImportError:
         raise DqnkitError("bench speed needs Stable-Baselines3: pip install 'dqnkit[bench]'") from None
     c = presets.get(preset)
-    return DQN(
+    model = DQN(
         "MlpPolicy",
         c.env_id,
         learning_rate=c.lr,
@@ -58,6 +58,7 @@ def _sb3_dqn(preset: str, seed: int) -> Any:
         device="cpu",
         verbose=0,
     )
+    return quiet_sb3(model)
 
 
 def _sb3_zoo(steps: int, seed: int) -> tuple[float, float]:
