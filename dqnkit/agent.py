@@ -23,7 +23,7 @@ from torch import nn
 from dqnkit.config import Config
 from dqnkit.errors import first_line
 from dqnkit.heads import HEADS, HeadInput, discounts
-from dqnkit.mlp_update import MLPUpdate, plain_layers
+from dqnkit.mlp_update import MLPUpdate, Plan
 from dqnkit.networks import MLP, reset_noise
 from dqnkit.replay.uniform import Batch
 
@@ -225,12 +225,13 @@ class DQNAgent(QAgent):
         return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
 
     def _plain_mlp_update(self) -> MLPUpdate | None:
-        """The autograd-free update where the network is a plain MLP on the CPU and
+        """The autograd-free update where the network is an MLP of plain layers (plain or
+        dueling) on the CPU and
         ``config.mlp_update`` allows it (:mod:`dqnkit.mlp_update`); None elsewhere."""
         cfg = self.config
         if not cfg.mlp_update or self.device.type != "cpu" or cfg.distributional != "none":
             return None
-        if plain_layers(self.q_net) is None:  # noisy, dueling, LayerNorm, a CNN, a user's network
+        if Plan.of(self.q_net) is None:  # noisy, LayerNorm, a CNN, a user's network
             return None
         return MLPUpdate(self.q_net, self.target_net, cfg)
 

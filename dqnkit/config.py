@@ -81,7 +81,7 @@ class Config:
     )
     mlp_update: bool = _opt(
         True,
-        "On the CPU, a plain MLP (no dueling, noisy or LayerNorm layers) with the scalar head updates without autograd: the same ATen kernels autograd's backward runs, called directly, so the result is bit-identical at about half the cost. Off, or with any module or parameter hook registered, the update goes through autograd.",
+        "On the CPU, an MLP of Linear and ReLU layers (plain or dueling; not noisy or LayerNorm) with the scalar head updates without autograd: the same ATen kernels autograd's backward runs, called directly, so the result is bit-identical at about half the cost. Off, or with any module or parameter hook registered, the update goes through autograd.",
         only="dqn",
     )
 
