@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from dqnkit.config import Config
+from dqnkit.direct_update import DirectUpdate, Plan
 from dqnkit.errors import first_line
 from dqnkit.heads import HEADS, HeadInput, discounts
-from dqnkit.mlp_update import MLPUpdate, Plan
 from dqnkit.networks import MLP, reset_noise
 from dqnkit.replay.uniform import Batch
 
@@ -169,7 +169,7 @@ class DQNAgent(QAgent):
         # a large share of a small network's update; call the step it wraps.
         self._optimizer_step = getattr(type(self.optimizer).step, "__wrapped__", type(self.optimizer).step)
         self._direct_adam = self.device.type == "cpu"
-        self._mlp_update = self._plain_mlp_update()
+        self._direct_update = self._direct_update_if_plain()
 
     # ---------------------------------------------------------------- learning
     def learn(self, batch: Batch) -> LearnStats:
@@ -210,8 +210,8 @@ class DQNAgent(QAgent):
         if cfg.noisy:  # independent noise for the online and the target network, every update
             reset_noise(self.q_net, self.noise)
             reset_noise(self.target_net, self.noise)
-        if self._mlp_update is not None and self._mlp_update.applies():
-            loss, priority_B, q_B = self._mlp_update.gradients(batch)
+        if self._direct_update is not None and self._direct_update.applies():
+            loss, priority_B, q_B = self._direct_update.gradients(batch)
         else:
             per_sample_B, priority_B, q_B = self._losses(batch)
             loss = (batch.weights * per_sample_B).mean()
@@ -224,16 +224,16 @@ class DQNAgent(QAgent):
             self._optimizer_step(self.optimizer)
         return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
 
-    def _plain_mlp_update(self) -> MLPUpdate | None:
-        """The autograd-free update where the network is an MLP of plain layers (plain or
-        dueling) on the CPU and
-        ``config.mlp_update`` allows it (:mod:`dqnkit.mlp_update`); None elsewhere."""
+    def _direct_update_if_plain(self) -> DirectUpdate | None:
+        """The update without autograd (:mod:`dqnkit.direct_update`) where the network is one
+        of dqnkit's of plain layers, on the CPU, and ``config.direct_update`` allows it;
+        None elsewhere."""
         cfg = self.config
-        if not cfg.mlp_update or self.device.type != "cpu" or cfg.distributional != "none":
+        if not cfg.direct_update or self.device.type != "cpu" or cfg.distributional != "none":
             return None
-        if Plan.of(self.q_net) is None:  # noisy, LayerNorm, a CNN, a user's network
+        if Plan.of(self.q_net) is None:  # noisy, LayerNorm, a user's network
             return None
-        return MLPUpdate(self.q_net, self.target_net, cfg)
+        return DirectUpdate(self.q_net, self.target_net, cfg)
 
     def priorities(self, batch: Batch) -> np.ndarray:
         """The PER priority signal of each transition [B] without learning from it (Ape-X

@@ -155,7 +155,12 @@ class MLP(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """[B, *obs] (flattened) -> [B, A] (or [B, A, K])."""
-        return self.head(self.body(obs.flatten(1).float()))
+        return self.head(self.body(self.prepare(obs)))
+
+    @staticmethod
+    def prepare(obs: torch.Tensor) -> torch.Tensor:
+        """Observations [B, *obs] as the float features [B, D] the first layer reads."""
+        return obs.flatten(1).float()
 
 
 class NatureCNN(nn.Module):
@@ -183,7 +188,12 @@ class NatureCNN(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 frames [B, 4, 84, 84] (scaled to [0, 1] here) -> [B, A] (or [B, A, K])."""
-        return self.head(self.body(obs.float() / 255.0))
+        return self.head(self.body(self.prepare(obs)))
+
+    @staticmethod
+    def prepare(obs: torch.Tensor) -> torch.Tensor:
+        """uint8 frames as floats in [0, 1]."""
+        return obs.float() / 255.0
 
 
 class MinAtarCNN(nn.Module):
@@ -206,7 +216,12 @@ class MinAtarCNN(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """MinAtar grids [B, C, 10, 10] -> [B, A] (or [B, A, K])."""
-        return self.head(self.body(obs.float()))
+        return self.head(self.body(self.prepare(obs)))
+
+    @staticmethod
+    def prepare(obs: torch.Tensor) -> torch.Tensor:
+        """0/1 grids as floats."""
+        return obs.float()
 
 
 def build_q_network(

@@ -14,11 +14,11 @@ def _pair(**overrides) -> tuple[DQNAgent, DQNAgent]:
     """Two agents with the same initial weights: one with the MLP update, one without."""
     agents = []
     for flat in (True, False):
-        cfg = Config(**{"hidden_sizes": (32, 24), "mlp_update": flat, **overrides})
+        cfg = Config(**{"hidden_sizes": (32, 24), "direct_update": flat, **overrides})
         torch.manual_seed(0)
         net = build_q_network((5,), 3, cfg.hidden_sizes, dueling=cfg.dueling)
         agents.append(DQNAgent(net, (5,), 3, cfg))
-    assert (agents[0]._mlp_update is not None) and agents[1]._mlp_update is None
+    assert (agents[0]._direct_update is not None) and agents[1]._direct_update is None
     return agents[0], agents[1]
 
 
@@ -62,7 +62,7 @@ def _batch(rng: np.random.Generator, b: int) -> Batch:
     ],
 )
 @pytest.mark.parametrize("batch_size", [64, 37])
-def test_mlp_update_is_the_autograd_update_bit_for_bit(overrides, batch_size):
+def test_direct_update_is_the_autograd_update_bit_for_bit(overrides, batch_size):
     flat, eager = _pair(lr=3e-3, **overrides)
     rng = np.random.default_rng(1)
     for i in range(40):
@@ -79,7 +79,7 @@ def test_mlp_update_is_the_autograd_update_bit_for_bit(overrides, batch_size):
             assert torch.equal(value, eager.optimizer.state[q][key])
 
 
-def test_mlp_update_learns():
+def test_direct_update_learns():
     """Not only equal to autograd on random data: it fits a regression target."""
     flat, _ = _pair(lr=1e-2, loss="mse")
     rng = np.random.default_rng(0)
@@ -118,4 +118,25 @@ def test_networks_it_cannot_see_through_use_autograd(overrides):
     net = build_q_network(
         (5,), 3, cfg.hidden_sizes, dueling=cfg.dueling, noisy=cfg.noisy, layer_norm=cfg.layer_norm, atoms=1
     )
-    assert DQNAgent(net, (5,), 3, cfg)._mlp_update is None
+    assert DQNAgent(net, (5,), 3, cfg)._direct_update is None
+
+
+@pytest.mark.parametrize("dueling", [False, True], ids=["plain", "dueling"])
+@pytest.mark.parametrize("obs_shape", [(4, 10, 10), (4, 84, 84)], ids=["minatar-cnn", "nature-cnn"])
+def test_cnn_update_is_the_autograd_update_bit_for_bit(obs_shape, dueling):
+    agents = []
+    for direct in (True, False):
+        cfg = Config(direct_update=direct, dueling=dueling, loss="huber", max_grad_norm=10.0, lr=1e-3)
+        torch.manual_seed(0)
+        agents.append(DQNAgent(build_q_network(obs_shape, 3, (64,), dueling=dueling), obs_shape, 3, cfg))
+    direct, eager = agents
+    assert direct._direct_update is not None and eager._direct_update is None
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        batch = _batch(rng, 8)
+        frames = lambda: rng.integers(0, 256 if obs_shape[1] == 84 else 2, (8, *obs_shape), dtype=np.uint8)  # noqa: E731
+        batch = batch._replace(obs=frames(), next_obs=frames())
+        got, want = direct.learn(batch), eager.learn(batch)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), i
+    for p, q in zip(direct.q_net.parameters(), eager.q_net.parameters()):
+        assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
