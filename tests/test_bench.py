@@ -53,8 +53,10 @@ def test_bench_speed_runs_both_libraries(tmp_path, capsys):
     k = result["cleanrl_defaults"]
     assert k["sb3_sps"] > 0 and k["dqnkit_sps"] > 0 and 0 < k["dqnkit_overhead_us_per_step"]
     assert k["raw_env_step_us"] > 0 and k["steps"] == 12_000
+    assert [u["preset"] for u in result["updates"]] == [case[0] for case in speed.UPDATE_CASES]
+    assert all(u["identical"] and u["direct_us"] > 0 for u in result["updates"])
     out = capsys.readouterr().out
-    assert "SB3 DQN, rl-zoo settings" in out and "CleanRL dqn.py defaults" in out
+    assert "SB3 DQN, rl-zoo settings" in out and "CleanRL dqn.py defaults" in out and "update (µs" in out
 
 
 def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
@@ -100,3 +102,13 @@ def test_the_sb3_peer_leaves_no_log_folder_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     speed._sb3_dqn("cartpole-cleanrl", seed=0).learn(50)
     assert not list(tmp_path.glob("SB3-*"))
+
+
+@pytest.mark.parametrize("case", [0, 3], ids=["mlp", "minatar-cnn"])
+def test_bench_update_times_both_updates_from_the_same_weights(case):
+    from dqnkit.bench import speed
+
+    row = speed.update_us(*speed.UPDATE_CASES[case], updates=3, blocks=1)
+    assert row["identical"] is True  # same batches, same start: the same weights at the end
+    assert row["direct_us"] > 0 and row["autograd_us"] > 0
+    assert row["speedup"] == pytest.approx(row["autograd_us"] / row["direct_us"], rel=0.02)

@@ -11,6 +11,10 @@
    steps/s (SB3's ``learn()``; dqnkit's loop rate, ``summary.json``'s ``sps``), and dqnkit's
    overhead per env step, ``(loop time - time inside learn) / steps``, against a bare
    ``env.step`` of CartPole timed in the same process.
+4. The update itself: microseconds per ``agent.learn`` with the update written out
+   (:mod:`dqnkit.direct_update`) and through autograd, for the CleanRL, rl-zoo, Rainbow and
+   MinAtar presets' networks: two agents from the same weights take the same random batches
+   in alternating blocks, and must end with the same weights (``identical``).
 
 Needs ``pip install 'dqnkit[bench]'`` (stable-baselines3 is never a runtime dependency).
 """
@@ -28,7 +32,16 @@ import torch
 from dqnkit import presets
 from dqnkit.bench import quiet_sb3, report
 from dqnkit.errors import DqnkitError
-from dqnkit.training import train
+from dqnkit.replay.uniform import Batch
+from dqnkit.training import build_agent, flush_denormals, train
+
+# (preset, observation shape, actions): the networks whose updates part 4 times
+UPDATE_CASES = (
+    ("cartpole-cleanrl", (4,), 2),
+    ("cartpole-zoo", (4,), 2),
+    ("cartpole-rainbow", (4,), 2),
+    ("minatar", (4, 10, 10), 3),
+)
 
 
 def _sb3_dqn(preset: str, seed: int) -> Any:
@@ -121,6 +134,57 @@ def _dqnkit_cleanrl(steps: int, seed: int, tmp: Path) -> dict[str, float]:
     return {"sps": summary["sps"], "overhead_us": (loop_s - inside[0]) / summary["steps"] * 1e6}
 
 
+def _random_batches(obs_shape: tuple[int, ...], n_actions: int, size: int, count: int) -> list[Batch]:
+    """Batches of the preset's shapes: 0/1 grids or Gaussian vectors, rewards, terminations,
+    1-3 step horizons and IS weights that all vary."""
+    rng = np.random.default_rng(0)
+
+    def obs() -> np.ndarray:
+        if len(obs_shape) == 3:
+            return rng.integers(0, 2, (size, *obs_shape), dtype=np.uint8)
+        return rng.standard_normal((size, *obs_shape)).astype(np.float32)
+
+    return [
+        Batch(
+            obs(),
+            rng.integers(0, n_actions, size),
+            rng.standard_normal(size).astype(np.float32),
+            obs(),
+            (rng.random(size) < 0.1).astype(np.float32),
+            rng.integers(1, 4, size),
+            rng.uniform(0.2, 1.0, size).astype(np.float32),
+            np.arange(size),
+        )
+        for _ in range(count)
+    ]
+
+
+def update_us(preset: str, obs_shape: tuple[int, ...], n_actions: int, updates: int = 200, blocks: int = 5) -> dict:
+    """Part 4 for one preset: the fastest block's µs per update with and without autograd."""
+    agents = {}
+    for direct in (True, False):
+        torch.manual_seed(0)
+        agents[direct] = build_agent(presets.get(preset, direct_update=direct), obs_shape, n_actions)
+    assert agents[True]._direct_update is not None, f"{preset}'s network has no direct update"
+    batches = _random_batches(obs_shape, n_actions, agents[True].config.batch_size, updates)
+    best = {True: float("inf"), False: float("inf")}
+    with flush_denormals(True):
+        for _ in range(blocks):
+            for direct, agent in agents.items():
+                start = time.perf_counter()
+                for batch in batches:
+                    agent.learn(batch)
+                best[direct] = min(best[direct], (time.perf_counter() - start) / updates * 1e6)
+    same = all(torch.equal(p, q) for p, q in zip(agents[True].q_net.parameters(), agents[False].q_net.parameters()))
+    return {
+        "preset": preset,
+        "direct_us": round(best[True], 1),
+        "autograd_us": round(best[False], 1),
+        "speedup": round(best[False] / best[True], 2),
+        "identical": same,
+    }
+
+
 def run(
     steps: int = 50_000,
     seed: int = 0,
@@ -129,7 +193,7 @@ def run(
     cartpole_steps: int | None = None,
     cleanrl_steps: int = 100_000,
 ) -> dict[str, Any]:
-    """All three parts; ``cartpole_steps`` caps the preset runs (only for quick checks)."""
+    """All four parts; ``cartpole_steps`` caps the preset runs (only for quick checks)."""
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         sb3_wall, sb3_eval = _sb3_zoo(steps, seed)
@@ -152,6 +216,7 @@ def run(
         sb3_cleanrl_sps = _sb3_cleanrl(cleanrl_steps, seed)
         raw_us = _raw_step_us()
         cleanrl = _dqnkit_cleanrl(cleanrl_steps, seed, Path(tmp))
+    updates = [update_us(*case) for case in UPDATE_CASES]
     median = float(np.median([r["wall_s"] for r in solves]))
     result = {
         "benchmark": "speed",
@@ -180,6 +245,7 @@ def run(
             "raw_env_step_us": round(raw_us, 1),
             "overhead_vs_raw_step": round(cleanrl["overhead_us"] / raw_us, 2),
         },
+        "updates": updates,
     }
     return report(result, _print, out)
 
@@ -201,3 +267,9 @@ def _print(r: dict[str, Any]) -> None:
         f"dqnkit cartpole preset: {c['solved']}/{len(c['runs'])} seeds solved, median {c['median_wall_s']:.1f} s "
         f"= {c['median_vs_sb3_zoo']:.2f} of SB3-zoo's {r['steps']}-step time"
     )
+    print(f"{'update (µs, tight loop)':<34} {'direct':>8} {'autograd':>9} {'speedup':>8} {'same weights':>13}")
+    for u in r["updates"]:
+        print(
+            f"{u['preset']:<34} {u['direct_us']:>8.0f} {u['autograd_us']:>9.0f} {u['speedup']:>7.2f}x "
+            f"{str(u['identical']):>13}"
+        )
