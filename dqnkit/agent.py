@@ -397,7 +397,9 @@ def fused_adam_step(optimizer: torch.optim.Adam) -> bool:
     and checks: ~20 against ~40 µs for a small MLP here. Returns False, having changed
     nothing, where that shortcut does not hold (the first step, which creates the state; a
     parameter without a gradient; other options): the caller then runs ``optimizer.step``."""
-    (group,) = optimizer.param_groups
+    if len(optimizer.param_groups) != 1:
+        return False
+    group = optimizer.param_groups[0]
     if not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]:
         return False
     if group["differentiable"] or group.get("decoupled_weight_decay", False):

@@ -269,3 +269,6 @@ def test_direct_adam_step_is_adams_step_bit_for_bit():
         assert all(torch.equal(v, opt_b.state[q][k]) for k, v in opt_a.state[p].items())
     a[1].grad = None  # Adam skips a parameter without a gradient: leave that to Adam.step
     assert not fused_adam_step(opt_a)
+    a[1].grad = torch.zeros_like(a[1])
+    opt_a.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})  # a user's second group
+    assert not fused_adam_step(opt_a)
