@@ -148,10 +148,19 @@ def _chain(modules: list[nn.Module], relu_last: bool) -> list[Layer] | None:
     return layers  # type: ignore[return-value]
 
 
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
 def hooked(modules: list[nn.Module], params: list[nn.Parameter]) -> bool:
     """Whether a user hook on one of ``modules`` or ``params`` (or a global module hook)
     would be skipped by the update below."""
-    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+    module = nn.modules.module  # hooks registered for every module
+    if any(getattr(module, name) for name in _GLOBAL_HOOKS):
         return True
     for m in modules:
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:

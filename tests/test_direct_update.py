@@ -13,8 +13,8 @@ from dqnkit.replay.uniform import Batch
 def _pair(**overrides) -> tuple[DQNAgent, DQNAgent]:
     """Two agents with the same initial weights: one with the MLP update, one without."""
     agents = []
-    for flat in (True, False):
-        cfg = Config(**{"hidden_sizes": (32, 24), "direct_update": flat, **overrides})
+    for direct in (True, False):
+        cfg = Config(**{"hidden_sizes": (32, 24), "direct_update": direct, **overrides})
         torch.manual_seed(0)
         net = build_q_network((5,), 3, cfg.hidden_sizes, dueling=cfg.dueling)
         agents.append(DQNAgent(net, (5,), 3, cfg))
@@ -63,49 +63,55 @@ def _batch(rng: np.random.Generator, b: int) -> Batch:
 )
 @pytest.mark.parametrize("batch_size", [64, 37])
 def test_direct_update_is_the_autograd_update_bit_for_bit(overrides, batch_size):
-    flat, eager = _pair(lr=3e-3, **overrides)
+    direct, eager = _pair(lr=3e-3, **overrides)
     rng = np.random.default_rng(1)
     for i in range(40):
         batch = _batch(rng, batch_size)
-        got, want = flat.learn(batch), eager.learn(batch)
+        got, want = direct.learn(batch), eager.learn(batch)
         for name in ("loss", "td_abs", "q_mean"):
             assert torch.equal(getattr(got, name), getattr(want, name)), (i, name)
         if i % 10 == 9:
-            flat.update_target(), eager.update_target()
-    for p, q in zip(flat.q_net.parameters(), eager.q_net.parameters()):
+            direct.update_target(), eager.update_target()
+    for p, q in zip(direct.q_net.parameters(), eager.q_net.parameters()):
         assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
-    for p, q in zip(flat.q_net.parameters(), eager.q_net.parameters()):
-        for key, value in flat.optimizer.state[p].items():
+    for p, q in zip(direct.q_net.parameters(), eager.q_net.parameters()):
+        for key, value in direct.optimizer.state[p].items():
             assert torch.equal(value, eager.optimizer.state[q][key])
 
 
 def test_direct_update_learns():
     """Not only equal to autograd on random data: it fits a regression target."""
-    flat, _ = _pair(lr=1e-2, loss="mse")
+    direct, _ = _pair(lr=1e-2, loss="mse")
     rng = np.random.default_rng(0)
     batch = _batch(rng, 32)._replace(terminated=np.ones(32, np.float32), weights=np.ones(32, np.float32))
-    first = flat.learn(batch).loss.item()
+    first = direct.learn(batch).loss.item()
     for _ in range(300):
-        last = flat.learn(batch).loss.item()
+        last = direct.learn(batch).loss.item()
     assert last < 0.05 * first
 
 
 def test_a_registered_hook_sends_the_update_through_autograd():
-    flat, _ = _pair()
+    direct, _ = _pair()
     batch = _batch(np.random.default_rng(0), 16)
     seen = []
-    handle = flat.q_net.body[0].register_forward_hook(lambda module, args, out: seen.append(out.shape))
-    flat.learn(batch)
+    handle = direct.q_net.body[0].register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    direct.learn(batch)
     assert (16, 32) in seen  # the update's forward ran through the module
     handle.remove()
     seen.clear()
-    flat.learn(batch)
+    direct.learn(batch)
     assert not seen
     grads = []
-    handle = next(flat.q_net.parameters()).register_hook(lambda grad: grads.append(grad))
-    flat.learn(batch)
+    handle = next(direct.q_net.parameters()).register_hook(lambda grad: grads.append(grad))
+    direct.learn(batch)
     assert grads
     handle.remove()
+    calls = []
+    handle = torch.nn.modules.module.register_module_full_backward_hook(lambda *args: calls.append(1))
+    with pytest.warns(UserWarning, match="no inputs require gradients"):  # torch's note on the obs
+        direct.learn(batch)
+    handle.remove()
+    assert calls  # a hook for every module's backward ran: the update went through autograd
 
 
 @pytest.mark.parametrize(
