@@ -159,7 +159,9 @@ def _random_batches(obs_shape: tuple[int, ...], n_actions: int, size: int, count
     ]
 
 
-def update_us(preset: str, obs_shape: tuple[int, ...], n_actions: int, updates: int = 200, blocks: int = 5) -> dict:
+def update_us(
+    preset: str, obs_shape: tuple[int, ...], n_actions: int, updates: int = 200, blocks: int = 5
+) -> dict[str, Any]:
     """Part 4 for one preset: the fastest block's µs per update with and without autograd."""
     agents = {}
     for direct in (True, False):
