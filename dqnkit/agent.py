@@ -229,11 +229,11 @@ class DQNAgent(QAgent):
         of dqnkit's of plain layers, on the CPU, and ``config.direct_update`` allows it;
         None elsewhere."""
         cfg = self.config
-        if not cfg.direct_update or self.device.type != "cpu" or cfg.distributional != "none":
+        if not cfg.direct_update or self.device.type != "cpu":
             return None
         if Plan.of(self.q_net) is None:  # noisy, LayerNorm, a user's network
             return None
-        return DirectUpdate(self.q_net, self.target_net, cfg)
+        return DirectUpdate(self.q_net, self.target_net, cfg, self._head_input)
 
     def priorities(self, batch: Batch) -> np.ndarray:
         """The PER priority signal of each transition [B] without learning from it (Ape-X
@@ -248,12 +248,18 @@ class DQNAgent(QAgent):
     def _losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(per-sample loss, priority, Q(s, a)), each [B], from the configured head; ``batch``
         holds device tensors."""
-        cfg = self.config
         with torch.no_grad():
-            next_online = self.q_net(batch.next_obs) if cfg.double else None
+            next_online = self.q_net(batch.next_obs) if self.config.double else None
             next_target = self.target_net(batch.next_obs)
-        x = HeadInput(
-            out=self.q_net(batch.obs),
+        return self.head.loss(self._head_input(batch, self.q_net(batch.obs), next_target, next_online))
+
+    def _head_input(
+        self, batch: Batch, out: torch.Tensor, next_target: torch.Tensor, next_online: torch.Tensor | None
+    ) -> HeadInput:
+        """What the head reads: the networks' outputs and the batch's tensors."""
+        cfg = self.config
+        return HeadInput(
+            out=out,
             next_target=next_target,
             next_online=next_online,
             actions_B=batch.actions,
@@ -264,7 +270,6 @@ class DQNAgent(QAgent):
             loss=cfg.loss,
             qr_kappa=cfg.qr_kappa,
         )
-        return self.head.loss(x)
 
     def update_target(self) -> None:
         """Hard copy (``tau == 0``) or Polyak blend ``target <- tau*online + (1-tau)*target``."""

@@ -4,20 +4,22 @@ An eager update runs some sixty operations, and on the CPU each pays for module 
 autograd's graph and engine, and the optimizer's Python. At CleanRL's CartPole settings (a
 4-120-84-2 MLP, batch 128) that is ~600 µs per update of which the matmuls are ~150 (issue
 18). For a network of Linear, Conv2d and ReLU layers (:class:`MLP`, :class:`MinAtarCNN`,
-:class:`NatureCNN`, plain or dueling) and the scalar ``none`` head, the backward is a dozen
-known operations, so :class:`DirectUpdate` runs them directly: 1.4-1.55x faster per update
-there (`dqnkit bench speed` times it).
+:class:`NatureCNN`, plain or dueling), the backward is a dozen known operations, and each
+loss head writes its own out (:mod:`dqnkit.heads`), so :class:`DirectUpdate` runs them
+directly: 1.4-1.55x faster per update there (`dqnkit bench speed` times it).
 
 The result is bit-identical to the autograd update, because it calls the same ATen kernels
-that autograd's backward formulas call (``mse_loss_backward``, ``threshold_backward``, the
-``mm`` pair of ``addmm``'s backward, ``convolution_backward``, the ``scatter_add_`` of
-``gather``'s, the dueling head's sums), in the same order, and hands the gradients to the
-same clipping and the same fused Adam step. A test checks it per loss and network, with
-Double DQN, the dueling head, n-step discounts, IS weights and clipping.
+that autograd's backward formulas call (the heads': ``mse_loss_backward``,
+``_log_softmax_backward_data``, ``huber_loss_backward``, ``gather``'s ``scatter_add_``,
+indexing's ``index_put``; the network's: the ``mm`` pair of ``addmm``'s backward,
+``convolution_backward``, ``threshold_backward``, the dueling head's sums), in the same
+order, and hands the gradients to the same clipping and the same fused Adam step. A test
+checks it per head, loss and network, with Double DQN, the dueling head, n-step discounts,
+IS weights and clipping.
 
 Anything it cannot see through falls back to autograd: another network, noisy layers,
-LayerNorm, a distributional head, a device other than the CPU, and any hook a user
-registered on a module or a parameter.
+LayerNorm, a device other than the CPU, and any hook a user registered on a module or a
+parameter.
 
 Shape legend: B batch, A actions, H a layer's output (features, or channels x height x width).
 """
@@ -30,7 +32,7 @@ import torch
 from torch import nn
 
 from dqnkit.config import Config
-from dqnkit.heads import ELEMENTWISE_LOSS, discounts, td_targets
+from dqnkit.heads import HEADS, HeadInput
 from dqnkit.networks import MLP, DuelingHead, MinAtarCNN, NatureCNN
 
 if TYPE_CHECKING:
@@ -38,8 +40,9 @@ if TYPE_CHECKING:
 
     from dqnkit.replay.uniform import Batch
 
+    HeadInputOf = Callable[[Batch, torch.Tensor, torch.Tensor, torch.Tensor | None], HeadInput]
+
 aten = torch.ops.aten
-_NO_REDUCTION = 0  # torch's Reduction::None, as autograd passes it to the loss backwards
 Grads = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # dW, db, and dx where asked for
 
 
@@ -118,12 +121,14 @@ class Plan(NamedTuple):
     flatten: bool
     head: list[Layer]
     advantage: list[Layer] | None
+    n_actions: int
+    atoms: int  # K > 1: the output is [B, A, K] (a view of [B, A * K], as in the network)
 
     @staticmethod
     def of(net: nn.Module) -> Plan | None:
         """``net``'s plan if it is one of dqnkit's networks built of Linear, Conv2d and ReLU
-        layers (plain or dueling; not noisy, LayerNorm or distributional), else None."""
-        if type(net) not in (MLP, MinAtarCNN, NatureCNN) or net.head.atoms != 1:
+        layers (plain or dueling, any head; not noisy or LayerNorm), else None."""
+        if type(net) not in (MLP, MinAtarCNN, NatureCNN):
             return None
         modules = list(net.body)
         flatten = bool(modules) and type(modules[-1]) is nn.Flatten
@@ -133,7 +138,8 @@ class Plan(NamedTuple):
         chains = [_chain(list(b) if type(b) is nn.Sequential else [b], relu_last=False) for b in branches]
         if body is None or None in chains:
             return None
-        return Plan(net.prepare, body, flatten, chains[0], chains[1] if len(chains) == 2 else None)
+        advantage = chains[1] if len(chains) == 2 else None
+        return Plan(net.prepare, body, flatten, chains[0], advantage, net.head.n_actions, net.head.atoms)
 
 
 def _chain(modules: list[nn.Module], relu_last: bool) -> list[Layer] | None:
@@ -171,12 +177,14 @@ def hooked(modules: list[nn.Module], params: list[nn.Parameter]) -> bool:
 class DirectUpdate:
     """The loss and gradients of :meth:`DQNAgent._step` without autograd."""
 
-    def __init__(self, q_net: nn.Module, target_net: nn.Module, config: Config) -> None:
+    def __init__(self, q_net: nn.Module, target_net: nn.Module, config: Config, head_input: HeadInputOf) -> None:
         online, target = Plan.of(q_net), Plan.of(target_net)
         if online is None or target is None:
             raise ValueError("DirectUpdate needs two networks of plain layers (see Plan.of)")
         self.online, self.target = online, target
         self.config = config
+        self.head = HEADS[config.distributional]
+        self.head_input = head_input  # the agent's: one place builds what a head reads
         # what the hook check looks at, listed once: walking the module tree costs ~10 µs
         self._modules = [*q_net.modules(), *target_net.modules()]
         self._params = [*q_net.parameters(), *target_net.parameters()]
@@ -190,25 +198,21 @@ class DirectUpdate:
         (device tensors); returns (loss, priority [B], Q(s, a) [B])."""
         # Every tensor here is detached (the layers hold detached views of the parameters),
         # so no operation records a graph, without a no_grad block.
-        cfg = self.config
         next_obs = self.online.prepare(batch.next_obs)
-        next_online = q_values(self.online, next_obs)[0] if cfg.double else None
+        next_online = q_values(self.online, next_obs)[0] if self.config.double else None
         next_target = q_values(self.target, next_obs)[0]
-        discounts_B = discounts(cfg.gamma, batch.horizons)
-        target_B = td_targets(batch.rewards, batch.terminated, discounts_B, next_target, next_online)
-        q_BA, saved = q_values(self.online, self.online.prepare(batch.obs))
-        actions_B1 = batch.actions.unsqueeze(1)
-        q_B = q_BA.gather(1, actions_B1).squeeze(1)
-        loss = (batch.weights * ELEMENTWISE_LOSS[cfg.loss](q_B, target_B, reduction="none")).mean()
+        out, saved = q_values(self.online, self.online.prepare(batch.obs))
+        x = self.head_input(batch, out, next_target, next_online)
+        (per_sample_B, priority_B, q_B), head_saved = self.head.forward(x)
+        loss = (batch.weights * per_sample_B).mean()
 
-        # backward, formula by formula as autograd runs it: mean, the IS weights' mul, the
-        # loss, gather (the seed gradient is ones_like(loss)), then the network
-        grad_B = torch.ones_like(loss).expand(len(q_B)) / len(q_B)
-        grad_B = _LOSS_BACKWARD[cfg.loss](grad_B * batch.weights, q_B, target_B)
-        grad_BA = torch.zeros_like(q_BA).scatter_add_(1, actions_B1, grad_B.unsqueeze(1))
-        for layer, (grad_weight, grad_bias) in q_backward(self.online, saved, grad_BA):
+        # backward, formula by formula as autograd runs it: the mean (from the seed
+        # gradient, ones_like(loss)), the IS weights' mul, the head, then the network
+        grad_B = torch.ones_like(loss).expand(len(per_sample_B)) / len(per_sample_B)
+        grad_out = self.head.backward(x, head_saved, grad_B * batch.weights)
+        for layer, (grad_weight, grad_bias) in q_backward(self.online, saved, grad_out):
             layer.module.weight.grad, layer.module.bias.grad = grad_weight, grad_bias
-        return loss, (q_B - target_B).abs(), q_B
+        return loss, priority_B, q_B
 
 
 Saved = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]  # activations per chain
@@ -216,32 +220,39 @@ LayerGrads = list[tuple[Layer, tuple[torch.Tensor, torch.Tensor]]]  # (layer, (d
 
 
 def q_values(plan: Plan, x: torch.Tensor) -> tuple[torch.Tensor, Saved]:
-    """Q [B, A] of ``plan`` on the prepared input ``x``, and the activations its backward
-    reads. The dueling combination is :class:`DuelingHead`'s expression, op for op."""
+    """The output of ``plan`` on the prepared input ``x`` (Q [B, A], or [B, A, K] with
+    atoms), and the activations its backward reads. The views and the dueling combination
+    are the network's expressions, op for op."""
     body = forward(plan.body, x, relu_last=True)
     features_BH = body[-1].flatten(1) if plan.flatten else body[-1]
     head = forward(plan.head, features_BH)
+    k = plan.atoms
     if plan.advantage is None:
-        return head[-1], (body, head, None)
+        out = head[-1].view(-1, plan.n_actions, k) if k > 1 else head[-1]
+        return out, (body, head, None)
     advantage = forward(plan.advantage, features_BH)
     value, adv = head[-1], advantage[-1]
+    if k > 1:
+        value, adv = value.view(-1, 1, k), adv.view(-1, plan.n_actions, k)
     return value + adv - adv.mean(dim=1, keepdim=True), (body, head, advantage)
 
 
-def q_backward(plan: Plan, saved: Saved, grad_BA: torch.Tensor) -> LayerGrads:
-    """Every layer's (dW, db) from dQ [B, A], as autograd computes them."""
+def q_backward(plan: Plan, saved: Saved, grad_out: torch.Tensor) -> LayerGrads:
+    """Every layer's (dW, db) from the gradient of the output ([B, A] or [B, A, K]), as
+    autograd computes them. A view's backward is a reshape to the viewed tensor's shape."""
     body, head, advantage = saved
     needs_input = bool(plan.body)  # the body's output is the features both branches read
     if plan.advantage is None:
-        grads, grad_features = backward(plan.head, head, grad_BA, needs_input)
+        grads, grad_features = backward(plan.head, head, grad_out.reshape(head[-1].shape), needs_input)
     else:
         # Q = (V + A) - mean(A): the sub passes g on and -g, summed to the mean's [B, 1]; the
         # mean spreads it back over A / n; the add sums g to V's [B, 1] and passes g to A.
         # A's two gradients add up (in either order: a sum of two is commutative).
-        grad_mean = (-grad_BA).sum(1, keepdim=True)
-        grad_adv = grad_BA + grad_mean.expand_as(grad_BA) / grad_BA.shape[1]
-        grads, grad_v = backward(plan.head, head, grad_BA.sum(1, keepdim=True), needs_input)
-        grads_a, grad_a = backward(plan.advantage, advantage, grad_adv, needs_input)
+        grad_mean = (-grad_out).sum(1, keepdim=True)
+        grad_adv = grad_out + grad_mean.expand_as(grad_out) / grad_out.shape[1]
+        grad_v = grad_out.sum(1, keepdim=True).reshape(head[-1].shape)
+        grads, grad_v = backward(plan.head, head, grad_v, needs_input)
+        grads_a, grad_a = backward(plan.advantage, advantage, grad_adv.reshape(advantage[-1].shape), needs_input)
         grads += grads_a
         grad_features = grad_v + grad_a if needs_input else None
     if needs_input:
@@ -279,9 +290,3 @@ def backward(
         elif needs_input:
             return grads[::-1], grad_x
     return grads[::-1], None
-
-
-_LOSS_BACKWARD = {
-    "huber": lambda grad, q, target: aten.smooth_l1_loss_backward(grad, q, target, _NO_REDUCTION, 1.0),
-    "mse": lambda grad, q, target: aten.mse_loss_backward(grad, q, target, _NO_REDUCTION),
-}

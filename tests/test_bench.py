@@ -104,7 +104,7 @@ def test_the_sb3_peer_leaves_no_log_folder_behind(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("SB3-*"))
 
 
-@pytest.mark.parametrize("case", [0, 3], ids=["mlp", "minatar-cnn"])
+@pytest.mark.parametrize("case", [0, 4, 5], ids=["mlp", "qr", "minatar-cnn"])
 def test_bench_update_times_both_updates_from_the_same_weights(case):
     from dqnkit.bench import speed
 

@@ -1,4 +1,4 @@
-"""The autograd-free MLP update must be the autograd update, bit for bit."""
+"""The update without autograd must be the autograd update, bit for bit."""
 
 import numpy as np
 import pytest
@@ -10,14 +10,20 @@ from dqnkit.networks import build_q_network
 from dqnkit.replay.uniform import Batch
 
 
-def _pair(**overrides) -> tuple[DQNAgent, DQNAgent]:
-    """Two agents with the same initial weights: one with the MLP update, one without."""
+def _net(obs_shape: tuple[int, ...], cfg: Config) -> torch.nn.Module:
+    atoms = 1 if cfg.distributional == "none" else cfg.n_atoms
+    return build_q_network(
+        obs_shape, 3, cfg.hidden_sizes, dueling=cfg.dueling, atoms=atoms, noisy=cfg.noisy, layer_norm=cfg.layer_norm
+    )
+
+
+def _pair(obs_shape: tuple[int, ...] = (5,), **overrides) -> tuple[DQNAgent, DQNAgent]:
+    """Two agents with the same initial weights: one with the direct update, one without."""
     agents = []
     for direct in (True, False):
         cfg = Config(**{"hidden_sizes": (32, 24), "direct_update": direct, **overrides})
         torch.manual_seed(0)
-        net = build_q_network((5,), 3, cfg.hidden_sizes, dueling=cfg.dueling)
-        agents.append(DQNAgent(net, (5,), 3, cfg))
+        agents.append(DQNAgent(_net(obs_shape, cfg), obs_shape, 3, cfg))
     assert (agents[0]._direct_update is not None) and agents[1]._direct_update is None
     return agents[0], agents[1]
 
@@ -48,6 +54,10 @@ def _batch(rng: np.random.Generator, b: int) -> Batch:
         dict(loss="huber", dueling=True, hidden_sizes=(16,)),  # no body: the streams read the obs
         dict(loss="huber", hidden_sizes=(16,)),
         dict(loss="mse", hidden_sizes=(24, 16, 8)),
+        dict(distributional="c51", n_atoms=11, v_min=-3.0, v_max=4.0),
+        dict(distributional="c51", n_atoms=11, v_min=-3.0, v_max=4.0, dueling=True, double=True, max_grad_norm=0.5),
+        dict(distributional="qr", n_atoms=8),
+        dict(distributional="qr", n_atoms=8, qr_kappa=0.7, dueling=True, double=True, max_grad_norm=0.5),
     ],
     ids=[
         "mse",
@@ -59,6 +69,10 @@ def _batch(rng: np.random.Generator, b: int) -> Batch:
         "dueling-no-body",
         "one-layer",
         "three-layers",
+        "c51",
+        "c51-dueling-double-clip",
+        "qr",
+        "qr-kappa-dueling-double-clip",
     ],
 )
 @pytest.mark.parametrize("batch_size", [64, 37])
@@ -116,27 +130,22 @@ def test_a_registered_hook_sends_the_update_through_autograd():
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(noisy=True), dict(layer_norm=True), dict(distributional="c51")],
-    ids=["noisy", "layer-norm", "c51"],
+    [dict(noisy=True), dict(layer_norm=True), dict(noisy=True, distributional="c51")],
+    ids=["noisy", "layer-norm", "noisy-c51"],
 )
 def test_networks_it_cannot_see_through_use_autograd(overrides):
     cfg = Config(hidden_sizes=(8,), **overrides)
-    net = build_q_network(
-        (5,), 3, cfg.hidden_sizes, dueling=cfg.dueling, noisy=cfg.noisy, layer_norm=cfg.layer_norm, atoms=1
-    )
-    assert DQNAgent(net, (5,), 3, cfg)._direct_update is None
+    assert DQNAgent(_net((5,), cfg), (5,), 3, cfg)._direct_update is None
 
 
-@pytest.mark.parametrize("dueling", [False, True], ids=["plain", "dueling"])
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(), dict(dueling=True), dict(distributional="c51", n_atoms=5, v_max=3.0, dueling=True)],
+    ids=["plain", "dueling", "c51-dueling"],
+)
 @pytest.mark.parametrize("obs_shape", [(4, 10, 10), (4, 84, 84)], ids=["minatar-cnn", "nature-cnn"])
-def test_cnn_update_is_the_autograd_update_bit_for_bit(obs_shape, dueling):
-    agents = []
-    for direct in (True, False):
-        cfg = Config(direct_update=direct, dueling=dueling, loss="huber", max_grad_norm=10.0, lr=1e-3)
-        torch.manual_seed(0)
-        agents.append(DQNAgent(build_q_network(obs_shape, 3, (64,), dueling=dueling), obs_shape, 3, cfg))
-    direct, eager = agents
-    assert direct._direct_update is not None and eager._direct_update is None
+def test_cnn_update_is_the_autograd_update_bit_for_bit(obs_shape, overrides):
+    direct, eager = _pair(obs_shape, hidden_sizes=(64,), loss="huber", max_grad_norm=10.0, lr=1e-3, **overrides)
     rng = np.random.default_rng(0)
     for i in range(4):
         batch = _batch(rng, 8)

@@ -12,8 +12,8 @@
    overhead per env step, ``(loop time - time inside learn) / steps``, against a bare
    ``env.step`` of CartPole timed in the same process.
 4. The update itself: microseconds per ``agent.learn`` with the update written out
-   (:mod:`dqnkit.direct_update`) and through autograd, for the CleanRL, rl-zoo, Rainbow and
-   MinAtar presets' networks: two agents from the same weights take the same random batches
+   (:mod:`dqnkit.direct_update`) and through autograd, for the CleanRL, rl-zoo, Rainbow, C51,
+   QR-DQN and MinAtar presets' networks: two agents from the same weights take the same random batches
    in alternating blocks, and must end with the same weights (``identical``).
 
 Needs ``pip install 'dqnkit[bench]'`` (stable-baselines3 is never a runtime dependency).
@@ -40,6 +40,8 @@ UPDATE_CASES = (
     ("cartpole-cleanrl", (4,), 2),
     ("cartpole-zoo", (4,), 2),
     ("cartpole-rainbow", (4,), 2),
+    ("cartpole-c51", (4,), 2),
+    ("cartpole-qr", (4,), 2),
     ("minatar", (4, 10, 10), 3),
 )
 
