@@ -231,7 +231,7 @@ class DQNAgent(QAgent):
         cfg = self.config
         if not cfg.direct_update or self.device.type != "cpu":
             return None
-        if Plan.of(self.q_net) is None:  # noisy, LayerNorm, a user's network
+        if Plan.of(self.q_net) is None:  # LayerNorm, a user's network
             return None
         return DirectUpdate(self.q_net, self.target_net, cfg, self._head_input)
 

@@ -4,7 +4,7 @@ An eager update runs some sixty operations, and on the CPU each pays for module 
 autograd's graph and engine, and the optimizer's Python. At CleanRL's CartPole settings (a
 4-120-84-2 MLP, batch 128) that is ~600 µs per update of which the matmuls are ~150 (issue
 18). For a network of Linear, Conv2d and ReLU layers (:class:`MLP`, :class:`MinAtarCNN`,
-:class:`NatureCNN`, plain or dueling), the backward is a dozen known operations, and each
+:class:`NatureCNN`; plain, noisy or dueling), the backward is a dozen known operations, and each
 loss head writes its own out (:mod:`dqnkit.heads`), so :class:`DirectUpdate` runs them
 directly: 1.4-1.55x faster per update there (`dqnkit bench speed` times it).
 
@@ -17,8 +17,8 @@ order, and hands the gradients to the same clipping and the same fused Adam step
 checks it per head, loss and network, with Double DQN, the dueling head, n-step discounts,
 IS weights and clipping.
 
-Anything it cannot see through falls back to autograd: another network, noisy layers,
-LayerNorm, a device other than the CPU, and any hook a user registered on a module or a
+Anything it cannot see through falls back to autograd: another network, LayerNorm, a
+device other than the CPU, and any hook a user registered on a module or a
 parameter.
 
 Shape legend: B batch, A actions, H a layer's output (features, or channels x height x width).
@@ -33,7 +33,7 @@ from torch import nn
 
 from dqnkit.config import Config
 from dqnkit.heads import HEADS, HeadInput
-from dqnkit.networks import MLP, DuelingHead, MinAtarCNN, NatureCNN
+from dqnkit.networks import MLP, DuelingHead, MinAtarCNN, NatureCNN, NoisyLinear
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,7 +43,8 @@ if TYPE_CHECKING:
     HeadInputOf = Callable[[Batch, torch.Tensor, torch.Tensor, torch.Tensor | None], HeadInput]
 
 aten = torch.ops.aten
-Grads = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # dW, db, and dx where asked for
+# a layer's backward: each of its parameters with its gradient, and dx where asked for
+Grads = tuple[list[tuple[nn.Parameter, torch.Tensor]], torch.Tensor | None]
 
 
 class Dense(NamedTuple):
@@ -61,7 +62,50 @@ class Dense(NamedTuple):
 
     def backward(self, grad: torch.Tensor, x: torch.Tensor, needs_input: bool) -> Grads:
         """``addmm``'s backward for ``F.linear``: ``dW = g^T x``, ``db = sum_B g``, ``dx = g W``."""
-        return grad.t().mm(x), grad.sum(0), grad.mm(self.weight) if needs_input else None
+        grads = [(self.module.weight, grad.t().mm(x)), (self.module.bias, grad.sum(0))]
+        return grads, grad.mm(self.weight) if needs_input else None
+
+
+class NoisyDense(NamedTuple):
+    """A :class:`NoisyLinear` layer: its parameters and noise buffers as detached views (the
+    agent redraws the noise in place before each update)."""
+
+    weight_mu: torch.Tensor
+    weight_sigma: torch.Tensor
+    bias_mu: torch.Tensor
+    bias_sigma: torch.Tensor
+    eps_in: torch.Tensor
+    eps_out: torch.Tensor
+    module: nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`NoisyLinear.forward`'s arithmetic."""
+        weight, bias, _ = self._noisy()
+        return torch.addmm(bias, x, weight.t())
+
+    def backward(self, grad: torch.Tensor, x: torch.Tensor, needs_input: bool) -> Grads:
+        """The weight's and bias's gradients as for :class:`Dense`, then through ``mu + sigma
+        * noise``: ``dmu = dW``, ``dsigma = dW * noise`` (the noise recomputed, the same values)."""
+        weight, _, noise = self._noisy()
+        m = self.module
+        grad_weight, grad_bias = grad.t().mm(x), grad.sum(0)
+        if not m.training:  # the mean weights alone
+            grads = [(m.weight_mu, grad_weight), (m.bias_mu, grad_bias)]
+        else:
+            grads = [
+                (m.weight_mu, grad_weight),
+                (m.weight_sigma, grad_weight * noise),
+                (m.bias_mu, grad_bias),
+                (m.bias_sigma, grad_bias * self.eps_out),
+            ]
+        return grads, grad.mm(weight) if needs_input else None
+
+    def _noisy(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(weight, bias, the weight's factorised noise) as the module computes them."""
+        if not self.module.training:
+            return self.weight_mu, self.bias_mu, None
+        noise = torch.outer(self.eps_out, self.eps_in)
+        return self.weight_mu + self.weight_sigma * noise, self.bias_mu + self.bias_sigma * self.eps_out, noise
 
 
 class Conv(NamedTuple):
@@ -94,17 +138,21 @@ class Conv(NamedTuple):
             self.groups,
             [needs_input, True, True],
         )
-        return dw, db, dx
+        return [(self.module.weight, dw), (self.module.bias, db)], dx
 
 
-Layer = Dense | Conv
+Layer = Dense | NoisyDense | Conv
 
 
 def _layer(m: nn.Module) -> Layer | None:
-    """``m`` as a :class:`Dense` or :class:`Conv`, or None where it is another module."""
+    """``m`` as a :class:`Dense`, :class:`NoisyDense` or :class:`Conv`, or None where it is
+    another module."""
     if type(m) is nn.Linear and m.bias is not None:
         weight = m.weight.detach()
         return Dense(weight, weight.t(), m.bias.detach(), m)
+    if type(m) is NoisyLinear:
+        tensors = (m.weight_mu, m.weight_sigma, m.bias_mu, m.bias_sigma, m.eps_in, m.eps_out)
+        return NoisyDense(*(t.detach() for t in tensors), m)
     if type(m) is nn.Conv2d and m.bias is not None and m.padding_mode == "zeros" and isinstance(m.padding, tuple):
         return Conv(m.weight.detach(), m.bias.detach(), m, m.stride, m.padding, m.dilation, m.groups)
     return None
@@ -127,7 +175,7 @@ class Plan(NamedTuple):
     @staticmethod
     def of(net: nn.Module) -> Plan | None:
         """``net``'s plan if it is one of dqnkit's networks built of Linear, Conv2d and ReLU
-        layers (plain or dueling, any head; not noisy or LayerNorm), else None."""
+        layers (plain, noisy or dueling, any head; not LayerNorm), else None."""
         if type(net) not in (MLP, MinAtarCNN, NatureCNN):
             return None
         modules = list(net.body)
@@ -210,13 +258,13 @@ class DirectUpdate:
         # gradient, ones_like(loss)), the IS weights' mul, the head, then the network
         grad_B = torch.ones_like(loss).expand(len(per_sample_B)) / len(per_sample_B)
         grad_out = self.head.backward(x, head_saved, grad_B * batch.weights)
-        for layer, (grad_weight, grad_bias) in q_backward(self.online, saved, grad_out):
-            layer.module.weight.grad, layer.module.bias.grad = grad_weight, grad_bias
+        for param, grad in q_backward(self.online, saved, grad_out):
+            param.grad = grad
         return loss, priority_B, q_B
 
 
 Saved = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]  # activations per chain
-LayerGrads = list[tuple[Layer, tuple[torch.Tensor, torch.Tensor]]]  # (layer, (dW, db))
+LayerGrads = list[tuple[nn.Parameter, torch.Tensor]]  # every parameter with its gradient
 
 
 def q_values(plan: Plan, x: torch.Tensor) -> tuple[torch.Tensor, Saved]:
@@ -238,7 +286,7 @@ def q_values(plan: Plan, x: torch.Tensor) -> tuple[torch.Tensor, Saved]:
 
 
 def q_backward(plan: Plan, saved: Saved, grad_out: torch.Tensor) -> LayerGrads:
-    """Every layer's (dW, db) from the gradient of the output ([B, A] or [B, A, K]), as
+    """Every parameter's gradient from the gradient of the output ([B, A] or [B, A, K]), as
     autograd computes them. A view's backward is a reshape to the viewed tensor's shape."""
     body, head, advantage = saved
     needs_input = bool(plan.body)  # the body's output is the features both branches read
@@ -276,17 +324,17 @@ def forward(layers: list[Layer], x: torch.Tensor, relu_last: bool = False) -> li
 def backward(
     layers: list[Layer], activations: list[torch.Tensor], grad_out: torch.Tensor, needs_input: bool
 ) -> tuple[LayerGrads, torch.Tensor | None]:
-    """Each layer's (dW, db) from the gradient of the last layer's output (before any ReLU
-    of its own), and, if ``needs_input``, the gradient of the first layer's input. Through
-    each ReLU between layers, ``threshold_backward`` on its output."""
+    """Each layer's parameter gradients from the gradient of the last layer's output (before
+    any ReLU of its own), and, if ``needs_input``, the gradient of the first layer's input.
+    Through each ReLU between layers, ``threshold_backward`` on its output."""
     grads: LayerGrads = []
     grad = grad_out
     for i in range(len(layers) - 1, -1, -1):
         x = activations[i]
-        grad_weight, grad_bias, grad_x = layers[i].backward(grad, x, needs_input=i > 0 or needs_input)
-        grads.append((layers[i], (grad_weight, grad_bias)))
+        layer_grads, grad_x = layers[i].backward(grad, x, needs_input=i > 0 or needs_input)
+        grads += layer_grads
         if i:
             grad = aten.threshold_backward(grad_x, x, 0)
         elif needs_input:
-            return grads[::-1], grad_x
-    return grads[::-1], None
+            return grads, grad_x
+    return grads, None

@@ -58,6 +58,8 @@ def _batch(rng: np.random.Generator, b: int) -> Batch:
         dict(distributional="c51", n_atoms=11, v_min=-3.0, v_max=4.0, dueling=True, double=True, max_grad_norm=0.5),
         dict(distributional="qr", n_atoms=8),
         dict(distributional="qr", n_atoms=8, qr_kappa=0.7, dueling=True, double=True, max_grad_norm=0.5),
+        dict(noisy=True),
+        dict(noisy=True, dueling=True, double=True, distributional="c51", n_atoms=11, v_max=4.0, n_step=3),
     ],
     ids=[
         "mse",
@@ -73,6 +75,8 @@ def _batch(rng: np.random.Generator, b: int) -> Batch:
         "c51-dueling-double-clip",
         "qr",
         "qr-kappa-dueling-double-clip",
+        "noisy",
+        "rainbow",
     ],
 )
 @pytest.mark.parametrize("batch_size", [64, 37])
@@ -130,8 +134,8 @@ def test_a_registered_hook_sends_the_update_through_autograd():
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(noisy=True), dict(layer_norm=True), dict(noisy=True, distributional="c51")],
-    ids=["noisy", "layer-norm", "noisy-c51"],
+    [dict(layer_norm=True), dict(layer_norm=True, dueling=True)],
+    ids=["layer-norm", "layer-norm-dueling"],
 )
 def test_networks_it_cannot_see_through_use_autograd(overrides):
     cfg = Config(hidden_sizes=(8,), **overrides)
@@ -140,8 +144,8 @@ def test_networks_it_cannot_see_through_use_autograd(overrides):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(), dict(dueling=True), dict(distributional="c51", n_atoms=5, v_max=3.0, dueling=True)],
-    ids=["plain", "dueling", "c51-dueling"],
+    [dict(), dict(dueling=True), dict(distributional="c51", n_atoms=5, v_max=3.0, dueling=True, noisy=True)],
+    ids=["plain", "dueling", "c51-dueling-noisy"],
 )
 @pytest.mark.parametrize("obs_shape", [(4, 10, 10), (4, 84, 84)], ids=["minatar-cnn", "nature-cnn"])
 def test_cnn_update_is_the_autograd_update_bit_for_bit(obs_shape, overrides):
