@@ -81,7 +81,7 @@ class Config:
     )
     direct_update: bool = _opt(
         True,
-        "On the CPU, the update of a network of Linear, Conv2d and ReLU layers (the MLP, MinAtar and Nature CNNs, plain, noisy or dueling, any head; not LayerNorm) runs without autograd: the same ATen kernels autograd's backward runs, called directly, so the result is bit-identical at less cost (1.4-1.55x faster per update at CleanRL's CartPole settings, `dqnkit bench speed`). Off, or with any module or parameter hook registered, the update goes through autograd.",
+        "On the CPU, the update of a network of Linear, Conv2d and ReLU layers (the MLP, MinAtar and Nature CNNs, plain, noisy or dueling, any head; not LayerNorm) runs without autograd: the same ATen kernels autograd's backward runs, called directly, so the result is bit-identical at less cost (1.35-1.55x faster per update at CleanRL's CartPole settings, `dqnkit bench speed`). Off, or with any module or parameter hook registered, the update goes through autograd.",
         only="dqn",
     )
 

@@ -6,7 +6,7 @@ autograd's graph and engine, and the optimizer's Python. At CleanRL's CartPole s
 18). For a network of Linear, Conv2d and ReLU layers (:class:`MLP`, :class:`MinAtarCNN`,
 :class:`NatureCNN`; plain, noisy or dueling), the backward is a dozen known operations, and each
 loss head writes its own out (:mod:`dqnkit.heads`), so :class:`DirectUpdate` runs them
-directly: 1.4-1.55x faster per update there (`dqnkit bench speed` times it).
+directly: 1.35-1.55x faster per update there (`dqnkit bench speed` times it).
 
 The result is bit-identical to the autograd update, because it calls the same ATen kernels
 that autograd's backward formulas call (the heads': ``mse_loss_backward``,
