@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 aten = torch.ops.aten
 # a layer's backward: each of its parameters with its gradient, and dx where asked for
-Grads = tuple[list[tuple[nn.Parameter, torch.Tensor]], torch.Tensor | None]
+Grads = tuple[list[tuple[nn.Parameter, torch.Tensor | None]], torch.Tensor | None]
 
 
 class Dense(NamedTuple):
@@ -89,8 +89,8 @@ class NoisyDense(NamedTuple):
         weight, _, noise = self._noisy()
         m = self.module
         grad_weight, grad_bias = grad.t().mm(x), grad.sum(0)
-        if not m.training:  # the mean weights alone
-            grads = [(m.weight_mu, grad_weight), (m.bias_mu, grad_bias)]
+        if not m.training:  # the mean weights alone; sigma has no gradient, as with autograd
+            grads = [(m.weight_mu, grad_weight), (m.weight_sigma, None), (m.bias_mu, grad_bias), (m.bias_sigma, None)]
         else:
             grads = [
                 (m.weight_mu, grad_weight),
@@ -264,7 +264,7 @@ class DirectUpdate:
 
 
 Saved = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor] | None]  # activations per chain
-LayerGrads = list[tuple[nn.Parameter, torch.Tensor]]  # every parameter with its gradient
+LayerGrads = list[tuple[nn.Parameter, torch.Tensor | None]]  # every parameter with its gradient
 
 
 def q_values(plan: Plan, x: torch.Tensor) -> tuple[torch.Tensor, Saved]:

@@ -159,3 +159,16 @@ def test_cnn_update_is_the_autograd_update_bit_for_bit(obs_shape, overrides):
         assert all(torch.equal(g, w) for g, w in zip(got, want)), i
     for p, q in zip(direct.q_net.parameters(), eager.q_net.parameters()):
         assert torch.equal(p, q) and torch.equal(p.grad, q.grad)
+
+
+def test_noisy_layers_in_eval_mode_update_their_means_alone_as_autograd_does():
+    direct, eager = _pair(noisy=True)
+    rng = np.random.default_rng(3)
+    first, second = _batch(rng, 16), _batch(rng, 16)
+    for agent in (direct, eager):
+        agent.learn(first)  # sigma has a gradient from a training-mode update
+        agent.q_net.eval()
+        agent.learn(second)
+    for p, q in zip(direct.q_net.parameters(), eager.q_net.parameters()):
+        assert torch.equal(p, q) and (p.grad is None) == (q.grad is None)
+    assert direct.q_net.body[0].weight_sigma.grad is None
