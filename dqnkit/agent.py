@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from dqnkit.config import Config
-from dqnkit.direct_update import DirectUpdate, Plan
+from dqnkit.direct_update import DirectUpdate
 from dqnkit.errors import first_line
-from dqnkit.heads import HEADS, HeadInput, discounts
+from dqnkit.heads import HEADS, HeadInput, batch_loss, discounts
 from dqnkit.networks import MLP, reset_noise
 from dqnkit.replay.uniform import Batch
 
@@ -214,7 +214,7 @@ class DQNAgent(QAgent):
             loss, priority_B, q_B = self._direct_update.gradients(batch)
         else:
             per_sample_B, priority_B, q_B = self._losses(batch)
-            loss = (batch.weights * per_sample_B).mean()
+            loss = batch_loss(per_sample_B, batch.weights)
             for p in self._params:  # zero_grad(set_to_none=True), without its profiler wrapper
                 p.grad = None
             loss.backward()
@@ -231,9 +231,7 @@ class DQNAgent(QAgent):
         cfg = self.config
         if not cfg.direct_update or self.device.type != "cpu":
             return None
-        if Plan.of(self.q_net) is None:  # LayerNorm, a user's network
-            return None
-        return DirectUpdate(self.q_net, self.target_net, cfg, self._head_input)
+        return DirectUpdate.of(self.q_net, self.target_net, cfg, self.head, self._head_input)
 
     def priorities(self, batch: Batch) -> np.ndarray:
         """The PER priority signal of each transition [B] without learning from it (Ape-X

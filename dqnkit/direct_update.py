@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dqnkit.config import Config
-from dqnkit.heads import HEADS, HeadInput
+from dqnkit.heads import Head, HeadInput, batch_loss, batch_loss_backward
 from dqnkit.networks import MLP, DuelingHead, MinAtarCNN, NatureCNN, NoisyLinear
 
 if TYPE_CHECKING:
@@ -225,17 +225,33 @@ def hooked(modules: list[nn.Module], params: list[nn.Parameter]) -> bool:
 class DirectUpdate:
     """The loss and gradients of :meth:`DQNAgent._step` without autograd."""
 
-    def __init__(self, q_net: nn.Module, target_net: nn.Module, config: Config, head_input: HeadInputOf) -> None:
-        online, target = Plan.of(q_net), Plan.of(target_net)
-        if online is None or target is None:
-            raise ValueError("DirectUpdate needs two networks of plain layers (see Plan.of)")
+    def __init__(
+        self,
+        online: Plan,
+        target: Plan,
+        q_net: nn.Module,
+        target_net: nn.Module,
+        config: Config,
+        head: Head,
+        head_input: HeadInputOf,
+    ) -> None:
         self.online, self.target = online, target
         self.config = config
-        self.head = HEADS[config.distributional]
-        self.head_input = head_input  # the agent's: one place builds what a head reads
+        self.head, self.head_input = head, head_input  # the agent's: one place for each
         # what the hook check looks at, listed once: walking the module tree costs ~10 µs
         self._modules = [*q_net.modules(), *target_net.modules()]
         self._params = [*q_net.parameters(), *target_net.parameters()]
+
+    @classmethod
+    def of(
+        cls, q_net: nn.Module, target_net: nn.Module, config: Config, head: Head, head_input: HeadInputOf
+    ) -> DirectUpdate | None:
+        """The direct update of these two networks, or None where they are not built of
+        plain layers (:meth:`Plan.of`)."""
+        online, target = Plan.of(q_net), Plan.of(target_net)
+        if online is None or target is None:
+            return None
+        return cls(online, target, q_net, target_net, config, head, head_input)
 
     def applies(self) -> bool:
         """False while a hook is registered that this update would skip."""
@@ -252,12 +268,11 @@ class DirectUpdate:
         out, saved = q_values(self.online, self.online.prepare(batch.obs))
         x = self.head_input(batch, out, next_target, next_online)
         (per_sample_B, priority_B, q_B), head_saved = self.head.forward(x)
-        loss = (batch.weights * per_sample_B).mean()
+        loss = batch_loss(per_sample_B, batch.weights)
 
-        # backward, formula by formula as autograd runs it: the mean (from the seed
-        # gradient, ones_like(loss)), the IS weights' mul, the head, then the network
-        grad_B = torch.ones_like(loss).expand(len(per_sample_B)) / len(per_sample_B)
-        grad_out = self.head.backward(x, head_saved, grad_B * batch.weights)
+        # backward, formula by formula as autograd runs it: the batch loss, the head, then
+        # the network
+        grad_out = self.head.backward(x, head_saved, batch_loss_backward(loss, batch.weights))
         for param, grad in q_backward(self.online, saved, grad_out):
             param.grad = grad
         return loss, priority_B, q_B

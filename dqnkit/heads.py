@@ -62,6 +62,18 @@ class Head(NamedTuple):
         return self.forward(x)[0]
 
 
+def batch_loss(per_sample_B: torch.Tensor, weights_B: torch.Tensor) -> torch.Tensor:
+    """The loss an update minimises: each sample's loss scaled by its IS weight, averaged."""
+    return (weights_B * per_sample_B).mean()
+
+
+def batch_loss_backward(loss: torch.Tensor, weights_B: torch.Tensor) -> torch.Tensor:
+    """dloss/dper_sample [B] as autograd computes it from the seed ``ones_like(loss)``: the
+    mean's ``1 / B``, then the IS weights' ``mul``."""
+    grad_B = torch.ones_like(loss).expand(len(weights_B)) / len(weights_B)
+    return grad_B * weights_B
+
+
 # ----------------------------------------------------------------------------- targets
 def discounts(gamma: float, horizons_B: torch.Tensor) -> torch.Tensor:
     """``gamma ** k`` [B] for transitions that fold ``k`` rewards (n-step returns)."""
@@ -155,7 +167,7 @@ def q_as_is(out_BA: torch.Tensor, support_K: torch.Tensor) -> torch.Tensor:
 
 
 # the none head's loss per sample, ``f(q_B, target_B, reduction="none")``, and its backward
-ELEMENTWISE_LOSS = {"huber": F.smooth_l1_loss, "mse": F.mse_loss}
+_ELEMENTWISE_LOSS = {"huber": F.smooth_l1_loss, "mse": F.mse_loss}
 _ELEMENTWISE_BACKWARD = {
     "huber": lambda grad, q, target: aten.smooth_l1_loss_backward(grad, q, target, _NO_REDUCTION, 1.0),
     "mse": lambda grad, q, target: aten.mse_loss_backward(grad, q, target, _NO_REDUCTION),
@@ -167,7 +179,7 @@ def td_loss(x: HeadInput) -> tuple[Losses, Saved]:
     with torch.no_grad():
         target_B = td_targets(x.rewards_B, x.terminated_B, x.discounts_B, x.next_target, x.next_online)
     q_B = x.out.gather(1, x.actions_B.unsqueeze(1)).squeeze(1)
-    per_sample_B = ELEMENTWISE_LOSS[x.loss](q_B, target_B, reduction="none")
+    per_sample_B = _ELEMENTWISE_LOSS[x.loss](q_B, target_B, reduction="none")
     return (per_sample_B, (q_B - target_B).detach().abs(), q_B), (q_B.detach(), target_B)
 
 
