@@ -4,10 +4,11 @@ Three kinds of process, all Ray actors except the learner, which is the driver:
 
 - ``K`` :class:`Actor` s, each with its own vector envs, its own copy of the network and a
   fixed epsilon ``0.4 ** (1 + 7 i / (K - 1))``. An actor steps its envs, folds n-step
-  transitions, scores them with its own network (the initial priorities) and sends them to
-  the replay in batches; with stacked Atari frames it sends each step's newest frames to
-  its own rings of the replay's FrameReplay instead (which folds and prioritises them as in
-  ``train``). Every ``sync_every`` steps it pulls the newest weights.
+  transitions, scores them with its copy of the learner's network (the initial priorities,
+  bootstrapped from that same copy) and sends them to the replay in batches; with stacked
+  Atari frames it sends each step's newest frames to its own rings of the replay's
+  FrameReplay instead (which folds and prioritises them as in ``train``). Every
+  ``sync_every`` steps it pulls the newest weights.
 - one :class:`ReplayServer`: the prioritized replay ``train`` would build (frames stored
   once for Atari) behind a Ray actor.
 - the learner (this process): samples, updates, writes priorities back and publishes its
@@ -128,6 +129,16 @@ def _weights(agent: Any) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in agent.q_net.state_dict().items()}
 
 
+def load_weights(agent: Any, weights: dict[str, np.ndarray]) -> None:
+    """An actor takes the learner's published network as its online *and* its target
+    network: its initial priorities bootstrap from that copy (Ape-X actors hold one network).
+    A target left at its initialisation would score every new transition against random
+    values, |Q(s, a) - r - gamma Q_init(s')| ~ |Q(s, a)|, and so rank them by the size of Q."""
+    state = {k: torch.as_tensor(v) for k, v in weights.items()}
+    agent.q_net.load_state_dict(state)
+    agent.target_net.load_state_dict(state)
+
+
 class ActorWorker:
     """One Ape-X actor (wrapped as a Ray actor by :func:`run`)."""
 
@@ -208,7 +219,7 @@ class ActorWorker:
         newer = ray.get(self.store.get.remote(self.version))
         if newer is not None:
             self.version, weights = newer
-            self.agent.q_net.load_state_dict({k: torch.as_tensor(v) for k, v in weights.items()})
+            load_weights(self.agent, weights)
 
 
 class ReplayServer:
