@@ -298,7 +298,7 @@ class DQNAgent(QAgent):
         """Restore :meth:`state_dict`'s content (onto this agent's device; the captured update is rebuilt)."""
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint from another device keeps our mode
             group["capturable"] = self._graph_wanted
         self.draws.load_state_dict(state["rng"])
@@ -384,6 +384,13 @@ def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[N
             weight, bias, _ = layers[-1]
             layers[-1] = (weight, bias, (m.weight.detach().numpy(), m.bias.detach().numpy(), m.eps))
     return layers
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict`` on a copy: torch keeps the given moment tensors where
+    their device and dtype already fit, so loading another live agent's state would make the
+    two optimizers step the same tensors."""
+    optimizer.load_state_dict(copy.deepcopy(state))
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqnkit import schedules
-from dqnkit.agent import LearnStats, QAgent, clip_grad_norm
+from dqnkit.agent import LearnStats, QAgent, clip_grad_norm, load_optimizer_state
 from dqnkit.config import Config
 
 
@@ -210,7 +210,7 @@ class PQNAgent(QAgent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s content onto this agent's device."""
         self.q_net.load_state_dict(state["q_net"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.draws.load_state_dict(state["rng"])
         self.shuffle.bit_generator.state = state["shuffle"]
         self.updates, self.rollouts = int(state["updates"]), int(state["rollouts"])

@@ -272,3 +272,23 @@ def test_direct_adam_step_is_adams_step_bit_for_bit():
     a[1].grad = torch.zeros_like(a[1])
     opt_a.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})  # a user's second group
     assert not fused_adam_step(opt_a)
+
+
+def test_an_agent_loaded_from_another_does_not_share_its_adam_state():
+    """``b.load_state_dict(a.state_dict())`` gives b its own copy: torch's
+    ``Optimizer.load_state_dict`` keeps the given moment tensors, so without one a's next
+    step would move b's Adam moments too (and b's step would then differ from a copy's)."""
+    rng = np.random.default_rng(0)
+    obs = rng.random((16, 3)).astype(np.float32)
+    ones = np.ones(16, np.float32)
+    batch = Batch(obs, rng.integers(0, 2, 16), ones, obs, ones, np.ones(16, np.int64), ones, np.arange(16))
+    a, b = _agent(), _agent()
+    for _ in range(3):
+        a.learn(batch)
+    b.load_state_dict(a.state_dict())
+    reference = copy.deepcopy(b.state_dict())
+    a.learn(batch)
+    after = b.state_dict()["optimizer"]["state"]
+    for key, state in reference["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(after[key][name], value), (key, name)

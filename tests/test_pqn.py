@@ -1,6 +1,5 @@
 """PQN: its Q(lambda) returns, its rollout, its refusals, exact resume, and that it learns."""
 
-import copy
 import subprocess
 import sys
 
@@ -164,7 +163,7 @@ def test_agent_state_round_trips_the_optimizer_rngs_and_counters():
         rollout.add_step(obs, agent.act(obs, 0.5), np.ones(4), obs, rng.random(4) < 0.1, np.zeros(4, bool))
     agent.learn_rollout(rollout)
     twin = build_agent(cfg, (4,), 2)
-    twin.load_state_dict(copy.deepcopy(agent.state_dict()))  # as through a checkpoint file: no shared tensors
+    twin.load_state_dict(agent.state_dict())  # live tensors: the twin must copy, not share, Adam's moments
     assert isinstance(twin, PQNAgent) and twin.rollouts == 1 and twin.updates == 16
     assert twin.learning_rate() == agent.learning_rate() < cfg.lr
     a, b = agent.learn_rollout(rollout), twin.learn_rollout(rollout)
