@@ -94,7 +94,13 @@ class Config:
     learning_starts: int = _opt(1000, "Transitions collected before the first gradient step.", lo=0, only="dqn")
     train_freq: int = _opt(1, "Run `gradient_steps` updates every this many transitions.", lo=1, only="dqn")
     gradient_steps: int = _opt(1, "Gradient steps per training round.", lo=1, only="dqn")
-    target_update_interval: int = _opt(1000, "Update the target network every this many transitions.", lo=1, only="dqn")
+    target_update_interval: int = _opt(
+        1000,
+        "Update the target network every this many transitions: every interval * gradient_steps / "
+        "train_freq updates (a hard copy every few dozen updates or fewer can make Q diverge).",
+        lo=1,
+        only="dqn",
+    )
     tau: float = _opt(
         0.0,
         "0 = hard copy of the online weights; in (0, 1] = Polyak blend target <- tau*online + (1-tau)*target.",
