@@ -41,7 +41,7 @@ def test_actor_priorities_bootstrap_from_the_published_network():
     # would then measure |Q(s, a)|, not the TD error of the learner's network
     import numpy as np
 
-    from dqnkit.distributed.apex import _weights, load_weights
+    from dqnkit.distributed.apex import load_weights, published_weights
     from dqnkit.replay.uniform import Batch
     from dqnkit.training import build_agent
 
@@ -60,7 +60,7 @@ def test_actor_priorities_bootstrap_from_the_published_network():
     )
     for _ in range(20):  # the learner's online network moves away from its target
         learner.learn(batch)
-    load_weights(actor, _weights(learner))
+    load_weights(actor, published_weights(learner))
     learner.update_target()  # the learner's TD error when bootstrapping from the same network
     np.testing.assert_array_equal(actor.priorities(batch), learner.priorities(batch))
 

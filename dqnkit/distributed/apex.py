@@ -125,7 +125,9 @@ def _import_ray() -> Any:
     return ray
 
 
-def _weights(agent: Any) -> dict[str, np.ndarray]:
+def published_weights(agent: Any) -> dict[str, np.ndarray]:
+    """What the learner publishes: its online network's tensors as numpy arrays (Ray copies
+    them when the call is made, so the next update cannot change what was published)."""
     return {k: v.detach().cpu().numpy() for k, v in agent.q_net.state_dict().items()}
 
 
@@ -319,7 +321,7 @@ class Apex:
         self.loss_sum, self.q_sum, self.n_losses = torch.zeros(()), torch.zeros(()), 0
 
     def _publish(self) -> None:
-        self.ray.get(self.store.put.remote(self.agent.updates, _weights(self.agent)))
+        self.ray.get(self.store.put.remote(self.agent.updates, published_weights(self.agent)))
 
     def run(self, progress: bool = False, callback: Any = None) -> dict[str, Any]:
         """Train to ``total_steps`` env steps (summed over actors), or until an evaluation
