@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--envs", type=int, help="atari-train: envs of the second row (default 8)")
     bench.add_argument("--actors", help="apex: comma-separated actor counts (default 1,2)")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), help="atari-train: torch device (default auto)")
+    bench.add_argument(
+        "--compile",
+        action="store_true",
+        help="atari-train: also time the update through torch.compile(mode='reduce-overhead') (compiles first)",
+    )
 
     tab = sub.add_parser("tabular", help="tabular TD exercises: cliff-walking, random-walk")
     tab.add_argument("name", choices=("cliff-walking", "random-walk"))
@@ -346,7 +351,12 @@ def _bench(args: argparse.Namespace) -> int:
     check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
     given = [
         flag
-        for flag, value in (("--steps", args.steps), ("--envs", args.envs), ("--device", args.device))
+        for flag, value in (
+            ("--steps", args.steps),
+            ("--envs", args.envs),
+            ("--device", args.device),
+            ("--compile", args.compile or None),
+        )
         if value is not None
     ]
     if args.actors is not None and args.name != "apex":
@@ -362,7 +372,7 @@ def _bench(args: argparse.Namespace) -> int:
         check_range("--steps", steps, 1000, None)
         check_range("--envs", envs, 1, None)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atari_train.run(steps=steps, envs=envs, device=args.device or "auto", out=out)
+        atari_train.run(steps=steps, envs=envs, device=args.device or "auto", out=out, compile_update=args.compile)
         print(f"wrote {out}")
         return 0
     if args.name in ("speed", "apex"):

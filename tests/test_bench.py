@@ -72,6 +72,61 @@ def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
     assert "replay bytes/transition" in capsys.readouterr().out
 
 
+def test_update_timing_refuses_an_unknown_mode_and_a_graph_off_cuda():
+    import torch
+
+    from dqnkit.bench.atari_train import update_ms
+
+    result = update_ms(torch.device("cpu"), "eager", updates=2)
+    assert result["ms"] > 0 and result["setup_s"] >= 0
+    for mode in ("jit", "cuda_graph"):
+        with pytest.raises(ValueError, match="mode must be one of"):
+            update_ms(torch.device("cpu"), mode)
+
+
+def test_a_failing_compile_is_reported_beside_the_other_timings(monkeypatch):
+    import torch
+
+    from dqnkit.bench import atari_train
+
+    def fake(device, mode):
+        if mode == "compile":
+            raise RuntimeError("Compiler: cc is not found\nmore detail")
+        return {"ms": 2.0, "setup_s": 0.1}
+
+    monkeypatch.setattr(atari_train, "update_ms", fake)
+    result = atari_train.update_timings(torch.device("cpu"), compile_update=True)
+    assert result == {
+        "update_ms": {"eager": 2.0},
+        "update_setup_s": {"eager": 0.1},
+        "compile_error": "Compiler: cc is not found",
+    }
+
+
+def test_bench_atari_train_refuses_its_flags_elsewhere(capsys):
+    assert main(["bench", "speed", "--compile"]) == 2
+    assert "--compile apply to `bench atari-train` only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_atari_train_compares_sb3_and_times_every_update_mode(tmp_path, capsys):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("stable_baselines3")
+    out = tmp_path / "atari-train.json"
+    args = ["bench", "atari-train", "--steps", "1000", "--envs", "2", "--device", "cpu", "--compile"]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["envs"] for row in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert row["sb3"]["sps"] > 0 and row["dqnkit"]["sps"] > 0 and row["dqnkit"]["updates_per_s"] > 0
+        assert row["speedup"] == round(row["dqnkit"]["sps"] / row["sb3"]["sps"], 2)
+        assert row["sb3"]["gpu_busy"] is None  # no GPU to sample on the CPU
+    assert set(result["update_ms"]) == {"eager", "compile"} and min(result["update_ms"].values()) > 0
+    assert result["update_setup_s"]["compile"] > 0
+    printed = capsys.readouterr().out
+    assert "dqnkit vs SB3" in printed and "compile" in printed
+
+
 def test_bench_checkpoint_compares_full_and_incremental(tmp_path, capsys):
     out = tmp_path / "checkpoint.json"
     assert main(["bench", "checkpoint", "--capacities", "20000", "--out", str(out)]) == 0

@@ -10,8 +10,8 @@ learning), in one process, on the same device:
   ``gradient_steps`` that give the same replay ratio;
 - env steps/s of each and their ratio, gradient updates/s, and on CUDA the GPU's busy
   fraction (NVML's utilization, sampled while each trains);
-- the cost of one update of the Nature CNN at batch 32, eager and (on CUDA) captured as a
-  CUDA graph.
+- the cost of one update of the Nature CNN at batch 32, eager, (on CUDA) captured as a
+  CUDA graph and, with ``--compile``, through ``torch.compile(mode="reduce-overhead")``.
 
 dqnkit's figure is its training loop's own rate (``summary.json``'s ``sps``, without the
 final checkpoint); SB3's is ``model.learn()``. Needs ``pip install 'dqnkit[bench,atari]'``.
@@ -31,7 +31,7 @@ import torch
 
 from dqnkit import presets
 from dqnkit.bench import quiet_sb3, report
-from dqnkit.errors import DqnkitError
+from dqnkit.errors import DqnkitError, first_line
 from dqnkit.replay.uniform import Batch
 from dqnkit.training import build_agent, resolve_device, train
 
@@ -154,30 +154,54 @@ def _dqnkit(steps: int, envs: int, device: torch.device, seed: int, tmp: Path) -
     return {"sps": summary["sps"], "updates_per_s": round(summary["updates"] / loop_s, 1), "gpu_busy": busy.fraction}
 
 
-def _update_ms(device: torch.device, graph: bool, updates: int = 200) -> float:
-    """Milliseconds per Nature-CNN update at batch 32, the GPU's work included."""
-    cfg = presets.get("atari", cuda_graph=graph, device=device.type)
+UPDATE_MODES = ("eager", "cuda_graph", "compile")
+
+
+def update_ms(device: torch.device, mode: str = "eager", updates: int = 200) -> dict[str, float]:
+    """Milliseconds per Nature-CNN update at batch 32, the GPU's work included, for one way
+    of running it: ``eager``; ``cuda_graph``, dqnkit's captured update (CUDA only); or
+    ``compile``, the same update step through ``torch.compile(mode="reduce-overhead")``
+    (what issue 14 asks to measure against the graph). Returns ``{"ms": ...}``, plus
+    ``"setup_s"``: the warm-up's seconds (capture, or compilation)."""
+    if mode not in UPDATE_MODES or (mode == "cuda_graph" and device.type != "cuda"):
+        raise ValueError(f"mode must be one of {UPDATE_MODES} (cuda_graph on CUDA only), got {mode!r} on {device}")
+    # the compiled step is the autograd one (on the CPU the direct update would replace it)
+    cfg = presets.get("atari", cuda_graph=mode == "cuda_graph", direct_update=mode != "compile", device=device.type)
     agent = build_agent(cfg, (4, 84, 84), 4)
+    if mode == "compile":
+        agent._step = torch.compile(agent._step, mode="reduce-overhead")
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (32, 4, 84, 84), dtype=np.uint8)
     ones = np.ones(32, np.float32)
     batch = Batch(frames, rng.integers(0, 4, 32), ones, frames, 0 * ones, np.ones(32, np.int64), ones, np.arange(32))
-    for _ in range(10):  # warm-up (and, with graph, the capture)
+    start = time.perf_counter()
+    for _ in range(10):  # warm-up (and the capture, or the compilation)
         agent.learn(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
+    setup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(updates):
         agent.learn(batch)
+    _sync(device)
+    return {"ms": round((time.perf_counter() - start) / updates * 1e3, 3), "setup_s": round(setup_s, 1)}
+
+
+def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return round((time.perf_counter() - start) / updates * 1e3, 3)
 
 
 def run(
-    steps: int = 25_000, envs: int = 8, device: str = "auto", seed: int = 0, out: Path | None = None
+    steps: int = 25_000,
+    envs: int = 8,
+    device: str = "auto",
+    seed: int = 0,
+    out: Path | None = None,
+    compile_update: bool = False,
 ) -> dict[str, Any]:
-    """Train SB3 and dqnkit on Breakout for ``steps`` with 1 and ``envs`` envs on ``device``; print, write JSON."""
+    """Train SB3 and dqnkit on Breakout for ``steps`` with 1 and ``envs`` envs on ``device``;
+    time one update eagerly, as a CUDA graph (on CUDA) and, with ``compile_update``, through
+    ``torch.compile``; print, write JSON."""
     dev = resolve_device(device)
     result: dict[str, Any] = {
         "benchmark": "atari-train",
@@ -195,10 +219,27 @@ def run(
             result["rows"].append(
                 {"envs": k, "sb3": sb3, "dqnkit": ours, "speedup": round(ours["sps"] / sb3["sps"], 2)}
             )
-    result["update_ms"] = {"eager": _update_ms(dev, graph=False)}
-    if dev.type == "cuda":
-        result["update_ms"]["cuda_graph"] = _update_ms(dev, graph=True)
+    result.update(update_timings(dev, compile_update))
     return report(result, _print, out)
+
+
+def update_timings(device: torch.device, compile_update: bool) -> dict[str, Any]:
+    """:func:`update_ms` of each mode that applies on ``device``: ``update_ms`` and
+    ``update_setup_s`` per mode, and ``compile_error`` where ``torch.compile`` failed (the
+    training rows measured before it are kept)."""
+    timed, result = {"eager": update_ms(device, "eager")}, {}
+    if device.type == "cuda":
+        timed["cuda_graph"] = update_ms(device, "cuda_graph")
+    if compile_update:
+        try:
+            timed["compile"] = update_ms(device, "compile")
+        except Exception as exc:  # torch.compile fails in many ways (no compiler, no triton): report it
+            result["compile_error"] = first_line(exc)
+    return {
+        "update_ms": {mode: t["ms"] for mode, t in timed.items()},
+        "update_setup_s": {mode: t["setup_s"] for mode, t in timed.items()},
+        **result,
+    }
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -211,3 +252,8 @@ def _print(r: dict[str, Any]) -> None:
             print(f"{row['envs']:>4} {name:<8} {m['sps']:>12.0f} {m['updates_per_s']:>10.1f} {busy:>9}")
         print(f"{row['envs']:>4} dqnkit vs SB3: {row['speedup']:.2f}x")
     print("one Nature-CNN update at batch 32: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["update_ms"].items()))
+    setup = r.get("update_setup_s", {})
+    if "compile" in setup:
+        print(f"(torch.compile took {setup['compile']:.0f} s before its first timed update)")
+    if "compile_error" in r:
+        print(f"torch.compile failed: {r['compile_error']}")
