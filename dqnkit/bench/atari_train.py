@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from dqnkit import presets
-from dqnkit.bench import quiet_sb3, report
+from dqnkit.bench import quiet_sb3, random_batches, report
 from dqnkit.errors import DqnkitError, first_line
-from dqnkit.replay.uniform import Batch
 from dqnkit.training import build_agent, resolve_device, train
 
 ENV_ID = "ALE/Breakout-v5"
@@ -170,10 +169,7 @@ def update_ms(device: torch.device, mode: str = "eager", updates: int = 200) -> 
     agent = build_agent(cfg, (4, 84, 84), 4)
     if mode == "compile":
         agent._step = torch.compile(agent._step, mode="reduce-overhead")
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (32, 4, 84, 84), dtype=np.uint8)
-    ones = np.ones(32, np.float32)
-    batch = Batch(frames, rng.integers(0, 4, 32), ones, frames, 0 * ones, np.ones(32, np.int64), ones, np.arange(32))
+    (batch,) = random_batches((4, 84, 84), 4, size=32, count=1)
     start = time.perf_counter()
     for _ in range(10):  # warm-up (and the capture, or the compilation)
         agent.learn(batch)

@@ -30,9 +30,8 @@ import numpy as np
 import torch
 
 from dqnkit import presets
-from dqnkit.bench import quiet_sb3, report
+from dqnkit.bench import quiet_sb3, random_batches, report
 from dqnkit.errors import DqnkitError
-from dqnkit.replay.uniform import Batch
 from dqnkit.training import build_agent, flush_denormals, train
 
 # (preset, observation shape, actions): the networks whose updates part 4 times
@@ -136,31 +135,6 @@ def _dqnkit_cleanrl(steps: int, seed: int, tmp: Path) -> dict[str, float]:
     return {"sps": summary["sps"], "overhead_us": (loop_s - inside[0]) / summary["steps"] * 1e6}
 
 
-def _random_batches(obs_shape: tuple[int, ...], n_actions: int, size: int, count: int) -> list[Batch]:
-    """Batches of the preset's shapes: 0/1 grids or Gaussian vectors, rewards, terminations,
-    1-3 step horizons and IS weights that all vary."""
-    rng = np.random.default_rng(0)
-
-    def obs() -> np.ndarray:
-        if len(obs_shape) == 3:
-            return rng.integers(0, 2, (size, *obs_shape), dtype=np.uint8)
-        return rng.standard_normal((size, *obs_shape)).astype(np.float32)
-
-    return [
-        Batch(
-            obs(),
-            rng.integers(0, n_actions, size),
-            rng.standard_normal(size).astype(np.float32),
-            obs(),
-            (rng.random(size) < 0.1).astype(np.float32),
-            rng.integers(1, 4, size),
-            rng.uniform(0.2, 1.0, size).astype(np.float32),
-            np.arange(size),
-        )
-        for _ in range(count)
-    ]
-
-
 def update_us(
     preset: str, obs_shape: tuple[int, ...], n_actions: int, updates: int = 200, blocks: int = 5
 ) -> dict[str, Any]:
@@ -170,7 +144,7 @@ def update_us(
         torch.manual_seed(0)
         agents[direct] = build_agent(presets.get(preset, direct_update=direct), obs_shape, n_actions)
     assert agents[True]._direct_update is not None, f"{preset}'s network has no direct update"
-    batches = _random_batches(obs_shape, n_actions, agents[True].config.batch_size, updates)
+    batches = random_batches(obs_shape, n_actions, agents[True].config.batch_size, updates)
     best = {True: float("inf"), False: float("inf")}
     with flush_denormals(True):
         for _ in range(blocks):
