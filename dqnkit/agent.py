@@ -137,8 +137,10 @@ class QAgent:
                 actions = np.where(explore_B, random_B, actions)
         return int(actions[0]) if single else actions
 
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(array), device=self.device)
+    def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``array`` on the agent's device (a tensor already there, e.g. stacks a replay
+        gathered on the device, passes through uncopied)."""
+        return torch.as_tensor(array, device=self.device)
 
 
 class DQNAgent(QAgent):

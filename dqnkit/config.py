@@ -62,6 +62,11 @@ class Config:
         True,
         "On CUDA, capture the whole update (forward, loss, backward, clipping, Adam) once as a CUDA graph and replay it, fed by one pinned copy per batch: the same arithmetic without the launch overhead of ~100 small kernels. Ignored on the CPU.",
     )
+    frame_gather: str = _opt(
+        "auto",
+        "Where a frame replay (stacked 84x84 Atari frames) builds a sampled batch's stacks: host (numpy, then copied to the device) or device (every frame mirrored on the training device, 7 KB per replay row there, so a sample sends only row indices). auto: device on CUDA when the mirror fits in free GPU memory with 2 GB to spare, host otherwise. The same stacks either way.",
+        choices=("auto", "host", "device"),
+    )
     vector_env: str = _opt(
         "auto",
         "How num_envs > 1 envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE ids, whose steps are expensive enough to pay for the processes; sync otherwise: a MinAtar step costs less than a round trip to a worker).",

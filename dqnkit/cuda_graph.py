@@ -19,14 +19,15 @@ How :class:`GraphedUpdate` keeps the arithmetic of the eager update:
   and ``next_obs`` together, and every small field packed as float64, exact for these
   values), issued ``non_blocking``: the host returns as soon as the work is queued, and goes
   on stepping envs and sampling while the GPU runs. Two pinned slots alternate, so a batch
-  is never written into memory the previous copy may still be reading.
+  is never written into memory the previous copy may still be reading. Stacks a frame
+  replay gathered on the device (:mod:`dqnkit.replay.device_frames`) are copied there, and
+  only the small fields cross from the host.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from dqnkit.replay.uniform import Batch
@@ -44,8 +45,8 @@ class GraphedUpdate:
     def __init__(self, agent: DQNAgent, example: Batch) -> None:
         self.agent = agent
         self.batch_size = b = len(example.actions)
-        obs = np.asarray(example.obs)
-        dtype = torch.from_numpy(obs[:1]).dtype
+        obs = torch.as_tensor(example.obs[:1])  # numpy, or stacks a replay gathered on the device
+        dtype = obs.dtype
         device = agent.device
         self._obs_dev = torch.empty((2 * b, *obs.shape[1:]), dtype=dtype, device=device)  # obs, then next_obs
         self._small_dev = torch.empty((len(_SMALL), b), dtype=torch.float64, device=device)
@@ -68,11 +69,16 @@ class GraphedUpdate:
         slot, b = self._slot, self.batch_size
         self._slot ^= 1
         self._copied[slot].synchronize()  # the copy that last read this pinned slot has finished
-        obs_host, small_host = self._obs_host[slot].numpy(), self._small_host[slot].numpy()
-        obs_host[:b], obs_host[b:] = batch.obs, batch.next_obs
+        small_host = self._small_host[slot].numpy()
         for row, name in enumerate(_SMALL):
             small_host[row] = getattr(batch, name)
-        self._obs_dev.copy_(self._obs_host[slot], non_blocking=True)
+        if torch.is_tensor(batch.obs):  # gathered on the device already (DeviceFrames)
+            self._obs_dev[:b].copy_(batch.obs)
+            self._obs_dev[b:].copy_(batch.next_obs)
+        else:
+            obs_host = self._obs_host[slot].numpy()
+            obs_host[:b], obs_host[b:] = batch.obs, batch.next_obs
+            self._obs_dev.copy_(self._obs_host[slot], non_blocking=True)
         self._small_dev.copy_(self._small_host[slot], non_blocking=True)
         self._copied[slot].record()
 

@@ -165,7 +165,10 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
         rollout = Rollout(config.rollout_steps, config.num_envs, obs_space.shape, obs_space.dtype)
         return Parts(config, envs, agent, rollout)
     saver = replay_saver(config.replay_checkpoint, run_dir) if run_dir is not None else FullReplay()
-    return Parts(config, envs, agent, build_replay(config, obs_space.shape, obs_space.dtype), replay_saver=saver)
+    replay = build_replay(config, obs_space.shape, obs_space.dtype)
+    if isinstance(replay, FrameReplay) and gathers_on_device(config, replay, agent.device):
+        replay.keep_frames_on(agent.device)
+    return Parts(config, envs, agent, replay, replay_saver=saver)
 
 
 def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> UniformReplay | FrameReplay:
@@ -182,6 +185,25 @@ def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype
     if config.prioritized:
         return PrioritizedReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps, **per)
     return UniformReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps)
+
+
+def gathers_on_device(config: Config, replay: FrameReplay, device: torch.device) -> bool:
+    """Whether ``replay`` mirrors its frames on the training device (``config.frame_gather``):
+    on CUDA by default, where a sample then sends only row indices, unless the mirror would
+    leave less than 2 GB of the GPU's memory free."""
+    if config.frame_gather != "auto":
+        return config.frame_gather == "device"
+    if device.type != "cuda":
+        return False
+    free = torch.cuda.mem_get_info(device)[0]
+    if replay.frames.nbytes + 2 * 2**30 <= free:
+        return True
+    warnings.warn(
+        f"the replay's frames ({replay.frames.nbytes / 2**30:.1f} GB) do not fit in the GPU's free memory "
+        f"({free / 2**30:.1f} GB) with 2 GB to spare: sampled stacks are gathered on the host",
+        stacklevel=2,
+    )
+    return False
 
 
 def stores_frames(obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> bool:

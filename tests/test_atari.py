@@ -151,3 +151,31 @@ def test_short_minatar_run_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 1500 and summary["updates"] == 1001
+
+
+def test_stacks_gathered_on_the_device_train_the_same_agent(tmp_path):
+    """frame_gather=device (the CUDA default; here the mirror is on the CPU) learns exactly what
+    the host gather learns, through PER and 3-step returns, and again after a resume from an
+    incremental checkpoint (the mirror is rebuilt from the restored ring; an Atari resume
+    starts fresh episodes, the same ones for both)."""
+    import torch
+
+    from dqnkit import load, presets, resume, train
+
+    cfg = presets.get(
+        "atari", total_steps=300, learning_starts=150, buffer_size=1000, prioritized=True, n_step=3,
+        eval_every=0, final_eval=False, checkpoint_every=100, device="cpu", num_threads=0,
+    )  # fmt: skip
+    agents = {}
+    for gather in ("host", "device"):
+        train(cfg.replace(frame_gather=gather), tmp_path / gather)
+        train(cfg.replace(frame_gather=gather, total_steps=200), tmp_path / f"{gather}-resumed")
+        with pytest.warns(UserWarning, match="fresh episodes"):
+            resume(tmp_path / f"{gather}-resumed", total_steps=300)
+        agents[gather] = load(tmp_path / gather), load(tmp_path / f"{gather}-resumed")
+    for host, device in zip(agents["host"], agents["device"]):
+        assert device.updates == host.updates == 38
+        for a, b in zip(host.q_net.parameters(), device.q_net.parameters()):
+            assert torch.equal(a, b)
+    full, resumed = agents["host"]
+    assert not all(torch.equal(a, b) for a, b in zip(full.q_net.parameters(), resumed.q_net.parameters()))

@@ -84,6 +84,19 @@ def test_update_timing_refuses_an_unknown_mode_and_a_graph_off_cuda():
             update_ms(torch.device("cpu"), mode)
 
 
+def test_sample_timing_gathers_where_it_says(monkeypatch):
+    import torch
+
+    from dqnkit.bench.atari_train import sample_ms
+    from dqnkit.replay.device_frames import DeviceFrames
+
+    calls = []
+    stacks = DeviceFrames.stacks
+    monkeypatch.setattr(DeviceFrames, "stacks", lambda self, *args: calls.append(1) or stacks(self, *args))
+    assert sample_ms(torch.device("cpu"), "host", rows=800, samples=10) > 0 and not calls
+    assert sample_ms(torch.device("cpu"), "device", rows=800, samples=10) > 0 and len(calls) == 40 + 10
+
+
 def test_a_failing_compile_is_reported_beside_the_other_timings(monkeypatch):
     import torch
 
@@ -123,8 +136,9 @@ def test_bench_atari_train_compares_sb3_and_times_every_update_mode(tmp_path, ca
         assert row["sb3"]["gpu_busy"] is None  # no GPU to sample on the CPU
     assert set(result["update_ms"]) == {"eager", "compile"} and min(result["update_ms"].values()) > 0
     assert result["update_setup_s"]["compile"] > 0
+    assert set(result["sample_ms"]) == {"host"} and result["sample_ms"]["host"] > 0
     printed = capsys.readouterr().out
-    assert "dqnkit vs SB3" in printed and "compile" in printed
+    assert "dqnkit vs SB3" in printed and "compile" in printed and "gathered on the host" in printed
 
 
 def test_bench_checkpoint_compares_full_and_incremental(tmp_path, capsys):

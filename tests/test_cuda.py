@@ -14,6 +14,7 @@ from dqnkit.evaluate import evaluate
 from dqnkit.heads import project_distribution
 from dqnkit.logger import read_metrics
 from dqnkit.networks import build_q_network
+from dqnkit.replay import FrameReplay
 from dqnkit.replay.uniform import Batch
 
 pytestmark = pytest.mark.cuda
@@ -135,6 +136,29 @@ def test_n_graphed_updates_each_equal_the_eager_update_from_the_same_state(head,
         torch.testing.assert_close(a.td_abs, b.td_abs, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(_params(graphed), _params(eager), rtol=1e-5, atol=1e-5)
     assert graphed._graphed is not None and eager._graphed is None and graphed.updates == 10
+
+
+def test_stacks_gathered_on_the_gpu_feed_the_graphed_update(exact_kernels):
+    """frame_gather=device: the mirror on the GPU gives the host gather's batches, and the
+    graphed update fed from it (device-to-device copies) learns what it learns from the host."""
+    host, mirrored = (FrameReplay(2000, num_envs=2, n_step=3, seed=1) for _ in range(2))
+    mirrored.keep_frames_on("cuda")
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        step = (
+            rng.integers(0, 255, (2, 4, 84, 84), dtype=np.uint8), rng.integers(0, 4, 2), rng.normal(size=2),
+            rng.integers(0, 255, (2, 4, 84, 84), dtype=np.uint8), rng.random(2) < 0.02, rng.random(2) < 0.01,
+        )  # fmt: skip
+        host.add_step(*step)
+        mirrored.add_step(*step)
+    from_host, from_device = _agent("cuda", True), _agent("cuda", True)
+    for _ in range(5):
+        a, b = host.sample(32), mirrored.sample(32)
+        assert b.obs.is_cuda and torch.equal(b.next_obs.cpu(), torch.from_numpy(a.next_obs))
+        x, y = from_host.learn(a), from_device.learn(b)
+        torch.testing.assert_close(x.td_abs, y.td_abs, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(_params(from_host), _params(from_device), rtol=1e-6, atol=1e-6)
+    assert from_device._graphed is not None
 
 
 def test_graphed_updates_keep_the_noise_stream_fresh():

@@ -189,3 +189,59 @@ def test_a_cut_episode_gives_no_transition_that_reaches_past_it(cls):
     if cls is PrioritizedFrameReplay:
         leaves = replay.priorities.tree[np.arange(8)]
         assert (leaves[3:7] == 0).all() and (leaves[:3] > 0).all()
+
+
+@pytest.mark.parametrize("cls", [FrameReplay, PrioritizedFrameReplay])
+def test_stacks_gathered_on_the_device_equal_the_host_ones(cls):
+    """The device mirror follows the host ring lazily (it uploads at sample time): sampled
+    between writes, after a gap longer than a ring, across episode ends and a cut, and after a
+    checkpoint's state (rows loaded apart, as an incremental checkpoint does) replaced a
+    buffer that had sampled before, it gives the same batches from the same RNG. On the CPU the
+    "device" is the CPU: the same torch code as on CUDA."""
+    torch = pytest.importorskip("torch")
+
+    def replay(seed):
+        return cls(120, (6, 6), 4, seed=seed, num_envs=3, n_step=3)  # rings of 40 rows
+
+    def same(a, b):
+        assert torch.is_tensor(b.obs) and torch.is_tensor(b.next_obs)
+        for name, u, v in zip(a._fields, a, b):
+            np.testing.assert_array_equal(u, np.asarray(v), err_msg=name)
+
+    host, mirrored = replay(5), replay(5)
+    mirrored.keep_frames_on("cpu")
+    for i, step in enumerate(_steps(300, 3, seed=2)):
+        host.add_step(*step)
+        mirrored.add_step(*step)
+        if i == 150:
+            host.cut(np.array([1]))
+            mirrored.cut(np.array([1]))
+        if i >= 20 and i % 7 == 0 and not 150 < i < 200:  # 50 steps without a sample: the rings wrap
+            same(host.sample(16, beta=0.5), mirrored.sample(16, beta=0.5))
+
+    restored = replay(0)
+    restored.keep_frames_on("cpu")
+    for obs, *rest, nxt, terminated, truncated in _steps(290, 3, seed=2):  # the same rows, other frames
+        restored.add_step(255 - obs, *rest, 255 - nxt, terminated, truncated)
+    restored.sample(8)  # its mirror now holds those frames, and marks them uploaded
+    restored.load_state_dict(mirrored.state_dict(rows=False))
+    for name, column in restored.row_columns().items():
+        column[...] = mirrored.row_columns()[name]
+    same(host.sample(16, beta=0.5), restored.sample(16, beta=0.5))
+
+
+def test_frames_go_on_the_gpu_by_default_when_they_fit(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from dqnkit import Config
+    from dqnkit.training import gathers_on_device
+
+    replay = FrameReplay(1000, (84, 84), 4)  # 7 MB of frames
+    cuda, gib = torch.device("cuda"), 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * gib, 80 * gib))
+    assert gathers_on_device(Config(), replay, cuda)
+    assert not gathers_on_device(Config(frame_gather="host"), replay, cuda)
+    assert not gathers_on_device(Config(), replay, torch.device("cpu"))
+    assert gathers_on_device(Config(frame_gather="device"), replay, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (2 * gib, 80 * gib))  # 2 GB must stay free
+    with pytest.warns(UserWarning, match="gathered on the host"):
+        assert not gathers_on_device(Config(), replay, cuda)

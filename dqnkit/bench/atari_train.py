@@ -11,7 +11,9 @@ learning), in one process, on the same device:
 - env steps/s of each and their ratio, gradient updates/s, and on CUDA the GPU's busy
   fraction (NVML's utilization, sampled while each trains);
 - the cost of one update of the Nature CNN at batch 32, eager, (on CUDA) captured as a
-  CUDA graph and, with ``--compile``, through ``torch.compile(mode="reduce-overhead")``.
+  CUDA graph and, with ``--compile``, through ``torch.compile(mode="reduce-overhead")``;
+- the cost of one sample of 32 stacked transitions until its frames are on the device,
+  gathered on the host and (on CUDA) from the replay's mirror on the device.
 
 dqnkit's figure is its training loop's own rate (``summary.json``'s ``sps``, without the
 final checkpoint); SB3's is ``model.learn()``. Needs ``pip install 'dqnkit[bench,atari]'``.
@@ -182,6 +184,41 @@ def update_ms(device: torch.device, mode: str = "eager", updates: int = 200) -> 
     return {"ms": round((time.perf_counter() - start) / updates * 1e3, 3), "setup_s": round(setup_s, 1)}
 
 
+def sample_ms(device: torch.device, gather: str, rows: int = 100_000, samples: int = 400) -> float:
+    """Milliseconds from one sample of 32 stacked transitions to its frames on ``device``,
+    sampling twice per vector step of 8 envs (one update per 4 transitions) from a frame
+    replay of ``rows`` rows: ``gather="host"`` gathers in numpy and copies the stacks over,
+    ``"device"`` gathers from the replay's mirror on the device (``frame_gather``); each
+    includes its half of a vector step's writes (and, for the mirror, their upload)."""
+    from dqnkit.replay import FrameReplay
+
+    replay, envs = FrameReplay(rows, seed=0, num_envs=8), 8
+    if gather == "device":
+        replay.keep_frames_on(device)
+    pool = np.random.default_rng(0).integers(0, 256, (64, envs, 4, 84, 84), dtype=np.uint8)
+    no, acts, rewards = np.zeros(envs, bool), np.zeros(envs, np.int64), np.zeros(envs, np.float32)
+
+    def add(i: int) -> None:
+        replay.add_step(pool[i % 64], acts, rewards, pool[(i + 1) % 64], no, no)
+
+    def one_step(i: int) -> None:
+        add(i)
+        for _ in range(2):
+            batch = replay.sample(32)
+            torch.as_tensor(batch.obs).to(device), torch.as_tensor(batch.next_obs).to(device)  # no-ops if there
+
+    for i in range(rows // envs):  # fill the rings, as a long run has
+        add(i)
+    for i in range(20):  # warm-up (and the mirror's first, whole upload)
+        one_step(i)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(samples // 2):
+        one_step(i)
+    _sync(device)
+    return round((time.perf_counter() - start) / samples * 1e3, 3)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -197,7 +234,8 @@ def run(
 ) -> dict[str, Any]:
     """Train SB3 and dqnkit on Breakout for ``steps`` with 1 and ``envs`` envs on ``device``;
     time one update eagerly, as a CUDA graph (on CUDA) and, with ``compile_update``, through
-    ``torch.compile``; print, write JSON."""
+    ``torch.compile``, and one sample gathered on the host and (on CUDA) on the device;
+    print, write JSON."""
     dev = resolve_device(device)
     result: dict[str, Any] = {
         "benchmark": "atari-train",
@@ -216,6 +254,8 @@ def run(
                 {"envs": k, "sb3": sb3, "dqnkit": ours, "speedup": round(ours["sps"] / sb3["sps"], 2)}
             )
     result.update(update_timings(dev, compile_update))
+    gathers = ("host", "device") if dev.type == "cuda" else ("host",)
+    result["sample_ms"] = {gather: sample_ms(dev, gather) for gather in gathers}
     return report(result, _print, out)
 
 
@@ -248,6 +288,10 @@ def _print(r: dict[str, Any]) -> None:
             print(f"{row['envs']:>4} {name:<8} {m['sps']:>12.0f} {m['updates_per_s']:>10.1f} {busy:>9}")
         print(f"{row['envs']:>4} dqnkit vs SB3: {row['speedup']:.2f}x")
     print("one Nature-CNN update at batch 32: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["update_ms"].items()))
+    print(
+        "one sample of 32 stacks, onto the device: "
+        + ", ".join(f"gathered on the {k} {v:.2f} ms" for k, v in r["sample_ms"].items())
+    )
     setup = r.get("update_setup_s", {})
     if "compile" in setup:
         print(f"(torch.compile took {setup['compile']:.0f} s before its first timed update)")

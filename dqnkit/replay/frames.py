@@ -22,12 +22,15 @@ priority 0 (:class:`PrioritizedFrameReplay`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dqnkit.replay.prioritized import Priorities, to_host
 from dqnkit.replay.uniform import Batch
+
+if TYPE_CHECKING:
+    from dqnkit.replay.device_frames import DeviceFrames
 
 _NORMAL, _FINAL_TERMINATED, _FINAL_TRUNCATED = 0, 1, 2
 _CUT = 3  # the episode was abandoned mid-way (an Ape-X actor restarted): no window may reach this row
@@ -68,6 +71,14 @@ class FrameReplay:
         self.next_ep_pos = np.zeros(num_envs, np.int32)
         self.rng = np.random.default_rng(seed)
         self._discounts = gamma ** np.arange(n_step, dtype=np.float64)
+        self.device_frames: DeviceFrames | None = None  # a copy of the frames on the training device
+
+    def keep_frames_on(self, device: Any) -> None:
+        """Mirror the frames on a torch ``device`` (7 KB per row there): from now on samples
+        gather their stacks on it, and ``obs``/``next_obs`` of a batch are device tensors."""
+        from dqnkit.replay.device_frames import DeviceFrames  # torch stays out of host-only imports
+
+        self.device_frames = DeviceFrames(self, device)
 
     def __len__(self) -> int:
         return int(np.minimum(self.written, self.rows).sum())
@@ -201,12 +212,14 @@ class FrameReplay:
             idx,
         )
 
-    def _stack(self, env: np.ndarray, slot: np.ndarray) -> np.ndarray:
-        """[B, stack, H, W]: frames of rows slot-stack+1 .. slot, the episode's first repeated."""
+    def _stack(self, env: np.ndarray, slot: np.ndarray) -> Any:
+        """[B, stack, H, W]: frames of rows slot-stack+1 .. slot, the episode's first repeated
+        (a numpy array, or a tensor on the mirror's device)."""
         back = np.minimum(np.arange(self.stack - 1, -1, -1)[None, :], self.ep_pos[env, slot][:, None])
-        rows = (slot[:, None] - back) % self.rows
-        flat = self.frames.reshape(-1, *self.frame_shape)
-        return flat.take(env[:, None] * self.rows + rows, axis=0)
+        rows = env[:, None] * self.rows + (slot[:, None] - back) % self.rows  # flat rows [B, stack]
+        if self.device_frames is not None:
+            return self.device_frames.stacks(self, rows)
+        return self.frames.reshape(-1, *self.frame_shape).take(rows, axis=0)
 
     # ------------------------------------------------------------------ state
     _ROWS = ("frames", "actions", "rewards", "kind", "ep_pos")  # [num_envs, rows, ...] each
@@ -254,6 +267,8 @@ class FrameReplay:
                 raise ValueError("replay state does not match this buffer's capacity, envs or frame shape")
             getattr(self, name)[...] = state[name]
         self.rng.bit_generator.state = state["rng"]
+        if self.device_frames is not None:
+            self.device_frames.invalidate()  # and rows saved apart may still be loaded after this
 
 
 class PrioritizedFrameReplay(FrameReplay):
