@@ -67,6 +67,9 @@ class QAgent:
         self.updates = 0  # gradient steps taken
         self._params = list(self.q_net.parameters())
         self._numpy_layers = _numpy_mlp(self.q_net, config, self.device)
+        # noisy nets redraw their noise before each acting step, outside any graph: eager
+        self._act_graph_wanted = self.device.type == "cuda" and config.cuda_graph and not config.noisy
+        self._graphed_acts: dict[int, Any] = {}  # captured forward passes by batch size
 
     # ------------------------------------------------------------------ acting
     def q_values(self, obs: np.ndarray) -> np.ndarray:
@@ -131,11 +134,39 @@ class QAgent:
         else:
             if self.config.noisy and self.q_net.training:
                 reset_noise(self.q_net, self.noise)  # fresh exploration noise every step
-            q = self._numpy_q(batch) if self._numpy_layers else self.q_values(batch)
-            actions = q.argmax(axis=1)
+            actions = self._greedy(batch)
             if explored:
                 actions = np.where(explore_B, random_B, actions)
         return int(actions[0]) if single else actions
+
+    def _greedy(self, batch: np.ndarray) -> np.ndarray:
+        """argmax_a Q(s, a) for observations [B, *obs] -> [B] int64: numpy for a small MLP on
+        the CPU; while training on CUDA (``config.cuda_graph``), a forward pass captured as a
+        CUDA graph (:class:`dqnkit.cuda_graph.GraphedAct`); else eager torch."""
+        if self._numpy_layers:
+            return self._numpy_q(batch).argmax(axis=1)
+        if self._act_graph_wanted and self.q_net.training:
+            graphed = self._graphed_acts.get(len(batch)) or self._capture_act(batch)
+            if graphed is not None:
+                return graphed(batch)
+        return self.q_values(batch).argmax(axis=1)
+
+    def _capture_act(self, batch: np.ndarray) -> Any:
+        """Capture acting for batches of this size; where that fails, say so once and act
+        eagerly from then on (the same actions, only slower)."""
+        from dqnkit.cuda_graph import GraphedAct  # CUDA-only code stays out of CPU imports
+
+        try:
+            self._graphed_acts[len(batch)] = graphed = GraphedAct(self, batch)
+            return graphed
+        except RuntimeError as exc:
+            self._act_graph_wanted = False
+            warnings.warn(
+                f"CUDA graph capture of acting failed ({first_line(exc)}); acting eagerly (--set cuda_graph=false "
+                "silences this)",
+                stacklevel=4,
+            )
+            return None
 
     def _tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``array`` on the agent's device (a tensor already there, e.g. stacks a replay

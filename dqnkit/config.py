@@ -60,7 +60,7 @@ class Config:
     )
     cuda_graph: bool = _opt(
         True,
-        "On CUDA, capture the whole update (forward, loss, backward, clipping, Adam) once as a CUDA graph and replay it, fed by one pinned copy per batch: the same arithmetic without the launch overhead of ~100 small kernels. Ignored on the CPU.",
+        "On CUDA, capture the whole update (forward, loss, backward, clipping, Adam) once as a CUDA graph and replay it, fed by one pinned copy per batch: the same arithmetic without the launch overhead of ~100 small kernels. Acting's forward pass is captured too (except for noisy nets, which redraw their noise every step). Ignored on the CPU.",
     )
     frame_gather: str = _opt(
         "auto",

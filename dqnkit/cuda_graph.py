@@ -28,12 +28,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from dqnkit.replay.uniform import Batch
 
 if TYPE_CHECKING:
-    from dqnkit.agent import DQNAgent, LearnStats
+    from dqnkit.agent import DQNAgent, LearnStats, QAgent
 
 _SMALL = ("actions", "rewards", "terminated", "horizons", "weights")  # packed as rows of one float64 [5, B]
 _WARMUP = 3  # eager updates before capture, as in PyTorch's whole-network capture example
@@ -148,3 +149,53 @@ class _Saved:
         agent.noise.set_state(self.noise)
         for p in agent._params:
             p.grad = None
+
+
+class GraphedAct:
+    """The greedy actions of ``agent.q_net`` for batches of ``len(example)`` observations,
+    captured once: acting runs the Q-network's forward pass every env step, and eagerly that
+    is a dozen small kernel launches, plus the copy of every Q-value back to the host. Here it
+    is one pinned copy in, one graph replay and ``B`` action indices back.
+
+    It reads the network's parameters where they are, so it follows every update (the
+    optimizer and ``load_state_dict`` write into the same tensors). Noisy networks act
+    eagerly: their noise is redrawn before every acting step, outside any graph.
+    """
+
+    def __init__(self, agent: QAgent, example: np.ndarray) -> None:
+        self.agent = agent
+        self.batch_size = len(example)
+        obs = torch.from_numpy(np.ascontiguousarray(example))
+        self._obs_host = torch.empty_like(obs).pin_memory()
+        self._obs_dev = obs.to(agent.device)
+        self._actions_host = torch.empty(self.batch_size, dtype=torch.int64).pin_memory()
+        self.graph, self._q, self._actions = self._capture()
+        with torch.no_grad():  # the graph must compute what the eager forward pass computes
+            eager = agent._expected(agent.q_net(self._obs_dev))
+        self.graph.replay()
+        if not torch.allclose(self._q, eager, rtol=1e-4, atol=1e-5):
+            raise RuntimeError("the captured forward pass disagrees with the eager one")
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        """Greedy actions [B] int64 for observations [B, *obs_shape]."""
+        # The previous call waited for its copies, so the pinned buffers are free to reuse.
+        self._obs_host.numpy()[...] = obs
+        self._obs_dev.copy_(self._obs_host, non_blocking=True)
+        self.graph.replay()
+        self._actions_host.copy_(self._actions, non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return self._actions_host.numpy().copy()
+
+    def _capture(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        agent = self.agent
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(_WARMUP):  # a forward pass changes no state: nothing to put back
+                agent._expected(agent.q_net(self._obs_dev))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            q = agent._expected(agent.q_net(self._obs_dev))
+            actions = q.argmax(dim=1)
+        return graph, q, actions

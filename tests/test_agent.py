@@ -292,3 +292,27 @@ def test_an_agent_loaded_from_another_does_not_share_its_adam_state():
     for key, state in reference["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(after[key][name], value), (key, name)
+
+
+def test_a_failed_capture_of_acting_warns_once_and_acts_eagerly(monkeypatch):
+    """Where CUDA cannot capture the acting forward pass, acting goes on eagerly with the same
+    actions, after one warning (the capture is not retried every step)."""
+    from dqnkit import cuda_graph
+
+    attempts = []
+
+    def fail(self, agent, example):
+        attempts.append(len(example))
+        raise RuntimeError("operation not permitted when stream is capturing\ndetails")
+
+    monkeypatch.setattr(cuda_graph.GraphedAct, "__init__", fail)
+    cfg = Config()
+    torch.manual_seed(0)
+    agent = DQNAgent(build_q_network((4, 84, 84), 3, cfg.hidden_sizes), (4, 84, 84), 3, cfg)
+    agent._act_graph_wanted = True  # as on CUDA
+    obs = np.random.default_rng(0).integers(0, 255, (2, 4, 84, 84), dtype=np.uint8)
+    with pytest.warns(UserWarning, match=r"capture of acting failed \(operation not permitted"):
+        actions = agent.act(obs, epsilon=0.0)
+    np.testing.assert_array_equal(actions, agent.q_values(obs).argmax(axis=1))
+    agent.act(obs, epsilon=0.0)
+    assert attempts == [2] and agent._graphed_acts == {}

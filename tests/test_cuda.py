@@ -161,6 +161,27 @@ def test_stacks_gathered_on_the_gpu_feed_the_graphed_update(exact_kernels):
     assert from_device._graphed is not None
 
 
+@pytest.mark.parametrize("head", [{}, {"distributional": "c51"}], ids=["td", "c51"])
+def test_graphed_acting_follows_the_network_through_updates(head, exact_kernels):
+    agent = _agent("cuda", True, **head)
+    rng = np.random.default_rng(1)
+    for batch in _batches(3):
+        for size in (8, 1):
+            obs = rng.integers(0, 255, (size, 4, 84, 84), dtype=np.uint8)
+            actions = agent.act(obs, epsilon=0.0)
+            eager_q = agent.q_values(obs)  # the eager forward pass of the same weights
+            np.testing.assert_allclose(agent._graphed_acts[size]._q.cpu().numpy(), eager_q, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(actions, eager_q.argmax(axis=1))
+        agent.learn(batch)  # the graphed acts must read the updated weights
+    assert set(agent._graphed_acts) == {8, 1}
+    with agent.evaluation():  # greedy evaluation runs eagerly
+        agent.act(rng.integers(0, 255, (3, 4, 84, 84), dtype=np.uint8), greedy=True)
+    assert 3 not in agent._graphed_acts
+    noisy = _agent("cuda", True, noisy=True)
+    noisy.act(rng.integers(0, 255, (8, 4, 84, 84), dtype=np.uint8), epsilon=0.0)
+    assert noisy._graphed_acts == {}
+
+
 def test_graphed_updates_keep_the_noise_stream_fresh():
     agent = _agent("cuda", True, noisy=True)
     noise = []
