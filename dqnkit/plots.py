@@ -51,7 +51,10 @@ def learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = ""
     ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    if ep or ev:
+        ax.legend(loc="upper left", fontsize=8)
+    else:  # a run too short to finish an episode: say so rather than draw empty axes
+        ax.text(0.5, 0.5, "no episode finished yet", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, out_png)
 
 

@@ -253,3 +253,16 @@ def test_training_flushes_denormals_as_configured_and_gives_the_mode_back(tmp_pa
     train(_cfg(flush_denormal=flush), tmp_path / "run")
     assert seen == {flush}
     assert not _flushing_denormals()  # the caller's thread is as it was
+
+
+def test_a_plot_of_a_run_without_episodes_says_so_without_a_warning(tmp_path):
+    import warnings
+
+    from dqnkit.plots import learning_curve
+
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("kind,step,episode,return,return_std,wall_s\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns when legend() finds no labelled lines
+        out = learning_curve(metrics, tmp_path / "curve.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
