@@ -95,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="atari-train: also time the update through torch.compile(mode='reduce-overhead') (compiles first)",
     )
+    bench.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="atari-train: also train dqnkit with --envs envs and this one config change, in the same run "
+        "(repeatable; e.g. frame_gather=host)",
+    )
 
     tab = sub.add_parser("tabular", help="tabular TD exercises: cliff-walking, random-walk")
     tab.add_argument("name", choices=("cliff-walking", "random-walk"))
@@ -356,6 +365,7 @@ def _bench(args: argparse.Namespace) -> int:
             ("--envs", args.envs),
             ("--device", args.device),
             ("--compile", args.compile or None),
+            ("--variant", args.variants or None),
         )
         if value is not None
     ]
@@ -371,8 +381,16 @@ def _bench(args: argparse.Namespace) -> int:
         steps, envs = args.steps or 25_000, args.envs or 8
         check_range("--steps", steps, 1000, None)
         check_range("--envs", envs, 1, None)
+        variants = [atari_train.check_variant(pair, steps) for pair in args.variants]
         out.parent.mkdir(parents=True, exist_ok=True)
-        atari_train.run(steps=steps, envs=envs, device=args.device or "auto", out=out, compile_update=args.compile)
+        atari_train.run(
+            steps=steps,
+            envs=envs,
+            device=args.device or "auto",
+            out=out,
+            compile_update=args.compile,
+            variants=variants,
+        )
         print(f"wrote {out}")
         return 0
     if args.name in ("speed", "apex"):

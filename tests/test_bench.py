@@ -119,6 +119,24 @@ def test_a_failing_compile_is_reported_beside_the_other_timings(monkeypatch):
 def test_bench_atari_train_refuses_its_flags_elsewhere(capsys):
     assert main(["bench", "speed", "--compile"]) == 2
     assert "--compile apply to `bench atari-train` only" in capsys.readouterr().err
+    assert main(["bench", "speed", "--variant", "frame_gather=host"]) == 2
+    assert "--variant apply to `bench atari-train` only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ("frame_gathers=host", "unknown config key 'frame_gathers'"),
+        ("frame_gather=gpu", "frame_gather"),
+        ("learning_starts=30000", "learning_starts 30000 is not below total_steps 25000"),
+    ],
+)
+def test_a_bad_variant_is_refused_before_any_run(tmp_path, capsys, variant, message):
+    out = tmp_path / "atari-train.json"
+    assert main(["bench", "atari-train", "--variant", variant, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 @pytest.mark.slow
@@ -127,6 +145,7 @@ def test_bench_atari_train_compares_sb3_and_times_every_update_mode(tmp_path, ca
     pytest.importorskip("stable_baselines3")
     out = tmp_path / "atari-train.json"
     args = ["bench", "atari-train", "--steps", "1000", "--envs", "2", "--device", "cpu", "--compile"]
+    args += ["--variant", "frame_gather=device"]
     assert main([*args, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [row["envs"] for row in result["rows"]] == [1, 2]
@@ -137,8 +156,12 @@ def test_bench_atari_train_compares_sb3_and_times_every_update_mode(tmp_path, ca
     assert set(result["update_ms"]) == {"eager", "compile"} and min(result["update_ms"].values()) > 0
     assert result["update_setup_s"]["compile"] > 0
     assert set(result["sample_ms"]) == {"host"} and result["sample_ms"]["host"] > 0
+    (variant,) = result["variants"]
+    assert variant["envs"] == 2 and variant["set"] == "frame_gather=device" and variant["dqnkit"]["sps"] > 0
+    assert variant["default_speedup"] == round(result["rows"][-1]["dqnkit"]["sps"] / variant["dqnkit"]["sps"], 2)
     printed = capsys.readouterr().out
     assert "dqnkit vs SB3" in printed and "compile" in printed and "gathered on the host" in printed
+    assert "dqnkit with frame_gather=device" in printed
 
 
 def test_bench_checkpoint_compares_full_and_incremental(tmp_path, capsys):

@@ -33,6 +33,7 @@ import torch
 
 from dqnkit import presets
 from dqnkit.bench import quiet_sb3, random_batches, report
+from dqnkit.config import parse_overrides
 from dqnkit.errors import DqnkitError, first_line
 from dqnkit.training import build_agent, resolve_device, train
 
@@ -147,10 +148,11 @@ def _sb3(steps: int, envs: int, device: torch.device, seed: int) -> dict[str, An
     }
 
 
-def _dqnkit(steps: int, envs: int, device: torch.device, seed: int, tmp: Path) -> dict[str, Any]:
-    cfg = presets.get("atari", **_settings(steps), num_envs=envs, seed=seed, device=device.type)
+def _dqnkit(steps: int, envs: int, device: torch.device, seed: int, run_dir: Path, **change: Any) -> dict[str, Any]:
+    settings = {**_settings(steps), "num_envs": envs, "seed": seed, "device": device.type}
+    cfg = presets.get("atari", **{**settings, **change})  # a variant may change any of them
     with _GpuBusy(device) as busy:
-        summary = train(cfg, tmp / f"dqnkit-{envs}")
+        summary = train(cfg, run_dir)
     loop_s = summary["steps"] / summary["sps"]
     return {"sps": summary["sps"], "updates_per_s": round(summary["updates"] / loop_s, 1), "gpu_busy": busy.fraction}
 
@@ -231,11 +233,13 @@ def run(
     seed: int = 0,
     out: Path | None = None,
     compile_update: bool = False,
+    variants: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train SB3 and dqnkit on Breakout for ``steps`` with 1 and ``envs`` envs on ``device``;
     time one update eagerly, as a CUDA graph (on CUDA) and, with ``compile_update``, through
     ``torch.compile``, and one sample gathered on the host and (on CUDA) on the device;
-    print, write JSON."""
+    train dqnkit again with ``envs`` envs for each of ``variants`` (config changes, see
+    :func:`check_variant`); print, write JSON."""
     dev = resolve_device(device)
     result: dict[str, Any] = {
         "benchmark": "atari-train",
@@ -249,14 +253,29 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         for k in sorted({1, envs}):
             sb3 = _sb3(steps, k, dev, seed)
-            ours = _dqnkit(steps, k, dev, seed, Path(tmp))
+            ours = _dqnkit(steps, k, dev, seed, Path(tmp) / f"dqnkit-{k}")
             result["rows"].append(
                 {"envs": k, "sb3": sb3, "dqnkit": ours, "speedup": round(ours["sps"] / sb3["sps"], 2)}
             )
+        result["variants"] = []
+        for i, change in enumerate(variants or []):
+            theirs = _dqnkit(steps, envs, dev, seed, Path(tmp) / f"variant-{i}", **change)
+            label = ", ".join(f"{key}={value}" for key, value in change.items())
+            speedup = round(result["rows"][-1]["dqnkit"]["sps"] / theirs["sps"], 2)  # the defaults at ``envs``
+            row = {"envs": change.get("num_envs", envs), "set": label, "dqnkit": theirs, "default_speedup": speedup}
+            result["variants"].append(row)
     result.update(update_timings(dev, compile_update))
     gathers = ("host", "device") if dev.type == "cuda" else ("host",)
     result["sample_ms"] = {gather: sample_ms(dev, gather) for gather in gathers}
     return report(result, _print, out)
+
+
+def check_variant(pair: str, steps: int) -> dict[str, Any]:
+    """``--variant KEY=VALUE`` as a config change, refused (ConfigError) before any run if the
+    bench's ``atari`` settings would not take it."""
+    change = parse_overrides([pair])
+    presets.get("atari", **{**_settings(steps), **change})  # validates the value and its combination
+    return change
 
 
 def update_timings(device: torch.device, compile_update: bool) -> dict[str, Any]:
@@ -287,6 +306,10 @@ def _print(r: dict[str, Any]) -> None:
             busy = "-" if m["gpu_busy"] is None else f"{m['gpu_busy']:.0%}"
             print(f"{row['envs']:>4} {name:<8} {m['sps']:>12.0f} {m['updates_per_s']:>10.1f} {busy:>9}")
         print(f"{row['envs']:>4} dqnkit vs SB3: {row['speedup']:.2f}x")
+    for v in r.get("variants", []):
+        m = v["dqnkit"]
+        print(f"{v['envs']:>4} dqnkit with {v['set']}: {m['sps']:.0f} env steps/s, {m['updates_per_s']:.1f} updates/s")
+        print(f"     (dqnkit's defaults with {r['rows'][-1]['envs']} envs: {v['default_speedup']:.2f}x that)")
     print("one Nature-CNN update at batch 32: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["update_ms"].items()))
     print(
         "one sample of 32 stacks, onto the device: "
