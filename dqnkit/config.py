@@ -69,13 +69,13 @@ class Config:
     )
     vector_env: str = _opt(
         "auto",
-        "How num_envs > 1 envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE ids, whose steps are expensive enough to pay for the processes; sync otherwise: a MinAtar step costs less than a round trip to a worker).",
+        "How num_envs > 1 gymnasium envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE ids, whose steps are expensive enough to pay for the processes; sync otherwise: a MinAtar step costs less than a round trip to a worker). ALE ids train in ALE's C++ pool unless this asks for sync or async (see env_backend).",
         choices=("auto", "sync", "async"),
     )
     env_backend: str = _opt(
-        "gymnasium",
-        "Who runs ALE envs for training: gymnasium (dqnkit's wrapper stack) or envpool (C++ thread pool, pip install envpool envpool-assets; ALE/<Game>-v5 ids only; same transition semantics, envpool's own resize).",
-        choices=("gymnasium", "envpool"),
+        "auto",
+        "Who runs the training envs: gymnasium (dqnkit's wrapper stack, stepped as vector_env says), ale (ALE's own C++ vector env in a thread pool: the same frames and transitions as the gymnasium stack, faster; ALE/<Game>-v5 ids only), envpool (envpool's C++ thread pool, pip install envpool envpool-assets; ALE ids only; same transition semantics, envpool's own resize) or auto (ale for ALE ids unless vector_env asks for sync or async, gymnasium otherwise).",
+        choices=("auto", "gymnasium", "ale", "envpool"),
     )
     num_threads: int = _opt(
         1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0
@@ -379,9 +379,14 @@ def _validate(cfg: Config) -> None:
     start, end = cfg.epsilon_range
     if end > start:
         raise ConfigError(f"eps_end {end} is above eps_start {start}")
-    if cfg.env_backend == "envpool" and not cfg.env_id.startswith("ALE/"):
+    if cfg.env_backend in ("ale", "envpool") and not cfg.env_id.startswith("ALE/"):
         raise ConfigError(
-            f"env_backend=envpool runs ALE/<Game>-v5 ids only, not {cfg.env_id!r}; use env_backend=gymnasium"
+            f"env_backend={cfg.env_backend} runs ALE/<Game>-v5 ids only, not {cfg.env_id!r}; use env_backend=gymnasium"
+        )
+    if cfg.env_backend in ("ale", "envpool") and cfg.vector_env != "auto":
+        raise ConfigError(
+            f"vector_env={cfg.vector_env} says how gymnasium envs are stepped; env_backend={cfg.env_backend} "
+            "steps its own: use env_backend=gymnasium with it"
         )
     if cfg.distributional == "c51" and cfg.v_min >= cfg.v_max:
         raise ConfigError(f"v_min {cfg.v_min} must be below v_max {cfg.v_max}")

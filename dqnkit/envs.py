@@ -54,6 +54,16 @@ def env_family(env_id: str) -> str:
     return "vector"
 
 
+def env_backend(env_id: str, backend: str = "auto", mode: str = "auto") -> str:
+    """Who steps the training envs: ``backend`` as given, or for ``auto`` ALE's own C++ vector
+    env for ALE ids (the same frames as the gymnasium stack, without a Python wrapper chain or
+    a process per env) unless a gymnasium ``mode`` (sync or async) was asked for, and gymnasium
+    for every other env."""
+    if backend != "auto":
+        return backend
+    return "ale" if env_family(env_id) == "atari" and mode == "auto" else "gymnasium"
+
+
 def make_vec_env(
     env_id: str,
     num_envs: int,
@@ -64,19 +74,22 @@ def make_vec_env(
 ) -> Any:
     """``num_envs`` training copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset.
 
-    ``mode`` ``sync`` steps them one after another in this process; ``async`` steps them in
-    parallel worker processes (AsyncVectorEnv, observations through shared memory), with the
-    same transitions, ``final_obs`` and ``final_info``; ``auto`` picks async for more than one
-    ALE env, whose ~1 ms steps pay for the processes. A CartPole or MinAtar step (10-50 µs)
-    costs less than a round trip to a worker: 32 MinAtar envs ran 1.8x faster in sync here.
-    ``backend="envpool"`` runs ALE ids in envpool instead
-    (:class:`dqnkit.envpool_env.EnvpoolAtari`, seeded with ``seed``), with the same
-    transition semantics.
+    ``backend="gymnasium"`` builds dqnkit's gymnasium stack. Its ``mode`` ``sync`` steps the
+    envs one after another in this process; ``async`` steps them in parallel worker processes
+    (AsyncVectorEnv, observations through shared memory), with the same transitions,
+    ``final_obs`` and ``final_info``; ``auto`` picks async for more than one ALE env, whose
+    ~1 ms steps pay for the processes. A CartPole or MinAtar step (10-50 µs) costs less than
+    a round trip to a worker: 32 MinAtar envs ran 1.8x faster in sync here.
+    ``backend="ale"`` or ``"envpool"`` runs ALE ids in a C++ thread pool instead
+    (:mod:`dqnkit.atari_pool`, seeded with ``seed``), with the same transition semantics;
+    ``backend="auto"`` (the config's default) is :func:`env_backend`'s choice.
     """
-    if backend == "envpool":
-        from dqnkit.envpool_env import EnvpoolAtari
+    backend = env_backend(env_id, backend, mode)
+    if backend in ("ale", "envpool"):
+        from dqnkit.atari_pool import AleAtari, EnvpoolAtari
 
-        return EnvpoolAtari(env_id, num_envs, seed, repeat_action_probability)
+        pool = AleAtari if backend == "ale" else EnvpoolAtari
+        return pool(env_id, num_envs, seed, repeat_action_probability)
     fns = [
         lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
         for _ in range(num_envs)

@@ -28,9 +28,9 @@ import torch
 
 from dqnkit import __version__, schedules
 from dqnkit.agent import DQNAgent
+from dqnkit.atari_pool import import_envpool
 from dqnkit.checkpoint import CheckpointDir, FullReplay, replay_saver, safe_load
 from dqnkit.config import Config, from_dict
-from dqnkit.envpool_env import import_envpool
 from dqnkit.envs import check_env_id, finished_episodes, get_env_states, make_vec_env, set_env_state, true_next_obs
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
 from dqnkit.monitor import (

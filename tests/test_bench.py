@@ -68,7 +68,9 @@ def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
     bytes_ = result["replay_bytes_per_transition"]
     assert bytes_["dqnkit_frame_replay"] <= 7.5 * 1024 < bytes_["naive_stacked"]
     assert bytes_["sb3_optimize_memory"] > 3.5 * bytes_["dqnkit_frame_replay"]
-    assert result["env_sps"]["1"] > 0 and result["updates_per_s"]["batch_32"] > 0
+    assert (
+        min(result["env_sps"][k] for k in ("1", "4", "1 ale", "4 ale")) > 0 and result["updates_per_s"]["batch_32"] > 0
+    )
     assert "replay bytes/transition" in capsys.readouterr().out
 
 

@@ -1,7 +1,8 @@
 """``dqnkit bench atari``: what Atari training costs on this machine.
 
-- env steps/s of the preprocessed training env (random actions), 1 and 4 vector envs (4 in
-  worker processes), and 4 in envpool when it is installed;
+- env steps/s of the preprocessed training env (random actions): dqnkit's gymnasium stack
+  with 1 and 4 vector envs (4 in worker processes), ALE's own C++ vector env with 1 and 4
+  (``env_backend=ale``, the training default), and 4 in envpool when it is installed;
 - replay bytes per transition: FrameReplay against storing stacked obs and next_obs
   naively, and against Stable-Baselines3's ReplayBuffer(optimize_memory_usage=True), whose
   arrays are built here in the same process (when SB3 is installed);
@@ -89,6 +90,8 @@ def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None
     """Measure the Atari env, replay and update costs for ``seconds`` each; print the table, write JSON to ``out``."""
     result: dict[str, Any] = {"benchmark": "atari", "env_id": ENV_ID, "transitions": transitions}
     result["env_sps"] = {str(n): round(_env_sps(n, seconds), 1) for n in (1, 4)}
+    for n in (1, 4):  # ALE's own C++ vector env, the training default for ALE ids
+        result["env_sps"][f"{n} ale"] = round(_env_sps(n, seconds, "ale"), 1)
     if importlib.util.find_spec("envpool") is not None:
         result["env_sps"]["4 envpool"] = round(_env_sps(4, seconds, "envpool"), 1)
 
