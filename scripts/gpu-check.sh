@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, as one script for a bare, offline GPU machine (see
 # ../shared/gpu-kit/README.md for the wheels in .whl/): the cuda-marked tests, then
-# `dqnkit bench atari-train --compile --variant frame_gather=host` (the update eager, as a
-# CUDA graph and through torch.compile; sampling and training with the frames gathered on
-# the host against the GPU mirror), then PQN's Atari steps/s with 16 envs if time allows,
-# then Breakout training with the time that is left.
+# `dqnkit bench atari-train --compile --variant ...` (the update eager, as a CUDA graph and
+# through torch.compile; training with the frames gathered on the host instead of the GPU
+# mirror, and with gymnasium's env stack instead of ALE's C++ pool), then PQN's Atari
+# steps/s with 16 envs if time allows, then Breakout training with the time that is left.
 # Usage, from the project root there: OUT=DIR BUDGET_S=570 bash scripts/gpu-check.sh
 set -u
 start=$(date +%s)
@@ -25,7 +25,8 @@ timeout 200 python3 -m pytest -m cuda -q -p no:cacheprovider --durations=5 tests
 
 echo "== bench atari-train, with the update through torch.compile too ($(left) s left)"
 (cd /tmp && timeout 360 python3 -m dqnkit.cli bench atari-train --steps "$BENCH_STEPS" --envs 8 --device cuda \
-  --compile --variant frame_gather=host --out "$OUT/atari-train.json" 2>&1 | grep -v "A.L.E\|Stella" | tail -17)
+  --compile --variant frame_gather=host --variant env_backend=gymnasium --out "$OUT/atari-train.json" 2>&1 \
+  | grep -v "A.L.E\|Stella" | tail -19)
 
 if [ "$(left)" -gt 200 ]; then
   echo "== pqn-atari with 16 envs, env steps/s ($(left) s left)"
