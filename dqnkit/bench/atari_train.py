@@ -4,8 +4,8 @@ Both train Breakout for the same env steps, at the same settings (the ``atari`` 
 Nature DQN with a smaller buffer and an earlier start, so that a short run is mostly
 learning), in one process, on the same device:
 
-- one row for 1 env and one for ``envs`` envs. dqnkit steps several envs in worker
-  processes (AsyncVectorEnv), SB3 in its SubprocVecEnv. Both keep one update per 4
+- one row for 1 env and one for ``envs`` envs. dqnkit steps its envs in ALE's C++ pool
+  (its default for ALE ids), SB3 in its SubprocVecEnv. Both keep one update per 4
   transitions: SB3 counts ``train_freq`` in vector steps, so it gets ``train_freq`` and
   ``gradient_steps`` that give the same replay ratio;
 - env steps/s of each and their ratio, gradient updates/s, and on CUDA the GPU's busy
