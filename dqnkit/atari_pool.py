@@ -68,13 +68,20 @@ def import_envpool() -> Any:
 
 class PooledAtari:
     """``num_envs`` Atari games in a C++ pool, with SAME_STEP autoreset and life-loss
-    terminals. A subclass builds ``self._pool`` (a gymnasium-style vector env giving one
-    84x84 frame per env, raw rewards, game overs as ``terminated``, ``info["lives"]``) and
-    says how to reset some of its games (:meth:`_reset_games`)."""
+    terminals. A subclass builds the pool (:meth:`_make_pool`: a gymnasium-style vector env
+    giving one 84x84 frame per env, raw rewards, game overs as ``terminated``,
+    ``info["lives"]``) and says how to reset all or some of its games."""
 
-    def __init__(self, pool: Any, num_envs: int) -> None:
-        self._pool = pool
-        self.num_envs = num_envs
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int = 0,
+        repeat_action_probability: float = 0.25,
+        max_episode_steps: int = 27_000,
+    ) -> None:
+        self._pool = self._make_pool(env_id, num_envs, seed, repeat_action_probability, max_episode_steps)
+        self.num_envs, self._seed = num_envs, seed
         frame = self._pool.single_observation_space.shape[1:]
         self.single_observation_space = gym.spaces.Box(0, 255, (STACK, *frame), np.uint8)
         self.single_action_space = self._pool.single_action_space
@@ -138,6 +145,10 @@ class PooledAtari:
         self._start(lives, self._stack[lives, -1])  # the next life's episode starts on its first frame
         return {"final_obs": final_obs, "_final_obs": mask, "final_info": final_info}
 
+    def _make_pool(self, env_id: str, num_envs: int, seed: int, sticky: float, max_episode_steps: int) -> Any:
+        """The pool: Nature preprocessing, one frame per env, no episodic life, raw rewards."""
+        raise NotImplementedError
+
     def _reset_all(self) -> tuple[np.ndarray, dict[str, Any]]:
         """Reset every game: (frames [N, 1, H, W], info with "lives")."""
         raise NotImplementedError
@@ -153,21 +164,14 @@ class AleAtari(PooledAtari):
     Nature preprocessing of dqnkit's gymnasium stack: noop starts, FIRE at reset, 4-frame
     skip with max-pooling, 84x84 grayscale, sticky actions, the v5 envs' 108k-frame limit."""
 
-    def __init__(
-        self,
-        env_id: str,
-        num_envs: int,
-        seed: int = 0,
-        repeat_action_probability: float = 0.25,
-        max_episode_steps: int = 27_000,
-    ) -> None:
+    def _make_pool(self, env_id: str, num_envs: int, seed: int, sticky: float, max_episode_steps: int) -> Any:
         from ale_py.vector_env import AtariVectorEnv
 
-        pool = AtariVectorEnv(
+        return AtariVectorEnv(
             ale_game(env_id),
             num_envs,
             num_threads=min(num_envs, os.cpu_count() or 1),
-            repeat_action_probability=repeat_action_probability,
+            repeat_action_probability=sticky,
             autoreset_mode=AutoresetMode.NEXT_STEP,
             stack_num=1,
             frameskip=4,
@@ -176,9 +180,7 @@ class AleAtari(PooledAtari):
             episodic_life=False,
             reward_clipping=False,
             max_num_frames_per_episode=4 * max_episode_steps,
-        )
-        super().__init__(pool, num_envs)
-        self._seed = seed
+        )  # seeded at the first reset
 
     def _reset_all(self) -> tuple[np.ndarray, dict[str, Any]]:
         return self._pool.reset(seed=self._seed)
@@ -193,29 +195,20 @@ class AleAtari(PooledAtari):
 class EnvpoolAtari(PooledAtari):
     """The games in envpool's thread pool (its own resize, close to gymnasium's)."""
 
-    def __init__(
-        self,
-        env_id: str,
-        num_envs: int,
-        seed: int = 0,
-        repeat_action_probability: float = 0.25,
-        max_episode_steps: int = 27_000,
-    ) -> None:
-        envpool = import_envpool()
-        pool = envpool.make_gymnasium(
+    def _make_pool(self, env_id: str, num_envs: int, seed: int, sticky: float, max_episode_steps: int) -> Any:
+        return import_envpool().make_gymnasium(
             envpool_task(env_id),
             num_envs=num_envs,
             seed=seed,
             episodic_life=False,
             reward_clip=False,
             stack_num=1,
-            repeat_action_probability=repeat_action_probability,
+            repeat_action_probability=sticky,
             noop_max=30,
             frame_skip=4,
             use_fire_reset=True,
             max_episode_steps=max_episode_steps,
         )
-        super().__init__(pool, num_envs)
 
     def _reset_all(self) -> tuple[np.ndarray, dict[str, Any]]:
         return self._pool.reset()
