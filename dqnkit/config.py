@@ -74,7 +74,7 @@ class Config:
     )
     env_backend: str = _opt(
         "auto",
-        "Who runs the training envs: gymnasium (dqnkit's wrapper stack, stepped as vector_env says), ale (ALE's own C++ vector env in a thread pool: the same frames and transitions as the gymnasium stack, faster; ALE/<Game>-v5 ids only), envpool (envpool's C++ thread pool, pip install envpool envpool-assets; ALE ids only; same transition semantics, envpool's own resize) or auto (ale for ALE ids unless vector_env asks for sync or async, gymnasium otherwise).",
+        "Who runs the training envs: gymnasium (dqnkit's wrapper stack, stepped as vector_env says), ale (ALE's own C++ vector env in a thread pool: the gymnasium stack's frames and kind of transitions, faster; it starts a life without the stack's no-op step and presses FIRE at reset its own way; ALE/<Game>-v5 ids only), envpool (envpool's C++ thread pool, pip install envpool envpool-assets; ALE ids only; same transition semantics, envpool's own resize) or auto (ale for ALE ids unless vector_env asks for sync or async, gymnasium otherwise).",
         choices=("auto", "gymnasium", "ale", "envpool"),
     )
     num_threads: int = _opt(
