@@ -148,9 +148,14 @@ def _sb3(steps: int, envs: int, device: torch.device, seed: int) -> dict[str, An
     }
 
 
+def _config(steps: int, change: dict[str, Any], **run: Any) -> Any:
+    """dqnkit's bench config: the ``atari`` preset at :func:`_settings`, then ``run``'s
+    envs/seed/device, then a variant's ``change`` (which may change any of them)."""
+    return presets.get("atari", **{**_settings(steps), **run, **change})
+
+
 def _dqnkit(steps: int, envs: int, device: torch.device, seed: int, run_dir: Path, **change: Any) -> dict[str, Any]:
-    settings = {**_settings(steps), "num_envs": envs, "seed": seed, "device": device.type}
-    cfg = presets.get("atari", **{**settings, **change})  # a variant may change any of them
+    cfg = _config(steps, change, num_envs=envs, seed=seed, device=device.type)
     with _GpuBusy(device) as busy:
         summary = train(cfg, run_dir)
     loop_s = summary["steps"] / summary["sps"]
@@ -194,7 +199,8 @@ def sample_ms(device: torch.device, gather: str, rows: int = 100_000, samples: i
     includes its half of a vector step's writes (and, for the mirror, their upload)."""
     from dqnkit.replay import FrameReplay
 
-    replay, envs = FrameReplay(rows, seed=0, num_envs=8), 8
+    envs = 8
+    replay = FrameReplay(rows, seed=0, num_envs=envs)
     if gather == "device":
         replay.keep_frames_on(device)
     pool = np.random.default_rng(0).integers(0, 256, (64, envs, 4, 84, 84), dtype=np.uint8)
@@ -207,7 +213,8 @@ def sample_ms(device: torch.device, gather: str, rows: int = 100_000, samples: i
         add(i)
         for _ in range(2):
             batch = replay.sample(32)
-            torch.as_tensor(batch.obs).to(device), torch.as_tensor(batch.next_obs).to(device)  # no-ops if there
+            for stacks in (batch.obs, batch.next_obs):
+                torch.as_tensor(stacks).to(device)  # a no-op where they are already there
 
     for i in range(rows // envs):  # fill the rings, as a long run has
         add(i)
@@ -274,7 +281,7 @@ def check_variant(pair: str, steps: int) -> dict[str, Any]:
     """``--variant KEY=VALUE`` as a config change, refused (ConfigError) before any run if the
     bench's ``atari`` settings would not take it."""
     change = parse_overrides([pair])
-    presets.get("atari", **{**_settings(steps), **change})  # validates the value and its combination
+    _config(steps, change)  # validates the value and its combination
     return change
 
 
