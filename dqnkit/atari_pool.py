@@ -10,11 +10,11 @@ with the same actions), envpool's resize differs slightly.
 Their autoreset differs from gymnasium's SAME_STEP mode: the step after an episode ends
 ignores its action and returns the reset observation, a transition that must never be
 stored. :class:`PooledAtari` therefore keeps the pool's episodes whole (no episodic life)
-and gives the loop exactly what dqnkit's gymnasium Atari stack gives:
+and gives the loop the same kind of transitions as dqnkit's gymnasium Atari stack:
 
 - a lost life is ``terminated`` for learning, reported as ``final_info["_life_lost"]``, and
   the game goes on (as :class:`dqnkit.wrappers.EpisodicLife`); the next learning episode
-  starts from the frame the life ended on;
+  starts from the frame the life ended on (the wrapper stack takes a no-op step first);
 - a game over (or the 27k-step limit, as ``truncated``) resets that env at once, returns
   the reset observation, puts the true last one in ``info["final_obs"]`` and the raw score
   in ``final_info["episode"]``;
@@ -23,7 +23,7 @@ and gives the loop exactly what dqnkit's gymnasium Atari stack gives:
   on are the ones FrameReplay rebuilds, and no stack crosses an episode start;
 - rewards are clipped to [-1, 1] for learning; the scores reported are the raw ones.
 
-Evaluation plays the gymnasium env.
+The pools also press FIRE at a reset their own way. Evaluation plays the gymnasium env.
 """
 
 from __future__ import annotations
