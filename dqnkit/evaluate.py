@@ -71,7 +71,7 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
     27,000 steps of a frozen screen, which is why the Atari protocol keeps ε = 0.05.
     """
     try:
-        import imageio.v2 as imageio
+        import imageio.v2  # noqa: F401  (before the episode is played: _write_video uses it)
     except ImportError:
         from dqnkit.errors import DqnkitError
 
@@ -91,11 +91,20 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
     env.close()
     path = Path(path)
     fps = _video_fps(env, path.suffix)
+    _write_video(path, frames, fps)
+    return Video(path, len(frames), fps, episode_return)
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """Write ``frames`` (even-sided, from ``_video_frame``) at their own size."""
+    import imageio.v2 as imageio
+
     if path.suffix == ".gif":
         imageio.mimsave(path, frames, duration=round(1000 / fps))  # whole ms: Pillow truncates 29.99 to 20
     else:
-        imageio.mimsave(path, frames, fps=fps)
-    return Video(path, len(frames), fps, episode_return)
+        # H.264 needs even sides only; imageio's default (multiples of 16) would stretch
+        # Atari's 210 rows to 224 and warn about it on every video.
+        imageio.mimsave(path, frames, fps=fps, macro_block_size=2)
 
 
 def _video_fps(env: gym.Env, suffix: str) -> float:

@@ -8,7 +8,7 @@ import pytest
 
 from dqnkit import presets, train
 from dqnkit.cli import _config, build_parser, main
-from dqnkit.evaluate import _video_frame
+from dqnkit.evaluate import _video_frame, _write_video
 
 
 def _cfg(*argv):
@@ -44,6 +44,14 @@ def test_video_frames_are_uint8_rgb_big_enough_to_see():
     assert minatar.dtype == np.uint8 and minatar.shape == (160, 160, 3)
     atari = np.zeros((210, 160, 3), np.uint8)
     assert _video_frame(atari) is atari  # already fine: untouched
+
+
+def test_an_atari_sized_mp4_keeps_its_size(tmp_path):
+    """210 rows are not a multiple of 16: imageio's default would stretch them to 224."""
+    frames = [_video_frame(np.full((210, 160, 3), shade, np.uint8)) for shade in (0, 128, 255)]
+    _write_video(tmp_path / "atari.mp4", frames, fps=15.0)
+    size = next(imageio_ffmpeg.read_frames(str(tmp_path / "atari.mp4")))["size"]
+    assert tuple(size) == (160, 210)
 
 
 @pytest.fixture(scope="module")
