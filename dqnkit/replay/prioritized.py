@@ -49,11 +49,7 @@ class Priorities:
         if total <= 0:
             raise ValueError("cannot sample from an empty replay buffer")
         u = (np.arange(batch_size) + rng.random(batch_size)) * (total / batch_size)
-        idx = self.tree.find(u)
-        bad = self.tree[idx] <= 0  # rounding at a slice edge can land on a zero-width leaf
-        while bad.any():
-            idx[bad] = self.tree.find(rng.random(int(bad.sum())) * total)
-            bad = self.tree[idx] <= 0
+        idx = self.tree.find(u)  # never a zero-width leaf, even where rounding puts u at a slice edge
         weights = (self.tree[idx] / total) ** -self.beta  # N cancels in the normalisation
         return idx, (weights / weights.max()).astype(np.float32)
 
