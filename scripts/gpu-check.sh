@@ -26,7 +26,7 @@ timeout 200 python3 -m pytest -m cuda -q -p no:cacheprovider --durations=5 tests
 echo "== bench atari-train, with the update through torch.compile too ($(left) s left)"
 (cd /tmp && timeout 360 python3 -m dqnkit.cli bench atari-train --steps "$BENCH_STEPS" --envs 8 --device cuda \
   --compile --variant frame_gather=host --variant env_backend=gymnasium --out "$OUT/atari-train.json" 2>&1 \
-  | grep -v "A.L.E\|Stella" | tail -19)
+  | grep -v "A.L.E\|Stella" | tee "$OUT/atari-train.txt" | tail -26)  # a timeout still leaves the progress lines
 
 if [ "$(left)" -gt 200 ]; then
   echo "== pqn-atari with 16 envs, env steps/s ($(left) s left)"

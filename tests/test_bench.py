@@ -55,8 +55,16 @@ def test_bench_speed_runs_both_libraries(tmp_path, capsys):
     assert k["raw_env_step_us"] > 0 and k["steps"] == 12_000
     assert [u["preset"] for u in result["updates"]] == [case[0] for case in speed.UPDATE_CASES]
     assert all(u["identical"] and u["direct_us"] > 0 for u in result["updates"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "SB3 DQN, rl-zoo settings" in out and "CleanRL dqn.py defaults" in out and "update (µs" in out
+    # each part says it finished as it finishes, before the table
+    assert [line.split(":")[0] for line in captured.err.splitlines() if line.startswith("  .. ")] == [
+        "  .. SB3 at rl-zoo settings",
+        "  .. dqnkit cartpole-zoo",
+        "  .. cartpole preset",
+        "  .. CleanRL defaults",
+    ]
 
 
 def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
@@ -161,8 +169,18 @@ def test_bench_atari_train_compares_sb3_and_times_every_update_mode(tmp_path, ca
     (variant,) = result["variants"]
     assert variant["envs"] == 2 and variant["set"] == "frame_gather=device" and variant["dqnkit"]["sps"] > 0
     assert variant["default_speedup"] == round(result["rows"][-1]["dqnkit"]["sps"] / variant["dqnkit"]["sps"], 2)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "dqnkit vs SB3" in printed and "compile" in printed and "gathered on the host" in printed
+    progress = [line for line in captured.err.splitlines() if line.startswith("  .. ")]
+    assert [line.split(":")[0] for line in progress] == [
+        "  .. 1 env, SB3",
+        "  .. 1 env, dqnkit",
+        "  .. 2 envs, SB3",
+        "  .. 2 envs, dqnkit",
+        "  .. dqnkit with frame_gather=device",
+        "  .. one update",
+    ]
     assert "dqnkit with frame_gather=device" in printed
 
 

@@ -4,6 +4,7 @@ process, and writes the figures as JSON. Run with ``dqnkit bench NAME``."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ def report(result: dict[str, Any], table: Callable[[dict[str, Any]], None], out:
     if out is not None:
         out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def progress(message: str) -> None:
+    """One line on stderr as each part of a bench finishes: a bench runs for minutes, and
+    a run cut short (a timeout on a lent GPU) still leaves the figures it had measured."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
 def quiet_sb3(model: Any) -> Any:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from dqnkit import presets
-from dqnkit.bench import quiet_sb3, random_batches, report
+from dqnkit.bench import progress, quiet_sb3, random_batches, report
 from dqnkit.config import parse_overrides
 from dqnkit.errors import DqnkitError, first_line
 from dqnkit.training import build_agent, resolve_device, train
@@ -260,7 +260,10 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         for k in sorted({1, envs}):
             sb3 = _sb3(steps, k, dev, seed)
+            label = f"{k} env{'s' * (k > 1)}"
+            progress(f"{label}, SB3: {sb3['sps']:.0f} env steps/s")
             ours = _dqnkit(steps, k, dev, seed, Path(tmp) / f"dqnkit-{k}")
+            progress(f"{label}, dqnkit: {ours['sps']:.0f} env steps/s ({ours['sps'] / sb3['sps']:.2f}x SB3)")
             result["rows"].append(
                 {"envs": k, "sb3": sb3, "dqnkit": ours, "speedup": round(ours["sps"] / sb3["sps"], 2)}
             )
@@ -270,8 +273,10 @@ def run(
             label = ", ".join(f"{key}={value}" for key, value in change.items())
             speedup = round(result["rows"][-1]["dqnkit"]["sps"] / theirs["sps"], 2)  # the defaults at ``envs``
             row = {"envs": change.get("num_envs", envs), "set": label, "dqnkit": theirs, "default_speedup": speedup}
+            progress(f"dqnkit with {label}: {theirs['sps']:.0f} env steps/s")
             result["variants"].append(row)
     result.update(update_timings(dev, compile_update))
+    progress("one update: " + ", ".join(f"{k} {v:.2f} ms" for k, v in result["update_ms"].items()))
     gathers = ("host", "device") if dev.type == "cuda" else ("host",)
     result["sample_ms"] = {gather: sample_ms(dev, gather) for gather in gathers}
     return report(result, _print, out)

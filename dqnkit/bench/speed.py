@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dqnkit import presets
-from dqnkit.bench import quiet_sb3, random_batches, report
+from dqnkit.bench import progress, quiet_sb3, random_batches, report
 from dqnkit.errors import DqnkitError
 from dqnkit.training import build_agent, flush_denormals, train
 
@@ -175,9 +175,11 @@ def run(
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         sb3_wall, sb3_eval = _sb3_zoo(steps, seed)
+        progress(f"SB3 at rl-zoo settings: {steps / sb3_wall:.0f} steps/s")
         start = time.perf_counter()
         ours = train(presets.get("cartpole-zoo", seed=seed, total_steps=steps, eval_every=0), Path(tmp) / "zoo")
         zoo_wall = time.perf_counter() - start
+        progress(f"dqnkit cartpole-zoo: {steps / zoo_wall:.0f} steps/s ({sb3_wall / zoo_wall:.2f}x SB3)")
         solves = []
         for s in range(seeds):
             start = time.perf_counter()
@@ -191,9 +193,11 @@ def run(
                     "eval_return_mean": summary["eval_return_mean"],
                 }
             )
+        progress(f"cartpole preset: {sum(r['eval_return_mean'] >= 475 for r in solves)}/{seeds} seeds solved")
         sb3_cleanrl_sps = _sb3_cleanrl(cleanrl_steps, seed)
         raw_us = _raw_step_us()
         cleanrl = _dqnkit_cleanrl(cleanrl_steps, seed, Path(tmp))
+        progress(f"CleanRL defaults: SB3 {sb3_cleanrl_sps:.0f}, dqnkit {cleanrl['sps']:.0f} steps/s")
     updates = [update_us(*case) for case in UPDATE_CASES]
     median = float(np.median([r["wall_s"] for r in solves]))
     result = {
