@@ -162,7 +162,8 @@ def test_bench_apex_reports_collection_and_learner(tmp_path, capsys, ray_install
     assert row["actors"] == 1 and row["collect_only_sps"] > 0 and row["learner_updates_per_s"] > 0
     assert 0.0 <= row["learner_idle_fraction"] <= 1.0 and row["collect_scaling"] == 1.0
     assert 7056 <= result["atari_replay_bytes_per_transition"] <= 7.5 * 1024  # one 84x84 frame and a few bytes
-    assert "learner idle" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "learner idle" in captured.out and "  .. 1 actor: " in captured.err  # progress as each count finishes
 
 
 @pytest.mark.parametrize(

@@ -200,7 +200,9 @@ def test_bench_checkpoint_compares_full_and_incremental(tmp_path, capsys):
     assert rows[("incremental", 10_000)]["bytes_written"] < rows[("full", 10_000)]["bytes_written"] / 1.5
     assert 1.0 <= result["disk"]["disk_over_replay"] < 3
     assert all(t["steps_per_s_checkpointing"] > 0 for t in result["throughput"])
-    assert "written / new" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "written / new" in captured.out
+    assert "  .. one checkpoint each way timed" in captured.err.splitlines()
     assert main(["bench", "checkpoint", "--capacities", "30000,40000"]) == 2
     assert main(["bench", "checkpoint", "--capacities", "100"]) == 2
 

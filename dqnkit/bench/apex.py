@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dqnkit import presets
-from dqnkit.bench import report
+from dqnkit.bench import progress, report
 from dqnkit.distributed.apex import ApexOptions, ReplayServer
 from dqnkit.distributed.apex import run as apex_run
 
@@ -40,6 +40,7 @@ def run(steps: int = 20_000, actors: tuple[int, ...] = (1, 2), out: Path | None 
             only = apex_run(collect, Path(tmp) / f"collect-{k}", ApexOptions(actors=k))
             learn = presets.get("cartpole", total_steps=steps, eval_every=0, stop_at_return=None)
             full = apex_run(learn, Path(tmp) / f"learn-{k}", ApexOptions(actors=k))
+            progress(f"{k} actor{'s' * (k > 1)}: {only['sps']:.0f} env steps/s collecting, {full['sps']:.0f} learning")
             rows.append(
                 {
                     "actors": k,

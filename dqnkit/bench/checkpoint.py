@@ -13,7 +13,6 @@ which would make the loop many times slower and the writer's share smaller, is l
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from dqnkit.bench import progress, report
 from dqnkit.checkpoint import replay_saver
 from dqnkit.config import Config
 from dqnkit.monitor import RunMonitor
@@ -172,17 +172,17 @@ def run(capacity: int = 1_000_000, out: Path | None = None, scratch: Path | None
     replay = _filled(capacity)
     root = Path(tempfile.mkdtemp(prefix="dqnkit-bench-ckpt-", dir=scratch))
     try:
+        progress(f"replay of {capacity:,} rows filled")
         rows = [row for mode in ("full", "incremental") for row in _per_checkpoint(replay, mode, root, rng)]
+        progress("one checkpoint each way timed")
         disk = _disk(replay, root, rng, every=max(capacity // 10, 1000))
+        progress(f"disk use measured: {disk['disk_over_replay']}x one replay")
         throughput = _throughput(replay, root, rng, steps=min(capacity // 5, 200_000))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     result = {"capacity": capacity, "replay_bytes": replay.nbytes, "checkpoints": rows, "disk": disk}
     result["throughput"] = throughput
-    _print(result)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2))
-    return result
+    return report(result, _print, out)
 
 
 def _print(result: dict[str, Any]) -> None:
