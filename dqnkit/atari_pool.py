@@ -23,7 +23,8 @@ and gives the loop the same kind of transitions as dqnkit's gymnasium Atari stac
   on are the ones FrameReplay rebuilds, and no stack crosses an episode start;
 - rewards are clipped to [-1, 1] for learning; the scores reported are the raw ones.
 
-The pools also press FIRE at a reset their own way. Evaluation plays the gymnasium env.
+The pools also press FIRE at a reset their own way (ALE's for one frame, where the wrapper
+stack takes a 4-frame FIRE step). Evaluation plays the gymnasium env.
 """
 
 from __future__ import annotations

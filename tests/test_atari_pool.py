@@ -82,21 +82,25 @@ def test_same_seed_same_episodes(backend):
     assert run(5) == run(5) != run(6)
 
 
-def test_ale_frames_are_gymnasiums_preprocessing():
+@pytest.mark.parametrize("env_id", ["ALE/Breakout-v5", "ALE/Pong-v5", "ALE/MsPacman-v5"])
+def test_ale_frames_are_gymnasiums_preprocessing(env_id):
     """ALE's C++ vector env resizes, max-pools and grays exactly as gymnasium's
     AtariPreprocessing: step for step the same frames, rewards and game overs (no sticky
     actions or no-op starts, whose randoms the two draw differently; without FIRE at reset,
-    which ALE presses its own way)."""
+    which ALE presses for one frame and dqnkit's wrapper stack for one 4-frame step). Games
+    with lives and FIRE, without lives (Pong), and without FIRE (Ms. Pac-Man)."""
     import ale_py
     import gymnasium as gym
     from ale_py.vector_env import AtariVectorEnv
     from gymnasium.wrappers import AtariPreprocessing
 
+    from dqnkit.atari_pool import ale_game
+
     gym.register_envs(ale_py)
-    env = gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0)
+    env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0)
     env = AtariPreprocessing(env, noop_max=0, frame_skip=4, screen_size=84, grayscale_obs=True)
     pool = AtariVectorEnv(
-        "breakout", 1, repeat_action_probability=0.0, stack_num=1, noop_max=0, use_fire_reset=False,
+        ale_game(env_id), 1, repeat_action_probability=0.0, stack_num=1, noop_max=0, use_fire_reset=False,
         reward_clipping=False, autoreset_mode="NextStep",
     )  # fmt: skip
     frame, _ = env.reset(seed=3)
@@ -104,7 +108,7 @@ def test_ale_frames_are_gymnasiums_preprocessing():
     rng = np.random.default_rng(0)
     for _ in range(150):
         np.testing.assert_array_equal(frames[0, -1], frame)
-        action = int(rng.integers(0, 4))
+        action = int(rng.integers(0, env.action_space.n))
         frame, reward, game_over, _, _ = env.step(action)
         frames, rewards, game_overs, _, _ = pool.step(np.array([action]))
         assert rewards[0] == reward and game_overs[0] == game_over
