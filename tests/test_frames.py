@@ -5,6 +5,8 @@ frame replay must reproduce it exactly: every sampleable row, after many episode
 resets and after the ring has wrapped around several times.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -152,6 +154,25 @@ def _steps(count: int, envs: int, seed: int):
         nxt = rng.integers(0, 255, (envs, 4, 6, 6), dtype=np.uint8)
         done = rng.random(envs) < 0.1
         yield obs, rng.integers(0, 3, envs), rng.normal(size=envs), nxt, done & (rng.random(envs) < 0.5), done
+
+
+@pytest.mark.parametrize("steps_after_mark", [0, 1, 7, 25, 60])
+def test_rows_since_a_mark_are_the_rows_written_after_it(steps_after_mark):
+    """What the GPU mirror uploads and an incremental checkpoint saves: every row written
+    after the mark, once each, per env oldest first; at most the whole ring."""
+    buf = FrameReplay(3 * 20, (6, 6), num_envs=3)
+    steps = _steps(30 + steps_after_mark, 3, seed=5)  # random frames: a rewritten row changes
+    for step in itertools.islice(steps, 30):
+        buf.add_step(*step)
+    mark, before = buf.write_mark(), buf.frames.copy()
+    for step in steps:
+        buf.add_step(*step)
+    rows = buf.rows_since(mark)
+    changed = np.flatnonzero((buf.frames != before).reshape(buf.capacity, -1).any(axis=1))
+    assert len(set(rows)) == len(rows) and set(rows) == set(changed)
+    env, slot = np.divmod(rows, buf.rows)
+    age = (buf.pos[env] - 1 - slot) % buf.rows
+    assert (np.diff(env) >= 0).all() and (np.diff(age)[np.diff(env) == 0] < 0).all()
 
 
 @pytest.mark.parametrize("cls", [FrameReplay, PrioritizedFrameReplay])

@@ -238,9 +238,9 @@ class FrameReplay:
         """Flat rows written after ``mark`` (each once): per env, the last ``written - mark``
         slots before ``pos``, at most its whole ring."""
         counts = self._written_since(mark)
-        return np.concatenate(
-            [env * self.rows + (self.pos[env] - k + np.arange(k)) % self.rows for env, k in enumerate(counts)]
-        )
+        env = np.repeat(np.arange(self.num_envs), counts)  # env-major, oldest row first
+        nth = np.arange(len(env)) - np.repeat(np.cumsum(counts) - counts, counts)  # 0 .. k-1 within each env
+        return env * self.rows + (self.pos[env] - counts[env] + nth) % self.rows
 
     def safe_steps(self, mark: np.ndarray) -> int:
         """Vector steps this buffer can take before it overwrites a row written after
