@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c "import torch; print('torch', torch.__version__, 'cores', __import__('os').cpu_count())" | tee -a "$OUT/gpu.txt"
 
 echo "== cuda tests ($(left) s left)"
-timeout 200 python3 -m pytest -m cuda -q -p no:cacheprovider --durations=5 tests/test_cuda.py 2>&1 | tee "$OUT/cuda-tests.txt" | tail -25
+timeout 200 python3 -m pytest -m cuda -v -p no:cacheprovider --durations=5 tests/test_cuda.py 2>&1 | tee "$OUT/cuda-tests.txt" | tail -25
 
 echo "== bench atari-train, with the update through torch.compile too ($(left) s left)"
 (cd /tmp && timeout 360 python3 -m dqnkit.cli bench atari-train --steps "$BENCH_STEPS" --envs 8 --device cuda \
