@@ -71,7 +71,7 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
     27,000 steps of a frozen screen, which is why the Atari protocol keeps ε = 0.05.
     """
     try:
-        import imageio.v2  # noqa: F401  (before the episode is played: _write_video uses it)
+        import imageio.v2  # noqa: F401  (checked before the episode is played; _write_video uses it)
     except ImportError:
         from dqnkit.errors import DqnkitError
 

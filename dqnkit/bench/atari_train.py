@@ -260,10 +260,10 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         for k in sorted({1, envs}):
             sb3 = _sb3(steps, k, dev, seed)
-            label = f"{k} env{'s' * (k > 1)}"
-            progress(f"{label}, SB3: {sb3['sps']:.0f} env steps/s")
+            which = f"{k} env{'s' * (k > 1)}"
+            progress(f"{which}, SB3: {sb3['sps']:.0f} env steps/s")
             ours = _dqnkit(steps, k, dev, seed, Path(tmp) / f"dqnkit-{k}")
-            progress(f"{label}, dqnkit: {ours['sps']:.0f} env steps/s ({ours['sps'] / sb3['sps']:.2f}x SB3)")
+            progress(f"{which}, dqnkit: {ours['sps']:.0f} env steps/s ({ours['sps'] / sb3['sps']:.2f}x SB3)")
             result["rows"].append(
                 {"envs": k, "sb3": sb3, "dqnkit": ours, "speedup": round(ours["sps"] / sb3["sps"], 2)}
             )
