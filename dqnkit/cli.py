@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--capacities", help="comma-separated replay sizes (default 10000,100000,1000000; checkpoint: one, 1000000)"
     )
     bench.add_argument("--steps", type=int, help="atari-train: env steps per run (default 25000)")
-    bench.add_argument("--envs", type=int, help="atari-train: envs of the second row (default 8)")
+    bench.add_argument("--envs", type=int, help="atari-train: envs of the second row (default 8); atari: 4")
     bench.add_argument("--actors", help="apex: comma-separated actor counts (default 1,2)")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), help="atari-train: torch device (default auto)")
     bench.add_argument(
@@ -341,7 +341,8 @@ def _experiment(args: argparse.Namespace) -> int:
     from dqnkit import experiments
 
     check_range("--seeds", args.seeds, 1, None)
-    check_range("--jobs", args.jobs or 1, 1, None)
+    if args.jobs is not None:  # None: one process per core
+        check_range("--jobs", args.jobs, 1, None)
     experiments.configs(args.name, args.seeds, args.steps)  # validates every run's config first
     out = args.out or Path("runs") / f"experiment-{args.name}"
     _refuse_existing_results(out, args.overwrite)
@@ -362,7 +363,6 @@ def _bench(args: argparse.Namespace) -> int:
         flag
         for flag, value in (
             ("--steps", args.steps),
-            ("--envs", args.envs),
             ("--device", args.device),
             ("--compile", args.compile or None),
             ("--variant", args.variants or None),
@@ -371,6 +371,8 @@ def _bench(args: argparse.Namespace) -> int:
     ]
     if args.actors is not None and args.name != "apex":
         raise DqnkitError("--actors applies to `bench apex` only")
+    if args.envs is not None and args.name not in ("atari-train", "atari"):
+        raise DqnkitError("--envs applies to `bench atari-train` and `bench atari` only")
     if given and args.name != "atari-train":
         raise DqnkitError(f"{', '.join(given)} apply to `bench atari-train` only")
     if args.name == "atari-train":
@@ -378,7 +380,8 @@ def _bench(args: argparse.Namespace) -> int:
 
         if args.seconds != 2.0:
             raise DqnkitError("--seconds applies to `bench replay` and `bench atari` only")
-        steps, envs = args.steps or 25_000, args.envs or 8
+        steps = 25_000 if args.steps is None else args.steps  # not `or`: 0 must be refused, not replaced
+        envs = 8 if args.envs is None else args.envs
         check_range("--steps", steps, 1000, None)
         check_range("--envs", envs, 1, None)
         variants = [atari_train.check_variant(pair, steps) for pair in args.variants]
@@ -406,8 +409,10 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
     if args.name == "atari":
+        envs = 4 if args.envs is None else args.envs
+        check_range("--envs", envs, 1, None)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atari.run(seconds=args.seconds, out=out)
+        atari.run(seconds=args.seconds, out=out, envs=envs)
         print(f"wrote {out}")
         return 0
     if args.name == "checkpoint":

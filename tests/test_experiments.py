@@ -66,7 +66,12 @@ def test_cli_refuses_bad_options_before_running(tmp_path, capsys):
     assert main(["experiment", "soft-vs-hard", "--seeds", "0", "--out", str(tmp_path / "a")]) == 2
     assert main(["experiment", "soft-vs-hard", "--steps", "10", "--out", str(tmp_path / "b")]) == 2
     assert "nothing would be learned" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # zero is refused, not read as "the default" (pqn-vs-dqn ran its full budget for --steps 0)
+    assert main(["experiment", "pqn-vs-dqn", "--steps", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "total_steps: 0 must be >= 1" in capsys.readouterr().err
+    assert main(["experiment", "soft-vs-hard", "--jobs", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--jobs: 0 must be >= 1" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_pqn_vs_dqn_gives_each_variant_its_preset_and_equal_minatar_steps():

@@ -1,8 +1,9 @@
 """``dqnkit bench atari``: what Atari training costs on this machine.
 
 - env steps/s of the preprocessed training env (random actions): dqnkit's gymnasium stack
-  with 1 and 4 vector envs (4 in worker processes), ALE's own C++ vector env with 1 and 4
-  (``env_backend=ale``, the training default), and 4 in envpool when it is installed;
+  with 1 and ``envs`` (default 4) vector envs (in worker processes), ALE's own C++ vector
+  env with 1 and ``envs`` (``env_backend=ale``, the training default), and ``envs`` in
+  envpool when it is installed;
 - replay bytes per transition: FrameReplay against storing stacked obs and next_obs
   naively, and against Stable-Baselines3's ReplayBuffer(optimize_memory_usage=True), whose
   arrays are built here in the same process (when SB3 is installed);
@@ -86,14 +87,16 @@ def _sb3_buffer(transitions: int) -> Any | None:
     return buf
 
 
-def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None) -> dict[str, Any]:
-    """Measure the Atari env, replay and update costs for ``seconds`` each; print the table, write JSON to ``out``."""
+def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None, envs: int = 4) -> dict[str, Any]:
+    """Measure the Atari env (1 and ``envs`` envs), replay and update costs for ``seconds``
+    each; print the table, write JSON to ``out``."""
     result: dict[str, Any] = {"benchmark": "atari", "env_id": ENV_ID, "transitions": transitions}
-    result["env_sps"] = {str(n): round(_env_sps(n, seconds), 1) for n in (1, 4)}
-    for n in (1, 4):  # ALE's own C++ vector env, the training default for ALE ids
+    counts = sorted({1, envs})
+    result["env_sps"] = {str(n): round(_env_sps(n, seconds), 1) for n in counts}
+    for n in counts:  # ALE's own C++ vector env, the training default for ALE ids
         result["env_sps"][f"{n} ale"] = round(_env_sps(n, seconds, "ale"), 1)
     if importlib.util.find_spec("envpool") is not None:
-        result["env_sps"]["4 envpool"] = round(_env_sps(4, seconds, "envpool"), 1)
+        result["env_sps"][f"{envs} envpool"] = round(_env_sps(envs, seconds, "envpool"), 1)
 
     replay = _fill_frame_replay(transitions)
     naive = 2 * 4 * 84 * 84

@@ -214,7 +214,12 @@ def configs(name: str, seeds: int, steps: int | None) -> dict[tuple[str, int], C
     for variant, overrides in exp.variants.items():
         preset = _variant_preset(name, variant)
         own = presets.get(preset)
-        total = steps or (own.total_steps if own.stop_at_return is not None and "preset" in overrides else exp.steps)
+        if steps is not None:  # given (0 included: the config refuses it)
+            total = steps
+        elif own.stop_at_return is not None and "preset" in overrides:
+            total = own.total_steps
+        else:
+            total = exp.steps
         values = {k: v for k, v in {**exp.base, **overrides}.items() if k != "preset"}
         for seed in range(seeds):
             runs[(variant, seed)] = presets.get(preset, **values, seed=seed, total_steps=total, checkpoint_every=total)
