@@ -3,8 +3,9 @@
 # ../shared/gpu-kit/README.md for the wheels in .whl/): the cuda-marked tests, then
 # `dqnkit bench atari-train --compile --variant ...` (the update eager, as a CUDA graph and
 # through torch.compile; training with the frames gathered on the host instead of the GPU
-# mirror, and with gymnasium's env stack instead of ALE's C++ pool), then PQN's Atari
-# steps/s with 16 envs if time allows, then Breakout training with the time that is left.
+# mirror, and with gymnasium's env stack instead of ALE's C++ pool), then the 8-env pool's
+# env steps/s alone (`bench atari --envs 8`), then PQN's Atari steps/s with 16 envs if time
+# allows, then Breakout training with the time that is left.
 # Usage, from the project root there: OUT=DIR BUDGET_S=570 bash scripts/gpu-check.sh
 set -u
 start=$(date +%s)
@@ -27,6 +28,12 @@ echo "== bench atari-train, with the update through torch.compile too ($(left) s
 (cd /tmp && timeout 360 python3 -m dqnkit.cli bench atari-train --steps "$BENCH_STEPS" --envs 8 --device cuda \
   --compile --variant frame_gather=host --variant env_backend=gymnasium --out "$OUT/atari-train.json" 2>&1 \
   | grep -v "A.L.E\|Stella" | tee "$OUT/atari-train.txt" | tail -26)  # a timeout still leaves the progress lines
+
+if [ "$(left)" -gt 90 ]; then
+  echo "== bench atari with 8 envs: the envs alone, on these cores ($(left) s left)"
+  (cd /tmp && timeout 60 python3 -m dqnkit.cli bench atari --seconds 2 --envs 8 --out "$OUT/atari.json" 2>&1 \
+    | grep -v "A.L.E\|Stella" | tail -12)
+fi
 
 if [ "$(left)" -gt 200 ]; then
   echo "== pqn-atari with 16 envs, env steps/s ($(left) s left)"
