@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--capacities", help="comma-separated replay sizes (default 10000,100000,1000000; checkpoint: one, 1000000)"
     )
     bench.add_argument("--steps", type=int, help="atari-train: env steps per run (default 25000)")
-    bench.add_argument("--envs", type=int, help="atari-train: envs of the second row (default 8); atari: 4")
+    bench.add_argument(
+        "--envs", type=int, help="atari-train: envs of the second row (default 8); atari: its vector rows (default 4)"
+    )
     bench.add_argument("--actors", help="apex: comma-separated actor counts (default 1,2)")
     bench.add_argument("--device", choices=("auto", "cpu", "cuda"), help="atari-train: torch device (default auto)")
     bench.add_argument(
