@@ -336,7 +336,10 @@ def _to_int(value: Any) -> int:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str):
-        number = float(value.replace("_", ""))  # accepts 1e5 and 100_000
+        try:
+            number = float(value.replace("_", ""))  # accepts 1e5 and 100_000
+        except ValueError:
+            raise ValueError("expected an integer") from None  # not float()'s own message
         if number.is_integer():
             return int(number)
     raise ValueError("expected an integer")

@@ -56,6 +56,8 @@ def test_overrides_parse_strings_like_the_cli():
         ({"lr": "fast"}, "lr"),
         ({"double": "maybe"}, "double"),
         ({"seed": 1.5}, "seed"),
+        ({"batch_size": "big"}, r"batch_size: cannot use 'big' \(expected an integer\)"),
+        ({"hidden_sizes": "64,wide"}, r"hidden_sizes: cannot use '64,wide' \(expected an integer\)"),
         ({"nope": 1}, "unknown config key"),
     ],
 )
