@@ -73,10 +73,25 @@ class QAgent:
 
     # ------------------------------------------------------------------ acting
     def q_values(self, obs: np.ndarray) -> np.ndarray:
-        """Online-network Q-values for a batch of observations: [B, *obs] -> [B, A]. For a
-        distributional agent, the expected value of each action's return distribution."""
+        """Online-network Q-values for a batch of observations: [B, *obs] -> [B, A] (one
+        observation [*obs] -> [A]). For a distributional agent, the expected value of each
+        action's return distribution."""
+        obs = obs if torch.is_tensor(obs) else np.asarray(obs)
+        single = obs.ndim == len(self.obs_shape)
+        batch = obs[None] if single else obs
+        self._check_shape(obs, batch)
         with torch.inference_mode():
-            return self._expected(self.q_net(self._tensor(obs))).cpu().numpy()
+            q = self._expected(self.q_net(self._tensor(batch))).cpu().numpy()
+        return q[0] if single else q
+
+    def _check_shape(self, given: np.ndarray | torch.Tensor, batch: np.ndarray | torch.Tensor) -> None:
+        """A one-line error for observations of another env, instead of torch's from deep
+        inside the network (or a numpy matmul's)."""
+        if batch.shape[1:] != self.obs_shape:  # torch.Size is a tuple too
+            raise ValueError(
+                f"observations of shape {tuple(given.shape)} do not fit this agent's {self.obs_shape} "
+                f"(one observation, or a batch [B, {', '.join(map(str, self.obs_shape))}])"
+            )
 
     def _numpy_q(self, obs: np.ndarray) -> np.ndarray:
         """The plain MLP's forward pass in numpy: [B, *obs] -> [B, A]. Acting needs no
@@ -123,6 +138,7 @@ class QAgent:
         obs = np.asarray(obs)
         single = obs.ndim == len(self.obs_shape)
         batch = obs[None] if single else obs
+        self._check_shape(obs, batch)
         if rng is None:
             uniform_B, random_B = self.draws.take(len(batch))
         else:

@@ -196,6 +196,18 @@ def test_exploration_draws_load_a_checkpoint_from_before_the_blocks():
     assert np.array_equal(uniform, np.random.default_rng(5).random(ExplorationDraws.BLOCK)[:2])
 
 
+@pytest.mark.parametrize("shape", [(4,), (2, 4), (3, 4), (2, 3, 1)])
+def test_observations_of_another_shape_are_refused_in_one_line(shape):
+    agent = _agent()  # observations (3,)
+    message = r"do not fit this agent's \(3,\) \(one observation, or a batch \[B, 3\]\)"
+    for call in (lambda obs: agent.act(obs, epsilon=0.0), agent.q_values):
+        with pytest.raises(ValueError, match=message):
+            call(np.zeros(shape, np.float32))
+    assert agent.act(np.zeros(3, np.float32)) in (0, 1) and agent.q_values([[0.0, 0.0, 0.0]]).shape == (1, 2)
+    one = np.array([0.1, -0.2, 0.3], np.float32)  # one observation gives its row of the batch's
+    np.testing.assert_array_equal(agent.q_values(one), agent.q_values(one[None])[0])
+
+
 def test_dueling_head_is_identifiable():
     head = DuelingHead(5, 4, 16)
     x = torch.randn(7, 5)
