@@ -76,22 +76,22 @@ class QAgent:
         """Online-network Q-values for a batch of observations: [B, *obs] -> [B, A] (one
         observation [*obs] -> [A]). For a distributional agent, the expected value of each
         action's return distribution."""
-        obs = obs if torch.is_tensor(obs) else np.asarray(obs)
-        single = obs.ndim == len(self.obs_shape)
-        batch = obs[None] if single else obs
-        self._check_shape(obs, batch)
+        batch, single = self._as_batch(obs if torch.is_tensor(obs) else np.asarray(obs))
         with torch.inference_mode():
             q = self._expected(self.q_net(self._tensor(batch))).cpu().numpy()
         return q[0] if single else q
 
-    def _check_shape(self, given: np.ndarray | torch.Tensor, batch: np.ndarray | torch.Tensor) -> None:
-        """A one-line error for observations of another env, instead of torch's from deep
-        inside the network (or a numpy matmul's)."""
+    def _as_batch(self, obs: Any) -> tuple[Any, bool]:
+        """(``obs`` as a batch [B, *obs_shape], whether it was one observation). Observations
+        of another env get a one-line error here, not torch's from deep inside the network."""
+        single = obs.ndim == len(self.obs_shape)
+        batch = obs[None] if single else obs
         if batch.shape[1:] != self.obs_shape:  # torch.Size is a tuple too
             raise ValueError(
-                f"observations of shape {tuple(given.shape)} do not fit this agent's {self.obs_shape} "
+                f"observations of shape {tuple(obs.shape)} do not fit this agent's {self.obs_shape} "
                 f"(one observation, or a batch [B, {', '.join(map(str, self.obs_shape))}])"
             )
+        return batch, single
 
     def _numpy_q(self, obs: np.ndarray) -> np.ndarray:
         """The plain MLP's forward pass in numpy: [B, *obs] -> [B, A]. Acting needs no
@@ -135,10 +135,7 @@ class QAgent:
         call consumes the same randoms whatever epsilon and the network say, so runs stay
         reproducible when either changes.
         """
-        obs = np.asarray(obs)
-        single = obs.ndim == len(self.obs_shape)
-        batch = obs[None] if single else obs
-        self._check_shape(obs, batch)
+        batch, single = self._as_batch(np.asarray(obs))
         if rng is None:
             uniform_B, random_B = self.draws.take(len(batch))
         else:
