@@ -276,7 +276,7 @@ def run(
             progress(f"dqnkit with {label}: {theirs['sps']:.0f} env steps/s")
             result["variants"].append(row)
     result.update(update_timings(dev, compile_update))
-    progress("one update: " + ", ".join(f"{k} {v:.2f} ms" for k, v in result["update_ms"].items()))
+    progress("one update: " + _per_mode(result["update_ms"]))
     gathers = ("host", "device") if dev.type == "cuda" else ("host",)
     result["sample_ms"] = {gather: sample_ms(dev, gather) for gather in gathers}
     return report(result, _print, out)
@@ -309,6 +309,11 @@ def update_timings(device: torch.device, compile_update: bool) -> dict[str, Any]
     }
 
 
+def _per_mode(update_ms: dict[str, float]) -> str:
+    """``eager 3.59 ms, cuda_graph 0.62 ms``: the progress line's and the table's."""
+    return ", ".join(f"{mode} {ms:.2f} ms" for mode, ms in update_ms.items())
+
+
 def _print(r: dict[str, Any]) -> None:
     print(f"Breakout, {r['steps']} env steps, {r['device']}{' (' + r['gpu'] + ')' if r['gpu'] else ''}")
     print(f"{'envs':>4} {'run':<8} {'env steps/s':>12} {'updates/s':>10} {'GPU busy':>9}")
@@ -322,7 +327,7 @@ def _print(r: dict[str, Any]) -> None:
         m = v["dqnkit"]
         print(f"{v['envs']:>4} dqnkit with {v['set']}: {m['sps']:.0f} env steps/s, {m['updates_per_s']:.1f} updates/s")
         print(f"     (dqnkit's defaults with {r['rows'][-1]['envs']} envs: {v['default_speedup']:.2f}x that)")
-    print("one Nature-CNN update at batch 32: " + ", ".join(f"{k} {v:.2f} ms" for k, v in r["update_ms"].items()))
+    print("one Nature-CNN update at batch 32: " + _per_mode(r["update_ms"]))
     print(
         "one sample of 32 stacks, onto the device: "
         + ", ".join(f"gathered on the {k} {v:.2f} ms" for k, v in r["sample_ms"].items())
