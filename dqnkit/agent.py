@@ -70,6 +70,32 @@ class QAgent:
         # noisy nets redraw their noise before each acting step, outside any graph: eager
         self._act_graph_wanted = self.device.type == "cuda" and config.cuda_graph and not config.noisy
         self._graphed_acts: dict[int, Any] = {}  # captured forward passes by batch size
+        self._optimizer: torch.optim.Optimizer | None = None  # see `optimizer`
+        self._optimizer_state: dict[str, Any] | None = None  # a state loaded before it is built
+
+    # --------------------------------------------------------------- optimizer
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer, built at its first use with any state loaded before then. An agent
+        that only acts (``load`` for evaluation, an Ape-X actor) never builds one: torch.optim's
+        first optimizer imports ``torch._dynamo``, 0.8 s a process here (measured)."""
+        if self._optimizer is None:
+            self._optimizer = self._build_optimizer()
+            if self._optimizer_state is not None:
+                load_optimizer_state(self._optimizer, self._optimizer_state)
+                self._optimizer_state = None
+        return self._optimizer
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        raise NotImplementedError  # each agent picks its own
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        """Load ``state`` into the optimizer, or keep a copy of it for its first use (a copy:
+        the state may be another live agent's, whose steps would change it)."""
+        if self._optimizer is None:
+            self._optimizer_state = copy.deepcopy(state)
+        else:
+            load_optimizer_state(self._optimizer, state)
 
     # ------------------------------------------------------------------ acting
     def q_values(self, obs: np.ndarray) -> np.ndarray:
@@ -204,18 +230,21 @@ class DQNAgent(QAgent):
     ) -> None:
         super().__init__(q_net, obs_shape, n_actions, config, device)
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
-        # fused: one kernel for all parameters, about 3x faster than the default on CPU (measured)
-        # A captured update needs Adam's step count on the device (capturable).
         self._graph_wanted = self.device.type == "cuda" and config.cuda_graph
         self._graphed: Any = None  # the captured update, built at the first learn()
-        self.optimizer = torch.optim.Adam(
-            self.q_net.parameters(), lr=config.lr, eps=config.adam_eps, fused=True, capturable=self._graph_wanted
-        )
         # Optimizer.step's hook-and-profiler wrapper costs tens of µs per call on this CPU,
         # a large share of a small network's update; call the step it wraps.
-        self._optimizer_step = getattr(type(self.optimizer).step, "__wrapped__", type(self.optimizer).step)
+        self._optimizer_step = getattr(torch.optim.Adam.step, "__wrapped__", torch.optim.Adam.step)
         self._direct_adam = self.device.type == "cpu"
         self._direct_update = self._direct_update_if_plain()
+
+    def _build_optimizer(self) -> torch.optim.Adam:
+        # fused: one kernel for all parameters, about 3x faster than the default on CPU (measured)
+        # A captured update needs Adam's step count on the device (capturable).
+        cfg = self.config
+        return torch.optim.Adam(
+            self.q_net.parameters(), lr=cfg.lr, eps=cfg.adam_eps, fused=True, capturable=self._graph_wanted
+        )
 
     # ---------------------------------------------------------------- learning
     def learn(self, batch: Batch) -> LearnStats:
@@ -344,9 +373,7 @@ class DQNAgent(QAgent):
         """Restore :meth:`state_dict`'s content (onto this agent's device; the captured update is rebuilt)."""
         self.q_net.load_state_dict(state["q_net"])
         self.target_net.load_state_dict(state["target_net"])
-        load_optimizer_state(self.optimizer, state["optimizer"])
-        for group in self.optimizer.param_groups:  # a checkpoint from another device keeps our mode
-            group["capturable"] = self._graph_wanted
+        self._load_optimizer(state["optimizer"])
         self.draws.load_state_dict(state["rng"])
         self._load_noise_state(state["noise"])
         self.updates = int(state["updates"])
@@ -435,8 +462,13 @@ def _numpy_mlp(q_net: nn.Module, config: Config, device: torch.device) -> list[N
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """``optimizer.load_state_dict`` on a copy: torch keeps the given moment tensors where
     their device and dtype already fit, so loading another live agent's state would make the
-    two optimizers step the same tensors."""
+    two optimizers step the same tensors. Each group keeps its own ``capturable``: a
+    checkpoint from another device (or with CUDA graphs off) must not change this run's mode."""
+    capturable = [group.get("capturable") for group in optimizer.param_groups]
     optimizer.load_state_dict(copy.deepcopy(state))
+    for group, mode in zip(optimizer.param_groups, capturable):
+        if mode is not None:
+            group["capturable"] = mode
 
 
 def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
