@@ -78,7 +78,8 @@ class QAgent:
     def optimizer(self) -> torch.optim.Optimizer:
         """The optimizer, built at its first use with any state loaded before then. An agent
         that only acts (``load`` for evaluation, an Ape-X actor) never builds one: torch.optim's
-        first optimizer imports ``torch._dynamo``, 0.8 s a process here (measured)."""
+        first optimizer imports ``torch._dynamo``, 0.8 s a process here (measured). A learner's
+        is built at once by ``build_agent``, before its clock starts."""
         if self._optimizer is None:
             self._optimizer = self._build_optimizer()
             if self._optimizer_state is not None:

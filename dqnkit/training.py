@@ -211,8 +211,15 @@ def stores_frames(obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> bool:
     return len(obs_shape) == 3 and obs_shape[0] > 1 and np.dtype(obs_dtype) == np.uint8 and obs_shape[1:] == (84, 84)
 
 
-def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> DQNAgent | PQNAgent:
-    """A fresh agent of ``config.algorithm`` (network, optimizer; a target network for dqn)."""
+def build_agent(
+    config: Config, obs_shape: tuple[int, ...], n_actions: int, *, learns: bool = True
+) -> DQNAgent | PQNAgent:
+    """A fresh agent of ``config.algorithm`` (network, optimizer; a target network for dqn).
+
+    ``learns``: build the optimizer now, so that a learner's clock leaves out torch.optim's
+    one-time import (0.8 s). An agent that only acts (``load``, an Ape-X actor) passes False:
+    it builds the optimizer only if it ever learns.
+    """
     atoms = 1 if config.distributional == "none" else config.n_atoms
     q_net = build_q_network(
         obs_shape,
@@ -224,8 +231,11 @@ def build_agent(config: Config, obs_shape: tuple[int, ...], n_actions: int) -> D
         noisy_sigma0=config.noisy_sigma0,
         layer_norm=config.layer_norm,
     )
-    agent = PQNAgent if config.algorithm == "pqn" else DQNAgent
-    return agent(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
+    kind = PQNAgent if config.algorithm == "pqn" else DQNAgent
+    agent = kind(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
+    if learns:
+        agent.optimizer  # noqa: B018  (the property builds it)
+    return agent
 
 
 def load(run_dir: str | Path, device: str = "auto") -> DQNAgent | PQNAgent:
@@ -240,7 +250,7 @@ def load(run_dir: str | Path, device: str = "auto") -> DQNAgent | PQNAgent:
         obs_shape, n_actions = tuple(ckpt["spaces"]["obs_shape"]), int(ckpt["spaces"]["n_actions"])
     else:  # older checkpoints did not record them: ask the env
         obs_shape, _, n_actions = check_env_id(config.env_id)
-    agent = build_agent(config, obs_shape, n_actions)
+    agent = build_agent(config, obs_shape, n_actions, learns=False)
     with _fitting_checkpoint():
         agent.load_state_dict(ckpt["agent"])
     return agent

@@ -157,7 +157,7 @@ class ActorWorker:
             self.config.seed,
         )
         space = self.envs.single_observation_space
-        self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n))
+        self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n), learns=False)
         self.replay, self.store, self.sync_every = replay, store, sync_every
         # Frames go to this actor's own rings of the replay's FrameReplay, which folds n-step
         # returns itself; a restarted actor first cuts the episodes its predecessor left open.
