@@ -10,6 +10,8 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
     bench.add_argument("name", choices=("replay", "speed", "atari", "atari-train", "apex", "checkpoint"))
     bench.add_argument("--out", type=Path, help="JSON file to write (default bench-results/NAME.json)")
-    bench.add_argument("--seconds", type=float, default=2.0, help="time per contender and size (default 2)")
+    bench.add_argument("--seconds", type=float, help="replay, atari: time per contender and size (default 2)")
     bench.add_argument(
         "--capacities", help="comma-separated replay sizes (default 10000,100000,1000000; checkpoint: one, 1000000)"
     )
@@ -99,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--variant",
-        dest="variants",
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -354,99 +355,83 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0 if result else 1
 
 
+# The options each bench takes besides --out: one table, so that an option given to a bench
+# that ignores it is refused before any work starts, with where it applies.
+BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
+    "replay": ("--seconds", "--capacities"),
+    "speed": (),
+    "atari": ("--seconds", "--envs"),
+    "atari-train": ("--steps", "--envs", "--device", "--compile", "--variant"),
+    "apex": ("--actors",),
+    "checkpoint": ("--capacities",),
+}
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from dqnkit.bench import atari, replay, speed
-
+    for flag in sorted({flag for flags in BENCH_OPTIONS.values() for flag in flags}):
+        if getattr(args, flag[2:]) not in (None, False, []) and flag not in BENCH_OPTIONS[args.name]:
+            takers = " and ".join(f"`bench {name}`" for name, flags in BENCH_OPTIONS.items() if flag in flags)
+            raise DqnkitError(f"{flag} applies to {takers} only")
+    start = _bench_run(args)
     out = args.out or Path("bench-results") / f"{args.name}.json"
-    if args.name not in ("replay", "checkpoint") and args.capacities:
-        raise DqnkitError("--capacities applies to `bench replay` and `bench checkpoint` only")
-    check_range("--seconds", args.seconds, 0.0, None, lo_open=True)
-    given = [
-        flag
-        for flag, value in (
-            ("--steps", args.steps),
-            ("--device", args.device),
-            ("--compile", args.compile or None),
-            ("--variant", args.variants or None),
-        )
-        if value is not None
-    ]
-    if args.actors is not None and args.name != "apex":
-        raise DqnkitError("--actors applies to `bench apex` only")
-    if args.envs is not None and args.name not in ("atari-train", "atari"):
-        raise DqnkitError("--envs applies to `bench atari-train` and `bench atari` only")
-    if given and args.name != "atari-train":
-        raise DqnkitError(f"{', '.join(given)} apply to `bench atari-train` only")
-    if args.name == "atari-train":
-        from dqnkit.bench import atari_train
-
-        if args.seconds != 2.0:
-            raise DqnkitError("--seconds applies to `bench replay` and `bench atari` only")
-        steps = 25_000 if args.steps is None else args.steps  # not `or`: 0 must be refused, not replaced
-        envs = 8 if args.envs is None else args.envs
-        check_range("--steps", steps, 1000, None)
-        check_range("--envs", envs, 1, None)
-        variants = [atari_train.check_variant(pair, steps) for pair in args.variants]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atari_train.run(
-            steps=steps,
-            envs=envs,
-            device=args.device or "auto",
-            out=out,
-            compile_update=args.compile,
-            variants=variants,
-        )
-        print(f"wrote {out}")
-        return 0
-    if args.name in ("speed", "apex"):
-        if args.seconds != 2.0:
-            raise DqnkitError("--seconds applies to `bench replay` and `bench atari` only")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if args.name == "apex":
-            from dqnkit.bench import apex
-
-            apex.run(actors=_counts("--actors", args.actors or "1,2"), out=out)
-        else:
-            speed.run(out=out)
-        print(f"wrote {out}")
-        return 0
-    if args.name == "atari":
-        envs = 4 if args.envs is None else args.envs
-        check_range("--envs", envs, 1, None)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atari.run(seconds=args.seconds, out=out, envs=envs)
-        print(f"wrote {out}")
-        return 0
-    if args.name == "checkpoint":
-        from dqnkit.bench import checkpoint
-
-        capacity = _counts("--capacities", args.capacities or "1000000")
-        if len(capacity) != 1 or capacity[0] < 20_000:
-            raise DqnkitError("bench checkpoint takes one capacity of at least 20000 (--capacities 1000000)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.run(capacity=capacity[0], out=out)
-        print(f"wrote {out}")
-        return 0
-    try:
-        sizes = tuple(int(c) for c in args.capacities.split(",")) if args.capacities else None
-    except ValueError:
-        raise DqnkitError(f"--capacities expects comma-separated integers, got {args.capacities!r}") from None
-    if sizes is not None and min(sizes) < 256:
-        raise DqnkitError("--capacities must each be at least the batch size, 256")
     out.parent.mkdir(parents=True, exist_ok=True)
-    replay.run(**({"capacities": sizes} if sizes else {}), seconds=args.seconds, out=out)
+    start(out=out)
     print(f"wrote {out}")
     return 0
 
 
-def _counts(flag: str, text: str) -> tuple[int, ...]:
-    """``"1,2,4"`` -> (1, 2, 4), each at least 1."""
+def _bench_run(args: argparse.Namespace) -> Callable[..., Any]:
+    """The bench ``args.name`` with its options checked, to call with ``out=``. Each default
+    is tested with ``is None``, not ``or``: a 0 must be refused, not read as the default."""
+    seconds = 2.0 if args.seconds is None else args.seconds
+    check_range("--seconds", seconds, 0.0, None, lo_open=True)
+    if args.name == "atari-train":
+        from dqnkit.bench import atari_train
+
+        steps = 25_000 if args.steps is None else args.steps
+        envs = 8 if args.envs is None else args.envs
+        check_range("--steps", steps, 1000, None)
+        check_range("--envs", envs, 1, None)
+        variants = [atari_train.check_variant(pair, steps) for pair in args.variant]
+        device = args.device or "auto"
+        return partial(
+            atari_train.run, steps=steps, envs=envs, device=device, compile_update=args.compile, variants=variants
+        )
+    if args.name == "atari":
+        from dqnkit.bench import atari
+
+        envs = 4 if args.envs is None else args.envs
+        check_range("--envs", envs, 1, None)
+        return partial(atari.run, seconds=seconds, envs=envs)
+    if args.name == "apex":
+        from dqnkit.bench import apex
+
+        return partial(apex.run, actors=_counts("--actors", "1,2" if args.actors is None else args.actors))
+    if args.name == "checkpoint":
+        from dqnkit.bench import checkpoint
+
+        capacity = _counts("--capacities", "1000000" if args.capacities is None else args.capacities)
+        if len(capacity) != 1 or capacity[0] < 20_000:
+            raise DqnkitError("bench checkpoint takes one capacity of at least 20000 (--capacities 1000000)")
+        return partial(checkpoint.run, capacity=capacity[0])
+    if args.name == "speed":
+        from dqnkit.bench import speed
+
+        return speed.run
+    from dqnkit.bench import replay
+
+    sizes = {} if args.capacities is None else {"capacities": _counts("--capacities", args.capacities, least=256)}
+    return partial(replay.run, seconds=seconds, **sizes)
+
+
+def _counts(flag: str, text: str, least: int = 1) -> tuple[int, ...]:
+    """``"1,2,4"`` -> (1, 2, 4), each at least ``least``."""
     try:
         counts = tuple(int(c) for c in text.split(","))
     except ValueError:
         raise DqnkitError(f"{flag} expects comma-separated integers, got {text!r}") from None
-    if min(counts) < 1:
-        raise DqnkitError(f"{flag} must each be at least 1, got {text!r}")
+    if min(counts) < least:
+        raise DqnkitError(f"{flag} must each be at least {least}, got {text!r}")
     return counts
 
 

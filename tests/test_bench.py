@@ -40,7 +40,13 @@ def test_bench_refuses_bad_options(capsys):
     assert main(["bench", "speed", "--seconds", "1"]) == 2
     assert capsys.readouterr().err.count("error:") == 5
     assert main(["bench", "speed", "--envs", "4"]) == 2
-    assert "--envs applies to `bench atari-train` and `bench atari` only" in capsys.readouterr().err
+    assert "--envs applies to `bench atari` and `bench atari-train` only" in capsys.readouterr().err
+    # an option is refused where it does not apply even at its default value (2 was let through)
+    for name in ("speed", "atari-train", "checkpoint"):
+        assert main(["bench", name, "--seconds", "2"]) == 2
+        assert "--seconds applies to `bench replay` and `bench atari` only" in capsys.readouterr().err
+    assert main(["bench", "replay", "--capacities", "10000,100"]) == 2
+    assert "--capacities must each be at least 256, got '10000,100'" in capsys.readouterr().err
     # zero is refused, not read as "the default" (these ran with 4 or 8 envs, 25k steps, before)
     for name, flag in (("atari", "--envs"), ("atari-train", "--envs"), ("atari-train", "--steps")):
         assert main(["bench", name, flag, "0"]) == 2
@@ -135,9 +141,9 @@ def test_a_failing_compile_is_reported_beside_the_other_timings(monkeypatch):
 
 def test_bench_atari_train_refuses_its_flags_elsewhere(capsys):
     assert main(["bench", "speed", "--compile"]) == 2
-    assert "--compile apply to `bench atari-train` only" in capsys.readouterr().err
+    assert "--compile applies to `bench atari-train` only" in capsys.readouterr().err
     assert main(["bench", "speed", "--variant", "frame_gather=host"]) == 2
-    assert "--variant apply to `bench atari-train` only" in capsys.readouterr().err
+    assert "--variant applies to `bench atari-train` only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
