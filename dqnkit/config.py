@@ -348,7 +348,10 @@ def _to_int(value: Any) -> int:
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("expected a number") from None  # not float()'s own message
     if not math.isfinite(number):
         raise ValueError("expected a finite number")
     return number

@@ -58,6 +58,7 @@ def test_overrides_parse_strings_like_the_cli():
         ({"seed": 1.5}, "seed"),
         ({"batch_size": "big"}, r"batch_size: cannot use 'big' \(expected an integer\)"),
         ({"hidden_sizes": "64,wide"}, r"hidden_sizes: cannot use '64,wide' \(expected an integer\)"),
+        ({"lr": "abc"}, r"lr: cannot use 'abc' \(expected a number\)"),
         ({"nope": 1}, "unknown config key"),
     ],
 )
