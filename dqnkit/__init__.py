@@ -6,10 +6,26 @@ summary = train(cfg, run_dir="runs/x")
 agent = load("runs/x")
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
 from dqnkit import presets  # noqa: E402
 from dqnkit.config import Config  # noqa: E402
-from dqnkit.training import load, resume, train  # noqa: E402
+
+if TYPE_CHECKING:
+    from dqnkit.training import load, resume, train
 
 __all__ = ["Config", "__version__", "load", "presets", "resume", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """``train``, ``load`` and ``resume`` import torch (about 1 s): imported at first use, so
+    that ``dqnkit --help`` and a bad command line answer at once."""
+    if name in ("load", "resume", "train"):
+        from dqnkit import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'dqnkit' has no attribute {name!r}")

@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dqnkit.monitor import default_run_dir
-    from dqnkit.training import resume, train
-
+    # dqnkit.training imports torch (about 1 s): only once the command line is known to be good
     if args.resume is not None:
         given = [
             flag
@@ -187,9 +185,14 @@ def _train(args: argparse.Namespace) -> int:
         if args.steps is not None and args.steps < 1:
             raise DqnkitError(f"--steps must be positive, got {args.steps}")
         run_dir = args.resume
+        from dqnkit.training import resume
+
         summary = resume(run_dir, args.steps, progress=not args.quiet)
     else:
         config = _config(args)
+        from dqnkit.monitor import default_run_dir
+        from dqnkit.training import train
+
         run_dir = args.run_dir or default_run_dir(config)
         if not args.quiet:
             print(f"training preset {config.preset} on {config.env_id}", file=sys.stderr)
