@@ -31,7 +31,6 @@ from dqnkit.diagnostics import overestimation
 from dqnkit.errors import DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
 from dqnkit.logger import Logger, read_metrics
-from dqnkit.plots import learning_curve
 
 
 def default_run_dir(config: Config, prefix: str = "") -> Path:
@@ -222,6 +221,8 @@ class RunMonitor:
         self.logger.close()
         summary = {**summary, "dqnkit_version": __version__}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        from dqnkit.plots import learning_curve  # matplotlib (0.3 s): not for load() and eval
+
         learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png", title=title)
         return summary
 
