@@ -101,7 +101,16 @@ class PooledAtari:
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """One vector step with gymnasium's SAME_STEP semantics (final_obs, life losses, raw scores)."""
-        frames, raw, game_over, truncated, info = self._pool.step(np.asarray(actions))
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions: np.ndarray) -> None:
+        """Start a vector step: the pool's threads play it while this thread goes on."""
+        self._pool.send(np.asarray(actions))
+
+    def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The result of the step :meth:`send` started, as :meth:`step` returns it."""
+        frames, raw, game_over, truncated, info = self._pool.recv()
         assert (info["env_id"] == np.arange(self.num_envs)).all()  # a synchronous pool answers in order
         self._stack[:, :-1] = self._stack[:, 1:]
         self._stack[:, -1] = frames[:, -1]

@@ -77,6 +77,10 @@ class Config:
         "Who runs the training envs: gymnasium (dqnkit's wrapper stack, stepped as vector_env says), ale (ALE's own C++ vector env in a thread pool: the gymnasium stack's frames and kind of transitions, faster; it starts a life without the stack's no-op step and presses FIRE at reset its own way; ALE/<Game>-v5 ids only), envpool (envpool's C++ thread pool, pip install envpool envpool-assets; ALE ids only; same transition semantics, envpool's own resize) or auto (ale for ALE ids unless vector_env asks for sync or async, gymnasium otherwise).",
         choices=("auto", "gymnasium", "ale", "envpool"),
     )
+    overlap_env_step: bool = _opt(
+        False,
+        "Step the envs while the agent learns: after each vector step the next actions are chosen and sent at once, the updates due run while the envs step (in a C++ pool's threads or AsyncVectorEnv's workers), then the step is received. Those actions come from the weights before the step's updates, one batch of updates older than in the serial loop, so runs differ from its runs (with epsilon 1 throughout they are the same, bit for bit). It hides the env step behind learning where both take time (on a GPU the card otherwise waits for the envs); sync envs step when the step is received, and gain nothing.",
+    )
     num_threads: int = _opt(
         1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0
     )

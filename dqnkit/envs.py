@@ -101,6 +101,26 @@ def make_vec_env(
     return LeanSyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
+def send_step(envs: Any, actions: np.ndarray) -> None:
+    """Start the vector step ``actions`` that :func:`recv_step` finishes, so that the caller
+    can work meanwhile: a C++ pool (``send``) and an AsyncVectorEnv (``step_async``) step in
+    their own threads or processes; any other vector env steps in :func:`recv_step`."""
+    if isinstance(envs, gym.vector.AsyncVectorEnv):
+        envs.step_async(actions)
+    elif hasattr(envs, "send"):
+        envs.send(actions)
+
+
+def recv_step(envs: Any, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The result of the vector step ``actions`` that :func:`send_step` started: what
+    ``envs.step(actions)`` returns (send then receive is the same step)."""
+    if isinstance(envs, gym.vector.AsyncVectorEnv):
+        return envs.step_wait()
+    if hasattr(envs, "recv"):
+        return envs.recv()
+    return envs.step(actions)
+
+
 class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
     """gymnasium's SyncVectorEnv with SAME_STEP autoreset, stepped without its per-step
     generality: no action iterator or info merging for envs that report nothing, and a plain

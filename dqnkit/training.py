@@ -1,7 +1,9 @@
 """The training loop: the only code that touches env, replay and agent together.
 
 One iteration: act -> step the vector env -> store the real transitions -> learn what is
-due -> evaluate / checkpoint when due. For DQN, learning is ``gradient_steps`` updates every
+due -> evaluate / checkpoint when due. With ``overlap_env_step`` the next actions are chosen
+and sent to the envs before learning, so that the envs step while the agent learns; the
+step is received at the top of the next iteration. For DQN, learning is ``gradient_steps`` updates every
 ``train_freq`` transitions and a target update every ``target_update_interval``; for PQN,
 a full rollout is learned from and dropped. The loop decides *when*; the agent decides
 *how* (targets, loss), the replay decides *what* is sampled.
@@ -31,7 +33,16 @@ from dqnkit.agent import DQNAgent
 from dqnkit.atari_pool import import_envpool
 from dqnkit.checkpoint import CheckpointDir, FullReplay, replay_saver, safe_load
 from dqnkit.config import Config, from_dict
-from dqnkit.envs import check_env_id, finished_episodes, get_env_states, make_vec_env, set_env_state, true_next_obs
+from dqnkit.envs import (
+    check_env_id,
+    finished_episodes,
+    get_env_states,
+    make_vec_env,
+    recv_step,
+    send_step,
+    set_env_state,
+    true_next_obs,
+)
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
 from dqnkit.monitor import (
     RunMonitor,
@@ -65,6 +76,7 @@ class Loop:
     env_fresh_reset: bool = False  # the envs could not be restored and were reset on resume
     replay_refilled: bool = False  # resumed without the replay (replay_checkpoint=none)
     refill_until: int = 0  # no updates before this step: the emptied replay fills up again
+    in_flight: np.ndarray | None = None  # [N] actions sent whose step is not received yet (overlap_env_step)
     # Loss and Q summed over the updates since the last logged episode (tensors: adding
     # them never waits for a host sync; kept here so a resumed run logs the same means).
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
@@ -311,7 +323,7 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
             stacklevel=2,
         )
         obs, _ = parts.envs.reset(seed=parts.config.seed + loop.step)
-        loop.obs, loop.env_fresh_reset = obs, True
+        loop.obs, loop.env_fresh_reset, loop.in_flight = obs, True, None
         loop.ep_return, loop.ep_length = np.zeros_like(loop.ep_return), np.zeros_like(loop.ep_length)
     torch.set_rng_state(ckpt["torch_rng"])
     parts.loop = loop
@@ -372,8 +384,10 @@ def _loop(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
                 monitor.wait_saved()
                 parts.save_deadline = math.inf
             eps = epsilon(cfg, loop.step, agent.updates)
-            actions = agent.act(loop.obs, eps)
-            next_obs, rewards, terminated, truncated, info = parts.envs.step(actions)
+            if loop.in_flight is None:  # the serial loop; or an overlapped one's first step
+                _send(parts, agent.act(loop.obs, eps))
+            actions, loop.in_flight = loop.in_flight, None
+            next_obs, rewards, terminated, truncated, info = recv_step(parts.envs, actions)
             real_next = true_next_obs(next_obs, info)
             check_transition(rewards, real_next, loop.step)
             parts.replay.add_step(loop.obs, actions, rewards, real_next, terminated, truncated)
@@ -384,6 +398,8 @@ def _loop(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
                 loop.episodes += 1
                 monitor.episode(loop.step, loop.episodes, ret, length, eps, *pop_learning_stats(loop, loop.step))
 
+            if cfg.overlap_env_step and loop.step < cfg.total_steps:  # the envs step while the agent learns
+                _send(parts, agent.act(loop.obs, epsilon(cfg, loop.step, agent.updates)))
             learn_due(parts, prev)
             monitor.advance(cfg.num_envs)
 
@@ -406,6 +422,8 @@ def _loop(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
     if cfg.final_eval and loop.eval_step != loop.step:
         _evaluate(parts, monitor)
     _save(parts, monitor)
+    if loop.in_flight is not None:  # stopped early with a step under way (saved with the run)
+        recv_step(parts.envs, loop.in_flight)
     parts.envs.close()
     summary = {
         **run_summary(cfg, loop.step, loop.episodes, agent, loop.eval_mean, loop.eval_std, loop.stopped_early),
@@ -415,6 +433,12 @@ def _loop(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
         "sps": round(sps, 1),
     }
     return monitor.finish(summary, title=f"{cfg.preset} on {cfg.env_id}, seed {cfg.seed}")
+
+
+def _send(parts: Parts, actions: np.ndarray) -> None:
+    """Start the envs' step on ``actions``; the loop receives it (:func:`recv_step`) later."""
+    send_step(parts.envs, actions)
+    parts.loop.in_flight = actions
 
 
 def _dqn_updates(parts: Parts, prev: int) -> None:

@@ -2,8 +2,9 @@
 # The checks that need a GPU, as one script for a bare, offline GPU machine (see
 # ../shared/gpu-kit/README.md for the wheels in .whl/): the cuda-marked tests, then
 # `dqnkit bench atari-train --compile --variant ...` (the update eager, as a CUDA graph and
-# through torch.compile; training with the frames gathered on the host instead of the GPU
-# mirror, and with gymnasium's env stack instead of ALE's C++ pool), then the 8-env pool's
+# through torch.compile; training with the envs stepping while the agent learns, with the
+# frames gathered on the host instead of the GPU mirror, and with gymnasium's env stack
+# instead of ALE's C++ pool), then the 8-env pool's
 # env steps/s alone (`bench atari --envs 8`), then PQN's Atari steps/s with 16 envs if time
 # allows, then Breakout training with the time that is left.
 # Usage, from the project root there: OUT=DIR BUDGET_S=570 bash scripts/gpu-check.sh
@@ -26,7 +27,8 @@ timeout 200 python3 -m pytest -m cuda -v -p no:cacheprovider --durations=5 tests
 
 echo "== bench atari-train, with the update through torch.compile too ($(left) s left)"
 (cd /tmp && timeout 360 python3 -m dqnkit.cli bench atari-train --steps "$BENCH_STEPS" --envs 8 --device cuda \
-  --compile --variant frame_gather=host --variant env_backend=gymnasium --out "$OUT/atari-train.json" 2>&1 \
+  --compile --variant overlap_env_step=true --variant frame_gather=host --variant env_backend=gymnasium \
+  --out "$OUT/atari-train.json" 2>&1 \
   | grep -v "A.L.E\|Stella" | tee "$OUT/atari-train.txt" | tail -26)  # a timeout still leaves the progress lines
 
 if [ "$(left)" -gt 90 ]; then

@@ -78,7 +78,7 @@ def test_apex_refuses_bad_input(capsys, tmp_path):
     assert capsys.readouterr().err.count("error:") == 2
 
 
-@pytest.mark.parametrize("key", ["eps_end=0.1", "exploration_steps=500", "prioritized=false"])
+@pytest.mark.parametrize("key", ["eps_end=0.1", "exploration_steps=500", "prioritized=false", "overlap_env_step=true"])
 def test_apex_refuses_keys_it_would_not_honour(key, capsys, tmp_path):
     assert main(["apex", "--set", key, "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()

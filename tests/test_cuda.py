@@ -253,3 +253,29 @@ def test_pqn_trains_resumes_and_loads_on_the_cpu(tmp_path, env_id):
     on_cpu = load(tmp_path / "full", device="cpu")
     assert on_cpu.device.type == "cpu"
     assert len(evaluate(on_cpu, env_id, 1, seed=0).returns) == 1
+
+
+def test_an_overlapped_atari_run_on_cuda_is_the_serial_run_with_random_actions(tmp_path, exact_kernels):
+    """overlap_env_step where it is meant to pay: ALE's pool steps while the graphed updates
+    run. With epsilon 1 no action depends on the weights, so it is the serial run."""
+    pytest.importorskip("ale_py")
+    cfg = presets.get(
+        "atari",
+        env_id="ALE/Pong-v5",
+        num_envs=4,
+        total_steps=800,
+        learning_starts=400,
+        buffer_size=2000,
+        eps_start=1.0,
+        eps_end=1.0,
+        eval_every=0,
+        final_eval=False,
+        stop_at_return=None,
+        device="cuda",
+    )
+    serial = train(cfg, tmp_path / "serial")
+    overlapped = train(cfg.replace(overlap_env_step=True), tmp_path / "overlapped")
+    assert serial["updates"] == overlapped["updates"] > 0 and serial["episodes"] == overlapped["episodes"]
+    torch.testing.assert_close(
+        _params(load(tmp_path / "overlapped")), _params(load(tmp_path / "serial")), rtol=1e-4, atol=1e-5
+    )

@@ -94,6 +94,7 @@ NOT_IN_APEX = {
     ),
     "prioritized": "Ape-X's replay is always prioritized",
     "replay_checkpoint": "Ape-X checkpoints keep the learner, not the replay",
+    "overlap_env_step": "Ape-X actors never wait for the learner: their envs and its updates already run apart",
 }
 
 
