@@ -274,6 +274,8 @@ def load_replay(run_dir: str | Path) -> UniformReplay | FrameReplay:
     ``replay = load_replay(d); replay.obs[: len(replay)]``."""
     ckpt = load_checkpoint(run_dir)
     config = from_dict(ckpt["config"])
+    if config.algorithm == "pqn":
+        raise DqnkitError(f"{run_dir} is a pqn run: pqn learns from short rollouts and keeps no replay")
     obs_shape, obs_dtype, _ = check_env_id(config.env_id)
     replay = build_replay(config, obs_shape, obs_dtype)
     with _fitting_checkpoint():

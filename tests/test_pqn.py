@@ -196,3 +196,11 @@ def test_layer_norm_networks_act_the_same_in_numpy_and_torch():
     assert agent._numpy_layers and all(norm is not None for _, _, norm in agent._numpy_layers[:-1])
     obs = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32) * 3
     np.testing.assert_allclose(agent._numpy_q(obs), agent.q_values(obs), rtol=1e-5, atol=1e-5)
+
+
+def test_load_replay_of_a_pqn_run_says_it_keeps_none(tmp_path):
+    from dqnkit.training import load_replay
+
+    train(presets.get("pqn-cartpole", **{**SMALL, "total_steps": 256, "eval_every": 0}), tmp_path / "run")
+    with pytest.raises(DqnkitError, match="pqn run: pqn learns from short rollouts and keeps no replay"):
+        load_replay(tmp_path / "run")
