@@ -2,6 +2,8 @@
 before the step's updates and sent at once; everything else (what is stored, when it is
 learned from, resume) is the serial loop's."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,9 @@ CARTPOLE = dict(
     exploration_steps=400,
     **QUIET,
 )
+
+POOL = dict(env_id="ALE/Pong-v5", num_envs=2, total_steps=240, learning_starts=160, buffer_size=1000, train_freq=8)
+POOL.update(QUIET)
 
 
 def _probe(run) -> np.ndarray:
@@ -47,18 +52,12 @@ def _same_runs(a, b) -> None:
         ("cartpole", dict(CARTPOLE, num_envs=2)),  # steps when received
         ("cartpole", dict(CARTPOLE, num_envs=2, vector_env="async")),  # step_async / step_wait
         ("pqn-cartpole", dict(total_steps=1024, num_envs=4, rollout_steps=32, hidden_sizes=(16,), **QUIET)),
-        pytest.param(  # ALE's C++ pool: send / recv
+        pytest.param("atari", POOL, id="ale-pool"),  # ALE's C++ pool: send / recv
+        pytest.param(  # envpool's: send / recv too
             "atari",
-            dict(
-                env_id="ALE/Pong-v5",
-                num_envs=2,
-                total_steps=240,
-                learning_starts=160,
-                buffer_size=1000,
-                train_freq=8,
-                **QUIET,
-            ),
-            id="ale-pool",
+            dict(POOL, env_backend="envpool"),
+            id="envpool",
+            marks=pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed"),
         ),
     ],
 )
