@@ -29,3 +29,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(training, name)
     raise AttributeError(f"module 'dqnkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})  # tab completion lists the lazy names too

@@ -372,7 +372,8 @@ BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
 
 def _bench(args: argparse.Namespace) -> int:
     for flag in sorted({flag for flags in BENCH_OPTIONS.values() for flag in flags}):
-        if getattr(args, flag[2:]) not in (None, False, []) and flag not in BENCH_OPTIONS[args.name]:
+        given = getattr(args, flag[2:].replace("-", "_")) not in (None, False, [])
+        if given and flag not in BENCH_OPTIONS[args.name]:
             takers = " and ".join(f"`bench {name}`" for name, flags in BENCH_OPTIONS.items() if flag in flags)
             raise DqnkitError(f"{flag} applies to {takers} only")
     start = _bench_run(args)

@@ -1,12 +1,12 @@
 """The training loop: the only code that touches env, replay and agent together.
 
 One iteration: act -> step the vector env -> store the real transitions -> learn what is
-due -> evaluate / checkpoint when due. With ``overlap_env_step`` the next actions are chosen
-and sent to the envs before learning, so that the envs step while the agent learns; the
-step is received at the top of the next iteration. For DQN, learning is ``gradient_steps`` updates every
+due -> evaluate / checkpoint when due. For DQN, learning is ``gradient_steps`` updates every
 ``train_freq`` transitions and a target update every ``target_update_interval``; for PQN,
-a full rollout is learned from and dropped. The loop decides *when*; the agent decides
-*how* (targets, loss), the replay decides *what* is sampled.
+a full rollout is learned from and dropped. With ``overlap_env_step`` the next actions are
+chosen and sent to the envs before learning, so that the envs step while the agent learns;
+the step is received at the top of the next iteration. The loop decides *when*; the agent
+decides *how* (targets, loss), the replay decides *what* is sampled.
 
 Everything the loop needs to continue (counters, the episode in progress, RNGs, env
 state) is in :class:`Loop` or in the components' ``state_dict``, so a checkpoint taken
