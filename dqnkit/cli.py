@@ -194,8 +194,6 @@ def _train(args: argparse.Namespace) -> int:
         from dqnkit.training import train
 
         run_dir = args.run_dir or default_run_dir(config)
-        if not args.quiet:
-            print(f"training preset {config.preset} on {config.env_id}", file=sys.stderr)
         summary = train(config, run_dir, overwrite=args.overwrite, progress=not args.quiet)
     _report(summary, run_dir, args.json)
     return 0

@@ -12,6 +12,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -97,6 +98,9 @@ class RunMonitor:
         episodes = (float(r["return"]) for r in read_metrics(self.logger.path) if r["kind"] == "episode")
         self.recent: deque[float] = deque(episodes, maxlen=100)
         self.eval_seed = 1_000_000 + 1000 * config.seed  # fixed across evaluations: comparable points
+        if progress:  # a header for the bar, once the run's input has been checked
+            resumed = f", resuming at step {step:,}" if step else ""
+            print(f"training preset {config.preset} on {config.env_id}{resumed}", file=sys.stderr)
         self._bar = tqdm(
             total=config.total_steps,
             initial=step,

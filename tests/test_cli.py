@@ -96,7 +96,7 @@ def test_presets_listing_and_detail(capsys):
 )
 def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # in-process (a subprocess per case would cost seconds of imports)
-    code = main([*args, "--quiet" if args[0] == "train" else "--json"])
+    code = main([*args, "--json"])  # not --quiet: what is printed before the refusal counts too
     assert_refused(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), fragment)
     assert not (tmp_path / "runs").exists(), "nothing may be written for refused input"
 
