@@ -153,15 +153,17 @@ class FrameReplay:
     def sample(self, batch_size: int, beta: float | None = None) -> Batch:
         """``batch_size`` transitions drawn uniformly (with replacement) among sampleable rows;
         ``beta`` is for the prioritized buffers' interface (uniform weights are all ones)."""
-        idx = np.empty(0, np.int64)
+        found = []  # (rows, k, kind of row t+k) of the sampleable candidates of each draw
         for _ in range(1000):
             live = np.minimum(self.written, self.rows)
             draw = self.rng.integers(0, live.sum(), size=batch_size)
             env = np.searchsorted(np.cumsum(live), draw, side="right")
             cand = env * self.rows + draw - (np.cumsum(live) - live)[env]
-            idx = np.concatenate([idx, cand[self.sampleable(cand)]])[:batch_size]
-            if len(idx) == batch_size:
-                return self.gather(idx, np.ones(batch_size, np.float32))
+            ok, k, end_kind = self._check(cand)
+            found.append((cand[ok], k[ok], end_kind[ok]))
+            idx, k, end_kind = (np.concatenate(column)[:batch_size] for column in zip(*found))
+            if len(idx) == batch_size:  # the horizons go along: gather need not find them again
+                return self.gather(idx, np.ones(batch_size, np.float32), (k, end_kind))
         raise ValueError("no sampleable transition in the replay yet (too few steps stored)")
 
     def update_priorities(self, indices: np.ndarray, td_errors: Any) -> None:
@@ -169,13 +171,17 @@ class FrameReplay:
 
     def sampleable(self, idx: np.ndarray) -> np.ndarray:
         """Which rows (flat indices) are complete transitions whose frames are all in the ring."""
+        return self._check(idx)[0]
+
+    def _check(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sampleable, k, kind of row t+k) per row: :meth:`sampleable` and the horizons it reads."""
         env, slot = np.divmod(idx, self.rows)
         age = (self.pos[env] - 1 - slot) % self.rows  # rows written after this one
         live = np.minimum(self.written[env], self.rows)
         k, end_kind = self._horizons(env, slot, age)
         history = np.minimum(self.ep_pos[env, slot], self.stack - 1)
         whole = (age < live) & (k > 0) & (history <= live - 1 - age) & (end_kind != _CUT)
-        return (self.kind[env, slot] == _NORMAL) & whole
+        return (self.kind[env, slot] == _NORMAL) & whole, k, end_kind
 
     def _horizons(self, env: np.ndarray, slot: np.ndarray, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(k, kind of row t+k) per row; k = 0 while the n-step window is still open."""
@@ -189,11 +195,15 @@ class FrameReplay:
         end_kind = self.kind[env, (slot + k) % self.rows]
         return k, end_kind
 
-    def gather(self, idx: np.ndarray, weights: np.ndarray) -> Batch:
-        """The transitions at sampleable rows ``idx`` with their stacked observations."""
+    def gather(
+        self, idx: np.ndarray, weights: np.ndarray, horizons: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> Batch:
+        """The transitions at sampleable rows ``idx`` with their stacked observations;
+        ``horizons``: their (k, kind of row t+k), where the caller has them already."""
         env, slot = np.divmod(idx, self.rows)
-        age = (self.pos[env] - 1 - slot) % self.rows
-        k, end_kind = self._horizons(env, slot, age)
+        if horizons is None:
+            horizons = self._horizons(env, slot, (self.pos[env] - 1 - slot) % self.rows)
+        k, end_kind = horizons
         steps = np.arange(self.n)
         window = (slot[:, None] + steps) % self.rows
         rewards = np.where(steps < k[:, None], self.rewards[env[:, None], window], 0.0) @ self._discounts
