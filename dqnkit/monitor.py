@@ -89,6 +89,10 @@ class RunMonitor:
     ``step`` are dropped: they are logged again); a fresh run starts at 0.
     """
 
+    # Where stderr is not a terminal (a log file, a batch job), a bar redrawn in place piles up
+    # as one endless line: the progress is then a plain line every LINE_EVERY_S seconds.
+    LINE_EVERY_S = 30.0
+
     def __init__(
         self, config: Config, run_dir: Path, *, step: int = 0, wall_s: float = 0.0, progress: bool = False
     ) -> None:
@@ -101,15 +105,19 @@ class RunMonitor:
         if progress:  # a header for the bar, once the run's input has been checked
             resumed = f", resuming at step {step:,}" if step else ""
             print(f"training preset {config.preset} on {config.env_id}{resumed}", file=sys.stderr)
+        self._lines = progress and not sys.stderr.isatty()
         self._bar = tqdm(
             total=config.total_steps,
             initial=step,
             unit="step",
-            disable=not progress,
+            disable=not progress or self._lines,
             dynamic_ncols=True,
             mininterval=0.5,
         )
         self._start_s, self._start_step, self._base_s = time.perf_counter(), step, wall_s
+        self._step, self._line_at = step, (step, self._start_s)  # (step, time) of the last line
+        self._epsilon: float | None = None  # the latest episode's, for the progress line
+        self._last_eval: tuple[int, float] | None = None  # (step, mean return)
         self._stop = _StopFlag()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="dqnkit-checkpoint")
         self._saving: Future[None] | None = None
@@ -129,8 +137,27 @@ class RunMonitor:
         return self._stop.requested
 
     def advance(self, steps: int) -> None:
-        """Move the progress bar by ``steps`` env steps."""
+        """Move the progress bar by ``steps`` env steps (or, without a terminal, print a
+        progress line when one is due)."""
         self._bar.update(steps)
+        self._step += steps
+        if self._lines and time.perf_counter() >= self._line_at[1] + self.LINE_EVERY_S:
+            print(self.progress_line(), file=sys.stderr, flush=True)
+            self._line_at = (self._step, time.perf_counter())
+
+    def progress_line(self) -> str:
+        """Steps done, steps/s since the previous line, the mean return of the last 100
+        episodes, epsilon and the latest evaluation, as one line."""
+        total, (step, at) = self.config.total_steps, self._line_at
+        parts = [f"step {self._step:,}/{total:,} ({100 * self._step / total:.0f}%)"]
+        parts.append(f"{(self._step - step) / max(time.perf_counter() - at, 1e-9):,.0f} steps/s")
+        if self.recent:
+            parts.append(f"return {np.mean(self.recent):.1f} (last {len(self.recent)} episodes)")
+        if self._epsilon is not None:
+            parts.append(f"epsilon {self._epsilon:.3f}")
+        if self._last_eval is not None:
+            parts.append(f"eval {self._last_eval[1]:.1f} at step {self._last_eval[0]:,}")
+        return "  ".join(parts)
 
     # ------------------------------------------------------------------ what is logged
     def episode(
@@ -145,6 +172,7 @@ class RunMonitor:
     ) -> None:
         """One finished episode: a metrics row, and the bar's recent return."""
         self.recent.append(ret)
+        self._epsilon = epsilon
         values = {"return": ret, "length": length, "epsilon": round(epsilon, 5), "loss": loss, "q_mean": q_mean}
         self.logger.row("episode", step, episode=episode, **values, wall_s=round(self.wall_s(), 3))
         self._bar.set_postfix(ep=episode, ret=f"{np.mean(self.recent):.1f}", eps=f"{epsilon:.3f}", refresh=False)
@@ -162,6 +190,7 @@ class RunMonitor:
         values = {"return": mean, "return_std": std, "wall_s": round(self.wall_s(), 3), **probe}
         self.logger.row("eval", step, episode=episodes, **values)
         self.logger.flush()
+        self._last_eval = (step, mean)
         return mean, std
 
     def reached_goal(self, eval_mean: float) -> bool:

@@ -287,3 +287,20 @@ def test_a_plot_of_a_run_without_episodes_says_so_without_a_warning(tmp_path):
         warnings.simplefilter("error")  # matplotlib warns when legend() finds no labelled lines
         out = learning_curve(metrics, tmp_path / "curve.png")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_without_a_terminal_progress_is_plain_lines(tmp_path, capsys, monkeypatch):
+    """A bar redrawn in place piles up as one endless line in a log file: where stderr is not
+    a terminal (pytest's capture is not), progress is a line every LINE_EVERY_S seconds."""
+    from dqnkit.monitor import RunMonitor
+
+    monkeypatch.setattr(RunMonitor, "LINE_EVERY_S", 0.0)  # a line every vector step
+    train(_cfg(total_steps=400, num_envs=2), tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert lines[0] == "training preset cartpole on CartPole-v1"
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 200 and steps[-1].startswith("step 400/400 (100%)  ")
+    assert " steps/s  return " in steps[-1] and "  epsilon " in steps[-1]
+    assert steps[-1].endswith(" at step 300") and "  eval " in steps[-1]  # eval_every=300
