@@ -161,9 +161,9 @@ class FrameReplay:
             cand = env * self.rows + draw - (np.cumsum(live) - live)[env]
             ok, k, end_kind = self._check(cand)
             found.append((cand[ok], k[ok], end_kind[ok]))
-            idx, k, end_kind = (np.concatenate(column)[:batch_size] for column in zip(*found))
-            if len(idx) == batch_size:  # the horizons go along: gather need not find them again
-                return self.gather(idx, np.ones(batch_size, np.float32), (k, end_kind))
+            rows, ks, end_kinds = (np.concatenate(column)[:batch_size] for column in zip(*found))
+            if len(rows) == batch_size:  # the horizons go along: gather need not find them again
+                return self.gather(rows, np.ones(batch_size, np.float32), (ks, end_kinds))
         raise ValueError("no sampleable transition in the replay yet (too few steps stored)")
 
     def update_priorities(self, indices: np.ndarray, td_errors: Any) -> None:
