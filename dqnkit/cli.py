@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -444,7 +445,19 @@ def _refuse_existing_results(out: Path, overwrite: bool) -> None:
 
 def entry() -> None:
     """The ``dqnkit`` console script."""
+    warnings.formatwarning = _one_line_warning
     sys.exit(main())
+
+
+_default_formatwarning = warnings.formatwarning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> str:
+    """dqnkit's own warnings as one line, as its errors are (the source line that raised one
+    means nothing to a user); other libraries' keep where they came from."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, *rest)
 
 
 if __name__ == "__main__":

@@ -150,3 +150,26 @@ def test_presets_and_a_refused_command_line_answer_without_importing_torch():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["[0, 2, 2, 2, 0] False Config", "dqnkit.training True"]
+
+
+def test_a_dqnkit_warning_reads_as_one_line_like_its_errors(tmp_path):
+    """The command line prints dqnkit's own warnings as ``warning: ...``, without the source
+    line that raised them (``restore(parts, ckpt)  # ...`` meant nothing to a user)."""
+    from dqnkit import presets, train
+
+    settings = dict(total_steps=400, learning_starts=100, num_envs=2, vector_env="async", eval_every=0)
+    train(presets.get("cartpole", **settings, final_eval=False, stop_at_return=None), tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "dqnkit", "train", "--resume", str(tmp_path / "run"), "--steps", "500", "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    about = [line for line in result.stderr.splitlines() if "fresh episodes" in line or "restore(" in line]
+    assert about == [
+        "warning: CartPole-v1 cannot save its episode in progress: resuming with fresh episodes, so this "
+        "run will not be bit-identical to an uninterrupted one"
+    ]
