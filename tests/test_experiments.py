@@ -1,6 +1,7 @@
 """Each experiment end to end in a tiny configuration, and the measures it reports."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -33,9 +34,15 @@ def test_on_grid_reads_the_running_mean_at_steps():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
-def test_experiment_runs_and_writes_its_files(name, tmp_path):
+def test_experiment_runs_and_writes_its_files(name, tmp_path, capsys):
     # pqn-vs-dqn's MinAtar DQN starts learning at 5000 steps
     result = experiments.run(name, tmp_path, seeds=2, steps=6000 if name == "pqn-vs-dqn" else 1500, jobs=2)
+    # a line on stderr as each run finishes: every variant and seed once, counted
+    pattern = re.compile(r"  \.\. (\S+), seed (\d): eval -?[\d.]+ \((\d+) of (\d+) runs, \d+ s\)")
+    said = [pattern.fullmatch(line) for line in capsys.readouterr().err.splitlines() if line.startswith("  .. ")]
+    variants = experiments.EXPERIMENTS[name].variants
+    assert sorted((m[1], int(m[2])) for m in said) == sorted((v, s) for v in variants for s in range(2))
+    assert [int(m[3]) for m in said] == list(range(1, len(said) + 1)) and {m[4] for m in said} == {str(len(said))}
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(result)) and on_disk["experiment"] == name
     assert set(on_disk["variants"]) == set(experiments.EXPERIMENTS[name].variants)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dqnkit import plots, presets
+from dqnkit.bench import progress
 from dqnkit.config import Config
 from dqnkit.logger import read_metrics
 
@@ -240,8 +242,15 @@ def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: in
     out.mkdir(parents=True, exist_ok=True)
     work = [(cfg, str(out / "runs" / f"{variant}-s{seed}")) for (variant, seed), cfg in runs_cfg.items()]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
+    start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_train_one, work))
+        running = {pool.submit(_train_one, args): key for args, key in zip(work, runs_cfg)}
+        for done, finished in enumerate(as_completed(running), 1):  # minutes of runs: say each one
+            (variant, seed), summary = running[finished], finished.result()
+            progress(
+                f"{variant}, seed {seed}: eval {summary['eval_return_mean']:.1f} "
+                f"({done} of {len(work)} runs, {time.perf_counter() - start:.0f} s)"
+            )
     rows = {v: [read_metrics(out / "runs" / f"{v}-s{s}" / "metrics.csv") for s in range(seeds)] for v in exp.variants}
     if exp.band_plot:
         grid = np.linspace(0, total, 200)
