@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("--seeds", type=int, default=20, help="independent runs to average (default 20)")
     tab.add_argument("--out", type=Path, help="output directory (default runs/tabular-NAME)")
     tab.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    tab.add_argument("--json", action="store_true", help="print results.json's content instead of a table")
     return parser
 
 
@@ -317,7 +318,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _tabular(args: argparse.Namespace) -> int:
-    from dqnkit.tabular.experiments import EXPERIMENTS
+    from dqnkit.tabular.experiments import EXPERIMENTS, summary_text
 
     options = {
         k: v
@@ -338,7 +339,11 @@ def _tabular(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"tabular-{args.name}"
     _refuse_existing_results(out, args.overwrite)
     summary = EXPERIMENTS[args.name](out, **options)
-    print(json.dumps(summary))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(summary_text(summary), end="")
+        print(f"plots and results.json in {out}")
     return 0
 
 

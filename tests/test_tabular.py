@@ -81,6 +81,15 @@ def test_cli_writes_plots_and_results(tmp_path, capsys):
         assert {"online_return_last100", "greedy_return"} <= set(m)
     assert (out / "cliff_walking_rewards.png").stat().st_size > 1000
     assert (out / "cliff_walking_paths.png").stat().st_size > 1000
+    # a person reads a table; --json gives results.json's content
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0] == "cliff-walking: 60 episodes, alpha 0.5, epsilon 0.1, 3 seeds"
+    q_row = next(line for line in shown if line.startswith("q_learning "))
+    assert f"{results['methods']['q_learning']['online_return_last100']:.1f} ± " in q_row
+    assert q_row.endswith(f"{results['methods']['q_learning']['greedy_path_steps']} steps")
+    assert shown[-1] == f"plots and results.json in {out}"
+    assert main(["tabular", "cliff-walking", "--out", str(out), "--overwrite", "--json", "--seeds", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["seeds"] == 3
     assert main(["tabular", "cliff-walking", "--out", str(out)]) == 2  # no silent overwrite
 
     out = tmp_path / "rw"
@@ -88,6 +97,8 @@ def test_cli_writes_plots_and_results(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == [1, 2, 4, 8, 16, 32] and len(results["rms"]) == 6
     assert (out / "random_walk_rms.png").exists() and (out / "random_walk_alpha.png").exists()
+    rms_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("RMS error"))
+    assert rms_row.endswith(f"(best n = {results['best_n']})") and f"{results['rms'][0]:.3f}" in rms_row
 
 
 @pytest.mark.parametrize(

@@ -106,3 +106,20 @@ def random_walk_experiment(
 
 
 EXPERIMENTS = {"cliff-walking": cliff_walking_experiment, "random-walk": random_walk_experiment}
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """What a person reads of an experiment's results: its settings and one table."""
+    settings = f"{summary['episodes']} episodes, alpha {summary['alpha']}"
+    if summary["experiment"] == "cliff-walking":
+        lines = [f"cliff-walking: {settings}, epsilon {summary['epsilon']}, {summary['seeds']} seeds", ""]
+        lines.append(f"{'method':<16} {'online return, last 100 episodes':>33}   greedy path")
+        for method, r in summary["methods"].items():
+            online = f"{r['online_return_last100']:.1f} ± {r['online_return_last100_std']:.1f}"
+            lines.append(f"{method:<16} {online:>33}   {r['greedy_path_steps']} steps")
+    else:
+        lines = [f"random-walk (19 states): {settings}, {summary['seeds']} seeds", ""]
+        lines.append("n           " + "".join(f"{n:>7}" for n in summary["n"]))
+        rms = "".join(f"{e:>7.3f}" for e in summary["rms"])
+        lines.append(f"RMS error   {rms}   (best n = {summary['best_n']})")
+    return "\n".join(lines) + "\n"
