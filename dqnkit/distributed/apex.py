@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,12 @@ def load_weights(agent: Any, weights: dict[str, np.ndarray]) -> None:
 class ActorWorker:
     """One Ape-X actor (wrapped as a Ray actor by :func:`run`)."""
 
-    def __init__(self, config: Config, index: int, actors: int, replay: Any, store: Any, sync_every: int) -> None:
+    def __init__(self, config: Config, index: int, actors: int, replay: str, store: str, sync_every: int) -> None:
+        """``replay`` and ``store``: the names of the learner's replay and weight store. Handles
+        passed to a constructor would sit in Ray's object store, on which a restart then
+        depends (Ray logs an error saying so, ray#53727); a name is looked up again."""
+        import ray
+
         torch.set_num_threads(1)
         self.config = config.replace(device="cpu", seed=config.seed + 1000 * (index + 1))
         self.epsilon = actor_epsilon(index, actors)
@@ -159,16 +165,14 @@ class ActorWorker:
         )
         space = self.envs.single_observation_space
         self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n), learns=False)
-        self.replay, self.store, self.sync_every = replay, store, sync_every
+        self.replay, self.store, self.sync_every = ray.get_actor(replay), ray.get_actor(store), sync_every
         # Frames go to this actor's own rings of the replay's FrameReplay, which folds n-step
         # returns itself; a restarted actor first cuts the episodes its predecessor left open.
         # Other observations are folded here, and prioritised by this actor.
         self.frames = stores_frames(space.shape, space.dtype)
         self.rings = np.arange(index * config.num_envs, (index + 1) * config.num_envs)
         if self.frames:
-            import ray
-
-            ray.get(replay.cut.remote(self.rings))
+            ray.get(self.replay.cut.remote(self.rings))
         else:
             self.folder = NStepFolder(config.n_step, config.gamma, config.num_envs, space.shape, space.dtype)
         self.obs, _ = self.envs.reset(seed=self.config.seed)
@@ -301,16 +305,20 @@ class Apex:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.replay = ray.remote(num_cpus=0, scheduling_strategy=here)(ReplayServer).remote(
-            config, obs_shape, obs_dtype, options.actors * config.num_envs
+        names = {kind: f"dqnkit-{kind}-{uuid.uuid4().hex}" for kind in ("replay", "weights")}  # one run's own
+        beside = ray.remote(num_cpus=0, scheduling_strategy=here)
+        self.replay = (
+            beside(ReplayServer)
+            .options(name=names["replay"])
+            .remote(config, obs_shape, obs_dtype, options.actors * config.num_envs)
         )
-        self.store = ray.remote(num_cpus=0, scheduling_strategy=here)(WeightStore).remote()
+        self.store = beside(WeightStore).options(name=names["weights"]).remote()
         self._publish()
         actor_cls = ray.remote(
             num_cpus=1, max_restarts=options.max_restarts, resources=dict(options.actor_resources) or None
         )(ActorWorker)
         self.actors = [
-            actor_cls.remote(config, i, options.actors, self.replay, self.store, options.sync_every)
+            actor_cls.remote(config, i, options.actors, names["replay"], names["weights"], options.sync_every)
             for i in range(options.actors)
         ]
         self.env_steps, self.episodes, self.restarts, self.stopped = 0, 0, 0, False
