@@ -101,10 +101,16 @@ def make_vec_env(
     return LeanSyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
 
+def steps_apart(envs: Any) -> bool:
+    """Whether ``envs`` step in their own threads or processes (a C++ pool, AsyncVectorEnv),
+    so that :func:`send_step` returns at once; a sync vector env steps in :func:`recv_step`."""
+    return isinstance(envs, gym.vector.AsyncVectorEnv) or hasattr(envs, "send")
+
+
 def send_step(envs: Any, actions: np.ndarray) -> None:
     """Start the vector step ``actions`` that :func:`recv_step` finishes, so that the caller
-    can work meanwhile: a C++ pool (``send``) and an AsyncVectorEnv (``step_async``) step in
-    their own threads or processes; any other vector env steps in :func:`recv_step`."""
+    can work meanwhile (where :func:`steps_apart` holds; else the step waits for
+    :func:`recv_step`)."""
     if isinstance(envs, gym.vector.AsyncVectorEnv):
         envs.step_async(actions)
     elif hasattr(envs, "send"):

@@ -41,6 +41,7 @@ from dqnkit.envs import (
     recv_step,
     send_step,
     set_env_state,
+    steps_apart,
     true_next_obs,
 )
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
@@ -171,6 +172,12 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
         config.env_backend,
         config.seed,
     )
+    if config.overlap_env_step and not steps_apart(envs):
+        warnings.warn(
+            f"overlap_env_step: {config.env_id}'s envs step in this process (sync), so nothing overlaps; "
+            "vector_env=async (or an ALE pool, for ALE ids) steps them apart",
+            stacklevel=3,
+        )
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
     if config.algorithm == "pqn":  # a rollout is small: checkpoints keep it whole

@@ -12,6 +12,10 @@ from dqnkit.agent import DQNAgent
 from dqnkit.monitor import RunMonitor
 from dqnkit.training import load_checkpoint, load_replay
 
+# sync envs step when received, so overlapping them gains nothing (and says so): the tests
+# use them anyway, where the loop's order is what they check
+pytestmark = pytest.mark.filterwarnings("ignore:overlap_env_step:UserWarning")
+
 QUIET = dict(eval_every=0, final_eval=False, stop_at_return=None)
 CARTPOLE = dict(
     total_steps=800,
@@ -107,3 +111,12 @@ def test_an_overlapped_run_resumes_bit_identically_from_a_step_in_flight(tmp_pat
     summary = resume(tmp_path / "interrupted")
     assert summary["steps"] == 800 and not summary["resumed_with_fresh_episodes"]
     assert np.array_equal(_probe(tmp_path / "interrupted"), _probe(tmp_path / "straight"))
+
+
+def test_overlap_with_sync_envs_says_that_nothing_overlaps(tmp_path, recwarn):
+    settings = dict(CARTPOLE, total_steps=300, overlap_env_step=True)
+    with pytest.warns(UserWarning, match="CartPole-v1's envs step in this process .sync., so nothing overlaps"):
+        train(presets.get("cartpole", **settings), tmp_path / "sync")
+    recwarn.clear()
+    train(presets.get("cartpole", **settings, num_envs=2, vector_env="async"), tmp_path / "async")
+    assert not [w for w in recwarn if "nothing overlaps" in str(w.message)]
