@@ -120,14 +120,23 @@ def train(
 
 
 def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: bool = False) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its latest checkpoint, up to ``total_steps``."""
+    """Continue the run in ``run_dir`` from its latest checkpoint, up to ``total_steps``.
+
+    A run that is complete, or stopped early at ``stop_at_return``, is refused (ConfigError)
+    unless ``total_steps`` is above its steps: there is nothing else to continue.
+    """
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
-    config = from_dict(ckpt["config"])
+    config, done = from_dict(ckpt["config"]), ckpt["loop"]["step"]
     if total_steps is not None:
-        if total_steps < ckpt["loop"]["step"]:
-            raise ConfigError(f"--steps {total_steps} is below the {ckpt['loop']['step']} steps this run already has")
+        if total_steps <= done:
+            raise ConfigError(f"--steps {total_steps:,} is not above the {done:,} steps this run already has")
         config = config.replace(total_steps=total_steps)
+    elif done >= config.total_steps or ckpt["loop"]["stopped_early"]:  # refused before any warning or write
+        why = "stopped early (its evaluation reached stop_at_return)" if done < config.total_steps else "is complete"
+        raise ConfigError(
+            f"{run_dir} {why} at step {done:,}: nothing to resume; --steps N (above {done:,}) trains it further"
+        )
     resolve_device(config.device)
     parts = build(config, run_dir)
     restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
