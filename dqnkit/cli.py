@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -283,6 +284,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
     if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_FORMATS:
         raise DqnkitError(f"--video writes {' or '.join(VIDEO_FORMATS)} files, not {Path(args.video).name!r}")
+    if args.video is not None and not Path(args.video).absolute().parent.is_dir():
+        raise DqnkitError(f"--video {args.video}: the directory {Path(args.video).parent} does not exist")
+    if args.video is not None:  # frames are drawn off-screen: without this, pygame's SDL looks for a display
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # and prints "error: XDG_RUNTIME_DIR is invalid ..."
     agent = load(args.run_dir)
     returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed, agent.config.eval_epsilon).returns
     result = {
@@ -299,7 +304,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.episodes} episodes: return {result['return_mean']:.2f} ± {result['return_std']:.2f}")
+        episodes = f"{args.episodes} episode{'s' * (args.episodes != 1)}"
+        print(f"{episodes}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}")
         if args.video is not None:
             print(f"video: {video.path} ({video.frames} frames, return {video.episode_return:g})")
     return 0

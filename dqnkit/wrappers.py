@@ -139,9 +139,14 @@ def make_minatar(env_id: str, render_mode: str | None = None) -> gym.Env:
     if not any(k.startswith("MinAtar/") for k in gym.envs.registry):
         minatar.gym.register_envs()
     try:
-        # MinAtar games have no time limit; the cap only stops a greedy policy that never loses
+        # MinAtar games have no time limit; the cap only stops a greedy policy that never loses.
+        # No env checker: it warns that MinAtar declares no render fps and renders float64
+        # frames, both of which the video writer handles (a default rate; frames made uint8).
         env = gym.make(
-            minatar_id(env_id), max_episode_steps=100_000, **({"render_mode": render_mode} if render_mode else {})
+            minatar_id(env_id),
+            max_episode_steps=100_000,
+            disable_env_checker=True,
+            **({"render_mode": render_mode} if render_mode else {}),
         )
     except gym.error.Error as exc:
         raise DqnkitError(f"cannot create environment {env_id!r}: {exc}") from None

@@ -1,6 +1,8 @@
 """Each env family gets its own defaults, a preset of another family is flagged, and
 videos come out for every family in both formats (or the format is refused in one line)."""
 
+import warnings
+
 import imageio.v2 as imageio
 import imageio_ffmpeg
 import numpy as np
@@ -77,7 +79,10 @@ def minatar_run(tmp_path_factory):
 @pytest.mark.parametrize("suffix", [".gif", ".mp4"])
 def test_minatar_video_in_both_formats(minatar_run, tmp_path, suffix):
     out = tmp_path / f"play{suffix}"
-    assert main(["eval", str(minatar_run), "--episodes", "1", "--video", str(out)]) == 0
+    with warnings.catch_warnings(record=True) as caught:  # gymnasium's env checker warned twice about MinAtar
+        warnings.simplefilter("always")
+        assert main(["eval", str(minatar_run), "--episodes", "1", "--video", str(out)]) == 0
+    assert [str(w.message) for w in caught] == []
     if suffix == ".gif":
         frames = imageio.mimread(out, memtest=False)
         count, size = len(frames), frames[0].shape[1::-1]
@@ -87,7 +92,12 @@ def test_minatar_video_in_both_formats(minatar_run, tmp_path, suffix):
     assert count >= 2 and tuple(size) == (160, 160)
 
 
-def test_an_unsupported_video_format_is_refused_before_any_work(minatar_run, tmp_path, capsys):
-    assert main(["eval", str(minatar_run), "--video", str(tmp_path / "play.avi")]) == 2
-    assert "--video writes .mp4 or .gif files" in capsys.readouterr().err
-    assert not (tmp_path / "play.avi").exists()
+@pytest.mark.parametrize(
+    "name, message",
+    [("play.avi", "--video writes .mp4 or .gif files"), ("no/such/dir/play.gif", "does not exist")],
+)
+def test_a_video_that_cannot_be_written_is_refused_before_any_work(minatar_run, tmp_path, capsys, name, message):
+    assert main(["eval", str(minatar_run), "--video", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1  # before: a traceback after the evaluation
+    assert not (tmp_path / name).exists()

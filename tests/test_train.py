@@ -231,12 +231,20 @@ def test_env_without_savable_state_resumes_with_fresh_episodes_and_says_so(tmp_p
     assert summary["steps"] == 80 and summary["resumed_with_fresh_episodes"] is True
 
 
-def test_eval_records_a_video(tmp_path):
+def test_eval_records_a_video(tmp_path, monkeypatch, capfd):
     from dqnkit.cli import main
 
     train(_cfg(), tmp_path / "run")
+    # on a machine without a display session, SDL (pygame draws CartPole) printed "error:
+    # XDG_RUNTIME_DIR is invalid ..." to stderr, though nothing is shown on a screen
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("SDL_VIDEODRIVER", "")  # recorded, so that the test leaves the variable as it was
+    monkeypatch.delenv("SDL_VIDEODRIVER")
+    capfd.readouterr()
     assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--video", str(tmp_path / "ep.gif")]) == 0
     assert (tmp_path / "ep.gif").read_bytes()[:3] == b"GIF"
+    out, err = capfd.readouterr()
+    assert out.startswith("1 episode: return") and err == ""
 
 
 def test_resume_is_exact_with_prioritized_replay_and_n_step(tmp_path):
