@@ -73,19 +73,6 @@ def test_train_eval_resume_round_trip(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == written
 
 
-def test_resuming_a_run_that_stopped_early_needs_more_steps(tmp_path):
-    run = tmp_path / "run"
-    tiny = [*TINY[:-3], "--set", "stop_at_return=5", "--quiet"]  # a random policy's ~20 stops it at once
-    assert main(["train", "--seed", "1", "--run-dir", str(run), *tiny]) == 0
-    first = json.loads((run / "summary.json").read_text())
-    assert first["stopped_early"] and first["steps"] == 300
-    refusal = "stopped early (its evaluation reached stop_at_return) at step 300"
-    assert_refused(dqnkit("train", "--resume", str(run)), refusal)
-    result = dqnkit("train", "--resume", str(run), "--steps", "900", "--json")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["steps"] == 600  # trained on to its next evaluation, which stops it again
-
-
 def test_presets_listing_and_detail(capsys):
     assert main(["presets"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dqnkit import Config, load, presets, resume, train
-from dqnkit.errors import DqnkitError
+from dqnkit.errors import ConfigError, DqnkitError
 from dqnkit.training import build, crossed, epsilon, load_replay
 
 TINY = dict(
@@ -210,7 +210,8 @@ def test_resume_with_more_steps_continues_past_an_early_stop(tmp_path):
     run = tmp_path / "run"
     first = train(_cfg(stop_at_return=0.0), run)  # any evaluation satisfies it
     assert first["stopped_early"] and first["steps"] == 300
-    assert resume(run)["steps"] == 300  # no --steps: the run is finished
+    with pytest.raises(ConfigError, match="stopped early .* at step 300: nothing to resume"):
+        resume(run)  # no more steps: the run is finished (before, it re-saved and re-warned)
     # with more steps it trains on, until the next evaluation meets the threshold again
     assert resume(run, total_steps=900)["steps"] == 600
 
