@@ -288,7 +288,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "",
         result["description"],
         "",
-        f"{result['seeds']} seeds x {result['steps']} steps, "
+        f"{result['seeds']} seed{'s' * (result['seeds'] != 1)} x {result['steps']:,} steps, "
         + ", ".join(f"`{p}`" for p in dict.fromkeys(result.get("presets", {}).values()) or [result["preset"]])
         + ".",
         "",
