@@ -41,17 +41,26 @@ def default_run_dir(config: Config, prefix: str = "") -> Path:
     return Path("runs") / f"{prefix}{name}-s{config.seed}-{stamp}"
 
 
-def open_run_dir(config: Config, run_dir: Path, overwrite: bool) -> None:
-    """Create ``run_dir`` with the run's ``config.json``; a non-empty one is only replaced with
-    explicit consent (``overwrite``), so nothing written before is lost by accident."""
+def check_run_dir(run_dir: Path, overwrite: bool, *, resumable: bool = True) -> None:
+    """Refuse ``run_dir`` if it is a file, or holds anything and ``overwrite`` is not given.
+
+    ``resumable``: whether the caller's runs continue with ``dqnkit train --resume`` (Ape-X's
+    do not), so that the refusal suggests it only where it would work.
+    """
     if run_dir.exists() and not run_dir.is_dir():
         raise DqnkitError(f"{run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise DqnkitError(
-                f"run directory {run_dir} is not empty; continue it with "
-                f"`dqnkit train --resume {run_dir}` or replace it with --overwrite"
-            )
+    if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
+        instead = "choose another --run-dir"
+        if resumable and (run_dir / "checkpoints").is_dir():
+            instead = f"continue it with `dqnkit train --resume {run_dir}`"
+        raise DqnkitError(f"run directory {run_dir} is not empty; {instead} or replace it with --overwrite")
+
+
+def open_run_dir(config: Config, run_dir: Path, overwrite: bool, *, resumable: bool = True) -> None:
+    """Create ``run_dir`` with the run's ``config.json``; a non-empty one is only replaced with
+    explicit consent (``overwrite``), so nothing written before is lost by accident."""
+    check_run_dir(run_dir, overwrite, resumable=resumable)
+    if run_dir.is_dir():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(config.to_json())

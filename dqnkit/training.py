@@ -159,6 +159,11 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
     if not run_dir.is_dir():
         raise DqnkitError(f"run directory {run_dir} does not exist")
     ckpt = safe_load(CheckpointDir(run_dir).latest)
+    if "apex" in ckpt and "loop" in required:
+        raise CheckpointError(
+            f"{run_dir} is an Ape-X run: its checkpoints hold the learner, not the actors' episodes or the "
+            f"replay, so it cannot resume (`dqnkit eval {run_dir}` and dqnkit.load read it)"
+        )
     for key in required:
         if key not in ckpt:
             what = "resumable dqnkit training" if "loop" in required else "dqnkit"

@@ -183,7 +183,7 @@ def test_bench_apex_refuses_bad_actor_counts(args, fragment, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_learner_and_evaluations_carry_the_overestimation_probe(tmp_path, ray_installed):
+def test_ctrl_c_saves_the_learner_and_evaluations_carry_the_overestimation_probe(tmp_path, ray_installed, capsys):
     from dqnkit import load
     from dqnkit.distributed import apex
 
@@ -199,6 +199,11 @@ def test_ctrl_c_saves_the_learner_and_evaluations_carry_the_overestimation_probe
     agent = load(tmp_path / "run")  # an Ape-X checkpoint loads like any run's
     assert agent.updates > 0
     assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--json"]) == 0
+    # but it does not resume, and nothing suggests it (the hints named `dqnkit train --resume`)
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert "is an Ape-X run: its checkpoints hold the learner" in capsys.readouterr().err
+    assert main(["apex", "--actors", "1", "--run-dir", str(tmp_path / "run")]) == 2
+    assert "not empty; choose another --run-dir or replace it with --overwrite" in capsys.readouterr().err
 
 
 def test_the_replay_server_keeps_atari_frames_once_in_one_ring_per_actor_env():

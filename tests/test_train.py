@@ -112,11 +112,13 @@ def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("keep me")
-    with pytest.raises(DqnkitError, match="not empty"):
-        train(_cfg(), run)
+    with pytest.raises(DqnkitError, match="not empty; choose another --run-dir or replace it with --overwrite"):
+        train(_cfg(), run)  # no checkpoints: --resume would not work, so it is not suggested
     assert (run / "precious.txt").read_text() == "keep me"
     train(_cfg(), run, overwrite=True)
     assert not (run / "precious.txt").exists()
+    with pytest.raises(DqnkitError, match=f"not empty; continue it with `dqnkit train --resume {run}`"):
+        train(_cfg(), run)
 
 
 def test_bad_env_is_refused_before_the_run_dir_is_created(tmp_path):

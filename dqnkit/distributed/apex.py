@@ -47,6 +47,7 @@ from dqnkit.errors import DqnkitError
 from dqnkit.monitor import (
     RunMonitor,
     check_loss,
+    check_run_dir,
     open_run_dir,
     pop_learning_stats,
     record_learning_stats,
@@ -512,12 +513,13 @@ def run(
         raise DqnkitError(f"apex distributes DQN; algorithm={config.algorithm} trains with `dqnkit train`")
     spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
     resolve_device(config.device)
+    check_run_dir(Path(run_dir), overwrite, resumable=False)  # and before Ray starts
     # a local cluster gets one logical CPU per actor, even on a smaller machine
     connect(ray, options.ray_address, max(os.cpu_count() or 1, options.actors), options.connect_timeout_s)
     try:
         _check_resources(ray, dict(options.actor_resources))
         run_dir = Path(run_dir)
-        open_run_dir(config, run_dir, overwrite)
+        open_run_dir(config, run_dir, overwrite, resumable=False)
         with flush_denormals(config.flush_denormal):
             return Apex(config, run_dir, options, spaces).run(progress, callback)
     finally:
