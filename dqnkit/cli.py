@@ -284,11 +284,9 @@ def _eval(args: argparse.Namespace) -> int:
         raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
     if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_FORMATS:
         raise DqnkitError(f"--video writes {' or '.join(VIDEO_FORMATS)} files, not {Path(args.video).name!r}")
-    if args.video is not None and not Path(args.video).absolute().parent.is_dir():
-        raise DqnkitError(f"--video {args.video}: the directory {Path(args.video).parent} does not exist")
-    if args.video is not None:  # frames are drawn off-screen: without this, pygame's SDL looks for a display
-        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # and prints "error: XDG_RUNTIME_DIR is invalid ..."
     agent = load(args.run_dir)
+    if args.video is not None:
+        _prepare_video(Path(args.video))
     returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed, agent.config.eval_epsilon).returns
     result = {
         "episodes": args.episodes,
@@ -309,6 +307,18 @@ def _eval(args: argparse.Namespace) -> int:
         if args.video is not None:
             print(f"video: {video.path} ({video.frames} frames, return {video.episode_return:g})")
     return 0
+
+
+def _prepare_video(path: Path) -> None:
+    """Make the video's directory now, as --run-dir's and --out's are (not after the
+    evaluation, where a missing one was a traceback), and draw frames off-screen."""
+    try:
+        path.absolute().parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DqnkitError(f"--video {path}: cannot create {path.parent} ({exc.strerror})") from None
+    # without a display session, pygame's SDL (CartPole, Box2D) printed "error: XDG_RUNTIME_DIR
+    # is invalid or not set" though nothing is shown on a screen
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 def _presets(args: argparse.Namespace) -> int:

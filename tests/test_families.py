@@ -94,10 +94,17 @@ def test_minatar_video_in_both_formats(minatar_run, tmp_path, suffix):
 
 @pytest.mark.parametrize(
     "name, message",
-    [("play.avi", "--video writes .mp4 or .gif files"), ("no/such/dir/play.gif", "does not exist")],
+    [("play.avi", "--video writes .mp4 or .gif files"), ("a-file/play.gif", "cannot create")],
 )
 def test_a_video_that_cannot_be_written_is_refused_before_any_work(minatar_run, tmp_path, capsys, name, message):
+    (tmp_path / "a-file").write_text("")
     assert main(["eval", str(minatar_run), "--video", str(tmp_path / name)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1  # before: a traceback after the evaluation
     assert not (tmp_path / name).exists()
+
+
+def test_a_video_in_a_new_directory_creates_it(minatar_run, tmp_path):
+    out = tmp_path / "videos" / "new" / "play.gif"  # a traceback after the evaluation, before
+    assert main(["eval", str(minatar_run), "--episodes", "1", "--video", str(out)]) == 0
+    assert out.read_bytes()[:3] == b"GIF"
