@@ -12,6 +12,7 @@ which must never enter the replay.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import gymnasium as gym
@@ -255,6 +256,8 @@ def true_next_obs(next_obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
 
 
 def _make(env_id: str, **kwargs: Any) -> gym.Env:
+    if ":" in env_id:  # gymnasium's "module:Env-v0": importing the module registers the env
+        _import_env_module(env_id)
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.NameNotFound:
@@ -265,6 +268,19 @@ def _make(env_id: str, **kwargs: Any) -> gym.Env:
         raise DqnkitError(
             f"environment {env_id!r} needs the missing package {exc.name!r}; install the matching "
             "extra, e.g. pip install 'dqnkit[box2d]'"
+        ) from None
+
+
+def _import_env_module(env_id: str) -> None:
+    """Import the module of a ``module:Env-v0`` id here, where its failure can be told apart
+    (gymnasium's own import re-raises it as a ModuleNotFoundError without a name)."""
+    module = env_id.split(":", 1)[0]
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise DqnkitError(
+            f"environment {env_id!r}: cannot import {module!r}, the module that registers it ({exc}); "
+            "put its directory on PYTHONPATH (the dqnkit command does not look in the current directory)"
         ) from None
 
 

@@ -95,6 +95,7 @@ def test_presets_listing_and_detail(capsys):
         (["train", "--steps", "500"], "nothing would be learned"),
         (["train", "--env", "Pendulum-v1"], "Discrete actions"),
         (["train", "--env", "Blackjack-v1"], "observation space"),
+        (["train", "--env", "no_such_module:Env-v0"], "cannot import 'no_such_module', the module that registers it"),
         (["eval", "no/such/run"], "does not exist"),
         (["train", "--resume", "no/such/run"], "does not exist"),
         (["train", "--bogus-flag"], "unrecognized arguments"),
@@ -110,6 +111,42 @@ def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path, monkeypatch, cap
 def test_a_refusal_from_the_installed_command_is_one_line_exit_2(tmp_path):
     assert_refused(dqnkit("train", "--env", "NoSuchEnv-v0", "--quiet", cwd=tmp_path), "unknown environment")
     assert not (tmp_path / "runs").exists()
+
+
+CORRIDOR = """
+import gymnasium as gym
+import numpy as np
+
+
+class Corridor(gym.Env):
+    observation_space = gym.spaces.Box(0, 1, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = 0
+        return np.eye(4, dtype=np.float32)[self.pos], {}
+
+    def step(self, action):
+        self.pos = min(3, max(0, self.pos + 2 * int(action) - 1))
+        return np.eye(4, dtype=np.float32)[self.pos], float(self.pos == 3), self.pos == 3, False, {}
+
+
+gym.register("Corridor-v0", entry_point=Corridor, max_episode_steps=20)
+"""
+
+
+def test_a_users_own_env_trains_and_evaluates_by_module_and_id(tmp_path, monkeypatch, capsys):
+    """gymnasium's ``module:Env-v0`` ids: importing the module registers the env, for the
+    run and again for whoever evaluates it (the id is what config.json keeps)."""
+    (tmp_path / "dqnkit_test_corridor.py").write_text(CORRIDOR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    assert main(["train", "--env", "dqnkit_test_corridor:Corridor-v0", "--run-dir", str(run), *TINY]) == 0
+    assert json.loads((run / "config.json").read_text())["env_id"] == "dqnkit_test_corridor:Corridor-v0"
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 2
 
 
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
