@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -467,7 +468,13 @@ def _refuse_existing_results(out: Path, overwrite: bool) -> None:
 def entry() -> None:
     """The ``dqnkit`` console script."""
     warnings.formatwarning = _one_line_warning
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `dqnkit ... | head` left before the output ended: no traceback about it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush is quiet too
+        code = 128 + signal.SIGPIPE  # what a shell reports for a writer the closed pipe stopped
+    sys.exit(code)
 
 
 _default_formatwarning = warnings.formatwarning

@@ -123,7 +123,9 @@ class Config:
     dueling: bool = _opt(False, "Dueling head: Q = V + A - mean(A).")
     loss: str = _opt("huber", "TD loss: huber (smooth L1) or mse.", choices=("huber", "mse"))
     max_grad_norm: float = _opt(10.0, "Clip the gradient's global norm to this (0 = no clipping).", lo=0.0)
-    hidden_sizes: tuple[int, ...] = _opt((64, 64), "Widths of the MLP's hidden layers, e.g. 256,256.")
+    hidden_sizes: tuple[int, ...] = _opt(
+        (64, 64), "Widths of the MLP's hidden layers, e.g. 256,256; empty for a linear Q-function."
+    )
     n_step: int = _opt(
         1, "n-step returns: fold this many rewards into each transition (cut at episode ends).", lo=1, only="dqn"
     )

@@ -149,6 +149,15 @@ def test_a_users_own_env_trains_and_evaluates_by_module_and_id(tmp_path, monkeyp
     assert json.loads(capsys.readouterr().out)["episodes"] == 2
 
 
+def test_output_into_a_closed_pipe_ends_without_a_traceback():
+    """``dqnkit train ... | head -1``: the reader leaves before the last lines. It was a
+    BrokenPipeError traceback after the run; now the exit status a shell gives such a writer."""
+    proc = subprocess.Popen([sys.executable, "-m", "dqnkit", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the listing is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
+
+
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
