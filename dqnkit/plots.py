@@ -131,7 +131,7 @@ def lines(
 def _save(fig: plt.Figure, out_png: str | Path) -> Path:
     fig.tight_layout()
     out_png = Path(out_png)
-    fig.savefig(out_png)
+    fig.savefig(out_png, bbox_inches="tight", pad_inches=0.1)  # a fixed-aspect grid can push its title out
     plt.close(fig)
     return out_png
 
