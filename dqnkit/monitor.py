@@ -101,6 +101,9 @@ class RunMonitor:
     # Where stderr is not a terminal (a log file, a batch job), a bar redrawn in place piles up
     # as one endless line: the progress is then a plain line every LINE_EVERY_S seconds.
     LINE_EVERY_S = 30.0
+    # TensorBoard's `perf/steps_per_s` (CleanRL's charts/SPS, SB3's time/fps): the rate over
+    # windows of at least this long, written at an episode's end (no cost per step)
+    RATE_EVERY_S = 5.0
 
     def __init__(
         self, config: Config, run_dir: Path, *, step: int = 0, wall_s: float = 0.0, progress: bool = False
@@ -125,6 +128,7 @@ class RunMonitor:
         )
         self._start_s, self._start_step, self._base_s = time.perf_counter(), step, wall_s
         self._step, self._line_at = step, (step, self._start_s)  # (step, time) of the last line
+        self._rate_at = (step, self._start_s)  # (step, time) of the last perf/steps_per_s point
         self._epsilon: float | None = None  # the latest episode's, for the progress line
         self._last_eval: tuple[int, float] | None = None  # (step, mean return)
         self._stop = _StopFlag()
@@ -179,11 +183,16 @@ class RunMonitor:
         loss: float | None = None,
         q_mean: float | None = None,
     ) -> None:
-        """One finished episode: a metrics row, and the bar's recent return."""
+        """One finished episode: a metrics row, the bar's recent return, and TensorBoard's
+        steps/s when a window has passed."""
         self.recent.append(ret)
         self._epsilon = epsilon
         values = {"return": ret, "length": length, "epsilon": round(epsilon, 5), "loss": loss, "q_mean": q_mean}
         self.logger.row("episode", step, episode=episode, **values, wall_s=round(self.wall_s(), 3))
+        now = time.perf_counter()
+        if now >= self._rate_at[1] + self.RATE_EVERY_S:
+            self.logger.scalar("perf/steps_per_s", (step - self._rate_at[0]) / (now - self._rate_at[1]), step)
+            self._rate_at = (step, now)
         self._bar.set_postfix(ep=episode, ret=f"{np.mean(self.recent):.1f}", eps=f"{epsilon:.3f}", refresh=False)
 
     def evaluate(self, agent: Any, step: int, episodes: int) -> tuple[float, float]:

@@ -7,6 +7,7 @@ import torch
 
 from dqnkit import Config, load, presets, resume, train
 from dqnkit.errors import ConfigError, DqnkitError
+from dqnkit.logger import read_metrics
 from dqnkit.training import build, crossed, epsilon, load_replay
 
 TINY = dict(
@@ -106,6 +107,26 @@ def test_run_directory_contract(tmp_path):
     kinds = [line.split(",")[0] for line in lines[1:]]
     assert kinds.count("eval") == 2 and kinds.count("episode") == summary["episodes"]
     assert (run / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tensorboard_mirrors_the_metrics_and_adds_steps_per_second(tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dqnkit.monitor import RunMonitor
+
+    monkeypatch.setattr(RunMonitor, "RATE_EVERY_S", 0.0)  # a point at every episode's end
+    run = tmp_path / "run"
+    summary = train(_cfg(), run)
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    scalars = {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+    rows = read_metrics(run / "metrics.csv")
+    episodes = [(int(r["step"]), float(r["return"])) for r in rows if r["kind"] == "episode"]
+    assert [(e.step, e.value) for e in scalars["episode/return"]] == episodes
+    assert [e.step for e in scalars["eval/return"]] == [300, 600]
+    assert {"episode/epsilon", "episode/loss", "episode/q_mean", "eval/return_std"} <= set(scalars)
+    rates = scalars["perf/steps_per_s"]
+    assert len(rates) == summary["episodes"] and all(e.value > 0 for e in rates)
 
 
 def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
