@@ -93,6 +93,10 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, reference):
     killed_at = max(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt"))
     assert killed_at < SETTINGS["total_steps"], "the run finished before it was killed"
 
+    # TensorBoard orders event files by name (creation second, host, pid): a writer created in
+    # the killed one's second could sort before it. Only a run killed within a second does that.
+    started = int(next((run / "tb").glob("events.out.tfevents.*")).name.split(".")[3])
+    time.sleep(max(0.0, started + 1 - time.time()))
     summary = resume(run)
     assert summary["steps"] == SETTINGS["total_steps"]
     assert np.array_equal(_q(run), _q(reference))
@@ -100,6 +104,17 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, reference):
     ours, theirs = read_metrics(run / "metrics.csv"), read_metrics(reference / "metrics.csv")
     strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in ours]
     assert strip == [{k: v for k, v in r.items() if k != "wall_s"} for r in theirs]
+    # and TensorBoard shows each step once: the resumed writer purges the killed one's later events
+    assert _tb_points(run, "episode/return") == _tb_points(reference, "episode/return")
+    assert _tb_points(run, "eval/return") == _tb_points(reference, "eval/return")
+
+
+def _tb_points(run: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
 @pytest.mark.slow
