@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--video", type=Path, help="also record one episode to this .mp4 or .gif (needs dqnkit[video])")
 
+    plot = sub.add_parser("plot", help="the learning curves of several runs in one PNG (seeds of a variant together)")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", type=Path, default=Path("compare.png"), help="the PNG to write (default compare.png)")
+
     pr = sub.add_parser("presets", help="list presets, or print one preset's full config")
     pr.add_argument("name", nargs="?")
 
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": _train,
             "eval": _eval,
             "presets": _presets,
+            "plot": _plot,
             "tabular": _tabular,
             "bench": _bench,
             "experiment": _experiment,
@@ -331,6 +336,21 @@ def _presets(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {presets.describe(name)}")
     else:
         print(presets.get(args.name).to_json())
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from dqnkit.compare import compare
+
+    if args.out.suffix.lower() != ".png":
+        raise DqnkitError(f"--out writes a .png file, not {args.out.name!r}")
+    args.out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    panels = compare(args.run_dirs, args.out)
+    for env, variants in panels.items():
+        print(env)
+        for name, n in variants.items():
+            print(f"  {name}: {n} run{'s' * (n != 1)}")
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -164,20 +164,26 @@ def overestimation(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
 
 def versus(panels: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]], out_png: str | Path) -> Path:
     """One row per env: the 100-episode running mean of each run against environment steps
-    (left) and against training wall seconds (right), one colour per variant.
-    ``panels[env][variant]`` lists each seed's (steps, wall seconds, returns) per episode."""
+    (left) and against training wall seconds (right), one colour per variant in every row,
+    and one legend below. ``panels[env][variant]`` lists each seed's (steps, wall seconds,
+    returns) per episode."""
+    names = list(dict.fromkeys(name for variants in panels.values() for name in variants))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
     fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.6 * len(panels)), dpi=100, squeeze=False)
+    handles = {}
     for (env, variants), row in zip(panels.items(), axes):
-        for color, (variant, seeds) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], variants.items()):
-            for i, (steps, wall, returns) in enumerate(seeds):
-                label = f"{variant} ({len(seeds)} seeds)" if i == 0 else None
+        for variant, seeds in variants.items():
+            label = f"{variant} ({len(seeds)} seed{'s' * (len(seeds) != 1)})"
+            for steps, wall, returns in seeds:
                 smooth = running_mean(returns)
-                row[0].plot(steps, smooth, color=color, lw=1.4, alpha=0.8, label=label)
-                row[1].plot(wall, smooth, color=color, lw=1.4, alpha=0.8, label=label)
+                row[0].plot(steps, smooth, color=colors[variant], lw=1.4, alpha=0.8)
+                (handles[label],) = row[1].plot(wall, smooth, color=colors[variant], lw=1.4, alpha=0.8)
         row[0].set(xlabel="environment steps", ylabel="return (100-episode running mean)", title=env)
         row[0].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
         row[1].set(xlabel="training wall seconds", title=env)
         for ax in row:
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=8, ncol=2)
     return _save(fig, out_png)

@@ -1,0 +1,107 @@
+"""``dqnkit plot RUN...``: the learning curves of any runs in one PNG.
+
+Runs whose configs differ only in their seed, their length or where they ran (and in how
+they evaluate and checkpoint) are seeds of one variant: one colour, one line per seed. A
+variant is named by its preset and the keys in which it differs from the other variants
+of that preset (``cartpole, lr=0.002``). Each env gets its own row of panels: return
+against env steps and against training wall seconds (:func:`dqnkit.plots.versus`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dqnkit import plots, presets
+from dqnkit.errors import DqnkitError
+from dqnkit.experiments import episodes_by
+from dqnkit.logger import read_metrics
+
+# Keys that do not change what a run learns from step to step: runs that differ only in
+# these are seeds of one variant.
+SAME_VARIANT = frozenset(
+    {
+        "seed",
+        "total_steps",
+        "stop_at_return",
+        "device",
+        "num_threads",
+        "eval_every",
+        "eval_episodes",
+        "final_eval",
+        "log_overestimation",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "replay_checkpoint",
+    }
+)
+
+Curve = tuple[np.ndarray, np.ndarray, np.ndarray]  # per episode: end step, wall seconds, return
+
+
+def compare(run_dirs: list[Path], out_png: Path) -> dict[str, dict[str, int]]:
+    """Draw ``run_dirs``' learning curves into ``out_png``; returns {env: {variant: runs}}.
+
+    Every directory is checked before anything is drawn: one that is not a dqnkit run is
+    a :class:`DqnkitError` naming it.
+    """
+    runs = [(d, _config(d)) for d in dict.fromkeys(run_dirs)]  # each directory once, in the given order
+    names = variant_names([config for _, config in runs])
+    panels: dict[str, dict[str, list[Curve]]] = {}
+    for (run_dir, config), name in zip(runs, names):
+        panels.setdefault(config["env_id"], {}).setdefault(name, []).append(
+            episodes_by(read_metrics(run_dir / "metrics.csv"))
+        )
+    plots.versus(panels, out_png)
+    return {env: {name: len(seeds) for name, seeds in variants.items()} for env, variants in panels.items()}
+
+
+def variant_names(configs: list[dict[str, Any]]) -> list[str]:
+    """Per config: its preset, plus ``key=value`` for each key in which it differs from the
+    most common value among the runs of that preset (on a tie, the preset's own value; keys
+    of :data:`SAME_VARIANT` and the env aside). Two variants named alike would agree on
+    every key: names are unique."""
+    keys = [{k: v for k, v in c.items() if k not in SAME_VARIANT and k != "env_id"} for c in configs]
+    names = {}
+    for own in keys:
+        peers = [k for k in keys if k["preset"] == own["preset"]]
+        default = _preset_values(own["preset"])
+        unusual = [
+            key for key in own if key != "preset" and own[key] != _common([p.get(key) for p in peers], default.get(key))
+        ]
+        names[json.dumps(own, sort_keys=True)] = ", ".join(
+            [own["preset"], *(f"{key}={_short(own[key])}" for key in unusual)]
+        )
+    return [names[json.dumps(k, sort_keys=True)] for k in keys]
+
+
+def _common(values: list[Any], default: Any) -> Any:
+    """The most common of ``values``; on a tie ``default`` if it is among them, else the first seen."""
+    counts = [values.count(v) for v in values]
+    tied = [v for v, n in zip(values, counts) if n == max(counts)]
+    return default if default in tied else tied[0]
+
+
+def _preset_values(name: str) -> dict[str, Any]:
+    """The config of preset ``name`` as config.json writes it; empty for a name this version
+    does not know (a run from another version)."""
+    try:
+        return presets.get(name).to_dict()
+    except DqnkitError:
+        return {}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _config(run_dir: Path) -> dict[str, Any]:
+    for name in ("config.json", "metrics.csv"):
+        if not (run_dir / name).is_file():
+            raise DqnkitError(f"{run_dir} is not a dqnkit run directory (it has no {name})")
+    return json.loads((run_dir / "config.json").read_text())
