@@ -24,7 +24,8 @@ and gives the loop the same kind of transitions as dqnkit's gymnasium Atari stac
 - rewards are clipped to [-1, 1] for learning; the scores reported are the raw ones.
 
 The pools also press FIRE at a reset their own way (ALE's for one frame, where the wrapper
-stack takes a 4-frame FIRE step). Evaluation plays the gymnasium env.
+stack takes a 4-frame FIRE step). With ``training=False`` a pool plays whole games with raw
+rewards, for evaluation (:func:`dqnkit.evaluate.evaluate` plays in the run's pool).
 """
 
 from __future__ import annotations
@@ -80,9 +81,12 @@ class PooledAtari:
         seed: int = 0,
         repeat_action_probability: float = 0.25,
         max_episode_steps: int = 27_000,
+        *,
+        training: bool = True,
     ) -> None:
         self._pool = self._make_pool(env_id, num_envs, seed, repeat_action_probability, max_episode_steps)
         self.num_envs, self._seed = num_envs, seed
+        self._training = training  # False (evaluation): whole games, raw rewards, as make_env(training=False)
         frame = self._pool.single_observation_space.shape[1:]
         self.single_observation_space = gym.spaces.Box(0, 255, (STACK, *frame), np.uint8)
         self.single_action_space = self._pool.single_action_space
@@ -116,14 +120,15 @@ class PooledAtari:
         self._stack[:, -1] = frames[:, -1]
         self._score += raw
         self._length += 1
-        life_lost = (info["lives"] < self._lives) & ~game_over & ~truncated
+        life_lost = (info["lives"] < self._lives) & ~game_over & ~truncated & self._training
         self._lives[:] = info["lives"]
         terminated = game_over | life_lost
         ended = terminated | truncated
         out: dict[str, Any] = {}
         if ended.any():
             out = self._end(np.flatnonzero(ended), game_over | truncated, life_lost)
-        return self._stack.copy(), np.clip(raw, -1.0, 1.0), terminated, truncated, out
+        rewards = np.clip(raw, -1.0, 1.0) if self._training else raw
+        return self._stack.copy(), rewards, terminated, truncated, out
 
     def close(self) -> None:
         """Release envpool's threads."""

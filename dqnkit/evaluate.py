@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 
 from dqnkit.agent import DQNAgent
-from dqnkit.envs import make_env
+from dqnkit.envs import env_backend, env_family, make_env
 
 
 class EvalResult(NamedTuple):
@@ -23,32 +23,86 @@ class EvalResult(NamedTuple):
 def evaluate(
     agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: float = 0.0, gamma: float = 1.0
 ) -> EvalResult:
-    """Play ``episodes`` episodes, episode i seeded ``seed + i``.
+    """Play ``episodes`` episodes side by side, each step one batched forward pass.
 
-    All episodes run side by side so that each step is one batched forward pass. Atari
-    games are played whole, with real (unclipped) scores.
+    Atari games are played whole, with real (unclipped) scores, in the C++ pool the run
+    trains in (``env_backend`` ale or envpool: the same frames it learned from, its games
+    stepped in parallel threads, the pool seeded with ``seed``); every other env, and Atari
+    with ``env_backend=gymnasium``, as one gymnasium env per episode, episode i seeded
+    ``seed + i``.
     """
-    envs = [_eval_env(agent, env_id) for _ in range(episodes)]
-    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
-    start_obs = np.stack(obs)
-    rng = np.random.default_rng(seed)
-    returns, discounted, discount = np.zeros(episodes), np.zeros(episodes), np.ones(episodes)
-    active = list(range(episodes))
-    with agent.evaluation():  # noisy nets act on their mean weights
-        while active:
-            actions = agent.act(np.stack([obs[i] for i in active]), epsilon, rng=rng)
-            still_running = []
-            for i, action in zip(active, actions):
-                obs[i], reward, terminated, truncated, _ = envs[i].step(action)
-                returns[i] += reward
-                discounted[i] += discount[i] * reward
-                discount[i] *= gamma
-                if not (terminated or truncated):
-                    still_running.append(i)
-            active = still_running
-    for env in envs:
-        env.close()
+    envs = _pooled_games(agent, env_id, episodes, seed) or _GymEpisodes(agent, env_id, episodes, seed)
+    try:
+        obs = envs.reset()
+        start_obs = obs.copy()
+        rng = np.random.default_rng(seed)
+        returns, discounted, discount = np.zeros(episodes), np.zeros(episodes), np.ones(episodes)
+        playing = np.ones(episodes, bool)
+        with agent.evaluation():  # noisy nets act on their mean weights
+            while playing.any():
+                active = np.flatnonzero(playing)
+                actions = np.zeros(episodes, np.int64)  # an ended game's env gets any action: it is not read
+                actions[active] = agent.act(obs[active], epsilon, rng=rng)
+                obs, rewards, ended = envs.step(actions, playing)
+                returns[active] += rewards[active]
+                discounted[active] += discount[active] * rewards[active]
+                discount[active] *= gamma
+                playing[active] = ~ended[active]
+    finally:
+        envs.close()
     return EvalResult(returns, discounted, start_obs)
+
+
+class _GymEpisodes:
+    """One gymnasium env per episode, stepped one after another (only those still playing)."""
+
+    def __init__(self, agent: DQNAgent, env_id: str, episodes: int, seed: int) -> None:
+        self.envs, self.seed = [_eval_env(agent, env_id) for _ in range(episodes)], seed
+
+    def reset(self) -> np.ndarray:
+        self.obs = np.stack([env.reset(seed=self.seed + i)[0] for i, env in enumerate(self.envs)])
+        return self.obs.copy()
+
+    def step(self, actions: np.ndarray, playing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rewards, ended = np.zeros(len(self.envs)), np.zeros(len(self.envs), bool)
+        for i in np.flatnonzero(playing):
+            self.obs[i], rewards[i], terminated, truncated, _ = self.envs[i].step(actions[i])
+            ended[i] = terminated or truncated
+        return self.obs.copy(), rewards, ended
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class _PooledGames:
+    """Whole Atari games in a C++ pool, one per episode: the pool steps every game each
+    step; a game that has ended is reset by the pool and no longer read."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def reset(self) -> np.ndarray:
+        return self.pool.reset()[0]
+
+    def step(self, actions: np.ndarray, playing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        obs, rewards, terminated, truncated, _ = self.pool.step(actions)
+        return obs, rewards, terminated | truncated  # training=False: terminated is a game over
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _pooled_games(agent: DQNAgent, env_id: str, episodes: int, seed: int) -> _PooledGames | None:
+    """The run's C++ Atari pool for evaluation, or None where the run trains in gymnasium envs."""
+    cfg = agent.config
+    backend = env_backend(env_id, cfg.env_backend, cfg.vector_env)
+    if env_family(env_id) != "atari" or backend == "gymnasium":
+        return None
+    from dqnkit.atari_pool import AleAtari, EnvpoolAtari
+
+    pool = AleAtari if backend == "ale" else EnvpoolAtari
+    return _PooledGames(pool(env_id, episodes, seed, cfg.repeat_action_probability, training=False))
 
 
 VIDEO_FORMATS = (".mp4", ".gif")

@@ -3,6 +3,7 @@ same transition semantics as the gymnasium backend (SAME_STEP autoreset with fin
 loss as a learning terminal, raw game scores, truncation that bootstraps), ALE's frames equal
 to gymnasium's preprocessing, and the refusals."""
 
+import contextlib
 import importlib.util
 
 import numpy as np
@@ -123,6 +124,54 @@ def test_the_ale_pool_is_the_default_for_ale_ids_unless_gymnasium_stepping_is_as
     assert env_backend("ALE/Pong-v5", "envpool") == "envpool"
     with pytest.raises(ConfigError, match="vector_env=async says how gymnasium envs are stepped"):
         Config(env_id="ALE/Pong-v5", env_backend="ale", vector_env="async")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_evaluation_pool_plays_whole_games_with_raw_rewards(backend):
+    """training=False: the same games (same seed, same actions) as a training pool, but a
+    lost life neither ends the episode nor restarts the stack, and rewards are not clipped."""
+    pools = [POOLS[backend]("ALE/MsPacman-v5", 2, seed=3, training=training) for training in (True, False)]
+    np.testing.assert_array_equal(*(pool.reset()[0] for pool in pools))
+    rng = np.random.default_rng(0)
+    first_terminal = game_over = None
+    for t in range(5000):
+        actions = rng.integers(pools[0].single_action_space.n, size=2)
+        (obs_t, r_t, term_t, trunc_t, _), (obs_e, r_e, term_e, trunc_e, _) = (p.step(actions) for p in pools)
+        np.testing.assert_array_equal(r_t, np.clip(r_e, -1, 1))  # one game, its rewards clipped for learning
+        if first_terminal is None and term_t[0]:
+            first_terminal = t  # from here the training pool's stack restarts
+        elif first_terminal is None:
+            np.testing.assert_array_equal(obs_t[0], obs_e[0])  # the same frames until then
+        if term_e[0] or trunc_e[0]:
+            game_over = t
+            break
+    for pool in pools:
+        pool.close()
+    assert first_terminal is not None and game_over is not None and game_over > first_terminal
+    assert r_e.max() > 1 or np.abs(r_e).max() == 0  # MsPacman scores 10 a pellet: raw scores are seen
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluation_plays_whole_games_in_the_runs_pool(backend):
+    from dqnkit.evaluate import _pooled_games, evaluate
+
+    class RandomAgent:  # evaluation's env side alone
+        config = presets.get("atari", env_backend=backend, repeat_action_probability=0.0)
+        evaluation = staticmethod(contextlib.nullcontext)
+
+        def act(self, obs, epsilon, rng):
+            return rng.integers(4, size=len(obs))
+
+    agent = RandomAgent()
+    first, again = (evaluate(agent, "ALE/Breakout-v5", 3, seed=7, epsilon=1.0) for _ in range(2))
+    np.testing.assert_array_equal(first.returns, again.returns)  # the seed fixes the games
+    assert first.start_obs.shape == (3, 4, 84, 84) and (first.returns >= 0).all()
+    assert not np.array_equal(first.returns, evaluate(agent, "ALE/Breakout-v5", 3, seed=8, epsilon=1.0).returns)
+    pooled = _pooled_games(agent, "ALE/Breakout-v5", 3, seed=7)
+    assert pooled is not None
+    pooled.close()
+    agent.config = agent.config.replace(env_backend="gymnasium")  # the run trains in gymnasium envs: so it evaluates
+    assert _pooled_games(agent, "ALE/Breakout-v5", 3, seed=7) is None
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
     pytest.importorskip("ale_py")
     from dqnkit.bench import atari
 
-    result = atari.run(seconds=0.05, transitions=1000, out=tmp_path / "atari.json", envs=2)
+    result = atari.run(seconds=0.05, transitions=1000, out=tmp_path / "atari.json", envs=2, eval_games=2)
     assert json.loads((tmp_path / "atari.json").read_text()) == result
     bytes_ = result["replay_bytes_per_transition"]
     assert bytes_["dqnkit_frame_replay"] <= 7.5 * 1024 < bytes_["naive_stacked"]
@@ -92,7 +92,9 @@ def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
     assert (
         min(result["env_sps"][k] for k in ("1", "2", "1 ale", "2 ale")) > 0 and result["updates_per_s"]["batch_32"] > 0
     )
-    assert "replay bytes/transition" in capsys.readouterr().out
+    assert result["eval_s"]["gymnasium"] > 0 and result["eval_s"]["ale"] > 0
+    out = capsys.readouterr().out
+    assert "replay bytes/transition" in out and "evaluation, 2 random games, ale s" in out
 
 
 def test_update_timing_refuses_an_unknown_mode_and_a_graph_off_cuda():

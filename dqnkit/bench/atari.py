@@ -8,11 +8,14 @@
   naively, and against Stable-Baselines3's ReplayBuffer(optimize_memory_usage=True), whose
   arrays are built here in the same process (when SB3 is installed);
 - the time to sample a batch of 32 from each filled buffer;
-- gradient updates/s of the Nature CNN at batch 32 on the device ``auto`` picks.
+- gradient updates/s of the Nature CNN at batch 32 on the device ``auto`` picks;
+- an evaluation's env side: seconds to play the ``atari`` preset's 10 evaluation games
+  (whole games, random actions) as one gymnasium env per game and in ALE's pool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ import torch
 from dqnkit import presets
 from dqnkit.bench import report
 from dqnkit.envs import make_vec_env
+from dqnkit.evaluate import evaluate
 from dqnkit.replay import FrameReplay
 from dqnkit.training import build_agent, resolve_device
 
@@ -52,6 +56,25 @@ def _env_sps(num_envs: int, seconds: float, backend: str = "gymnasium") -> float
     calls, elapsed = _timed(lambda: envs.step(rng.integers(4, size=num_envs)), seconds)
     envs.close()
     return calls * num_envs / elapsed
+
+
+class _RandomPlayer:
+    """Plays at random, so that timing :func:`evaluate` times its env side alone."""
+
+    def __init__(self, backend: str) -> None:
+        self.config = presets.get("atari", env_backend=backend)
+
+    def evaluation(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def act(self, obs: np.ndarray, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(4, size=len(obs))
+
+
+def _eval_seconds(backend: str, games: int) -> float:
+    start = time.perf_counter()
+    evaluate(_RandomPlayer(backend), ENV_ID, games, seed=0, epsilon=1.0)  # type: ignore[arg-type]
+    return time.perf_counter() - start
 
 
 def _stream(transitions: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
@@ -92,9 +115,12 @@ def _sb3_buffer(transitions: int) -> Any | None:
     return buf
 
 
-def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None, envs: int = 4) -> dict[str, Any]:
+def run(
+    seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None, envs: int = 4, eval_games: int = 10
+) -> dict[str, Any]:
     """Measure the Atari env (1 and ``envs`` envs), replay and update costs for ``seconds``
-    each; print the table, write JSON to ``out``."""
+    each, and an evaluation of ``eval_games`` games both ways; print the table, write JSON
+    to ``out``."""
     result: dict[str, Any] = {"benchmark": "atari", "env_id": ENV_ID, "transitions": transitions}
     counts = sorted({1, envs})
     result["env_sps"] = {str(n): round(_env_sps(n, seconds), 1) for n in counts}
@@ -126,6 +152,8 @@ def run(seconds: float = 3.0, transitions: int = 20_000, out: Path | None = None
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     calls, elapsed = _timed(lambda: agent.learn(batch), seconds, sync)
     result["updates_per_s"] = {"device": str(device), "batch_32": round(calls / elapsed, 1)}
+    result["eval_games"] = eval_games
+    result["eval_s"] = {backend: round(_eval_seconds(backend, eval_games), 2) for backend in ("gymnasium", "ale")}
     return report(result, _print, out)
 
 
@@ -139,3 +167,6 @@ def _print(r: dict[str, Any]) -> None:
         print(f"{f'sample 32 µs, {name}':<44} {value:>12.1f}")
     u = r["updates_per_s"]
     print(f"{'Nature CNN updates/s (batch 32, ' + u['device'] + ')':<44} {u['batch_32']:>12.1f}")
+    games = r["eval_games"]
+    for backend, seconds in r["eval_s"].items():
+        print(f"{f'evaluation, {games} random games, {backend} s':<44} {seconds:>12.2f}")
