@@ -5,7 +5,8 @@
 # through torch.compile; training with the envs stepping while the agent learns, with the
 # frames gathered on the host instead of the GPU mirror, and with gymnasium's env stack
 # instead of ALE's C++ pool), then the 8-env pool's
-# env steps/s alone (`bench atari --envs 8`), then PQN's Atari steps/s with 16 envs if time
+# env steps/s alone and an evaluation's env side in gymnasium envs and in ALE's pool
+# (`bench atari --envs 8`), then PQN's Atari steps/s with 16 envs if time
 # allows, then Breakout training with the time that is left.
 # Usage, from the project root there: OUT=DIR BUDGET_S=570 bash scripts/gpu-check.sh
 set -u
@@ -31,10 +32,10 @@ echo "== bench atari-train, with the update through torch.compile too ($(left) s
   --out "$OUT/atari-train.json" 2>&1 \
   | grep -v "A.L.E\|Stella" | tee "$OUT/atari-train.txt" | tail -26)  # a timeout still leaves the progress lines
 
-if [ "$(left)" -gt 90 ]; then
-  echo "== bench atari with 8 envs: the envs alone, on these cores ($(left) s left)"
-  (cd /tmp && timeout 60 python3 -m dqnkit.cli bench atari --seconds 2 --envs 8 --out "$OUT/atari.json" 2>&1 \
-    | grep -v "A.L.E\|Stella" | tail -12)
+if [ "$(left)" -gt 120 ]; then
+  echo "== bench atari with 8 envs: the envs alone, on these cores, and an evaluation both ways ($(left) s left)"
+  (cd /tmp && timeout 90 python3 -m dqnkit.cli bench atari --seconds 2 --envs 8 --out "$OUT/atari.json" 2>&1 \
+    | grep -v "A.L.E\|Stella" | tail -14)
 fi
 
 if [ "$(left)" -gt 200 ]; then
