@@ -2,8 +2,8 @@
 
 Runs whose configs differ only in their seed, their length or where they ran (and in how
 they evaluate and checkpoint) are seeds of one variant: one colour, one line per seed. A
-variant is named by its preset and the keys in which it differs from the other variants
-of that preset (``cartpole, lr=0.002``). Each env gets its own row of panels: return
+variant is named by its preset and the keys in which it leaves the most common value among
+that preset's runs (``cartpole, lr=0.002``). Each env gets its own row of panels: return
 against env steps and against training wall seconds (:func:`dqnkit.plots.versus`).
 """
 
