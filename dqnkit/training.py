@@ -123,7 +123,8 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
     """Continue the run in ``run_dir`` from its latest checkpoint, up to ``total_steps``.
 
     A run that is complete, or stopped early at ``stop_at_return``, is refused (ConfigError)
-    unless ``total_steps`` is above its steps: there is nothing else to continue.
+    unless ``total_steps`` is above its steps: there is nothing else to continue. (One that
+    was stopped after its last checkpoint but before its summary.json finishes that.)
     """
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
@@ -132,7 +133,7 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
         if total_steps <= done:
             raise ConfigError(f"--steps {total_steps:,} is not above the {done:,} steps this run already has")
         config = config.replace(total_steps=total_steps)
-    elif done >= config.total_steps or ckpt["loop"]["stopped_early"]:  # refused before any warning or write
+    elif (done >= config.total_steps or ckpt["loop"]["stopped_early"]) and (run_dir / "summary.json").exists():
         why = "stopped early (its evaluation reached stop_at_return)" if done < config.total_steps else "is complete"
         raise ConfigError(
             f"{run_dir} {why} at step {done:,}: nothing to resume; --steps N (above {done:,}) trains it further"

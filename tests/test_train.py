@@ -237,6 +237,11 @@ def test_resume_with_more_steps_continues_past_an_early_stop(tmp_path):
         resume(run)  # no more steps: the run is finished (before, it re-saved and re-warned)
     # with more steps it trains on, until the next evaluation meets the threshold again
     assert resume(run, total_steps=900)["steps"] == 600
+    # a run stopped between its last checkpoint and its summary finishes the summary
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()
+    assert resume(run)["steps"] == 600 and json.loads((run / "summary.json").read_text())["steps"] == 600
+    assert summary["eval_return_mean"] == json.loads((run / "summary.json").read_text())["eval_return_mean"]
 
 
 def test_env_without_savable_state_resumes_with_fresh_episodes_and_says_so(tmp_path):
