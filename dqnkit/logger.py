@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,13 @@ class Logger:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:
-    """All rows of a metrics.csv as dicts of strings."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """All rows of a metrics.csv as dicts of strings.
+
+    A last row without its line end is left out: a process killed while its buffer was
+    being written (SIGKILL, out of memory) leaves the row it was writing cut short. Rows
+    before a checkpoint are always whole (the checkpoint flushes them first), so a resume
+    loses nothing: it logs the rows past its checkpoint again.
+    """
+    text = Path(path).read_text()
+    whole = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(whole)))

@@ -117,6 +117,23 @@ def _tb_points(run: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    """A kill while the logger's buffer was being written leaves a last row without its line
+    end. Cut in its first field it stopped the resume (int(None)); cut here, in its second,
+    it was read as an episode at step 10 and kept."""
+    run = tmp_path / "run"
+    settings = {**SETTINGS, "total_steps": 1000, "eval_every": 500}
+    train(presets.get("cartpole", **settings), run)
+    whole = read_metrics(run / "metrics.csv")
+    with open(run / "metrics.csv", "a") as f:
+        f.write("episode,10")
+    assert read_metrics(run / "metrics.csv") == whole  # plot and the monitor read whole rows only
+    assert resume(run, total_steps=1500)["steps"] == 1500
+    text = (run / "metrics.csv").read_text()
+    assert "episode,10\n" not in text and text.endswith("\n")
+    assert [r for r in read_metrics(run / "metrics.csv") if int(r["step"]) <= 1000] == whole
+
+
 @pytest.mark.slow
 def test_sigkill_with_a_1m_replay_then_resume_is_bit_identical(tmp_path):
     """The default incremental checkpoints at 1M capacity: each checkpoint writes only its new
