@@ -8,8 +8,10 @@ leaves behind (``summary.json``, ``learning_curve.png``).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -56,14 +58,52 @@ def check_run_dir(run_dir: Path, overwrite: bool, *, resumable: bool = True) -> 
         raise DqnkitError(f"run directory {run_dir} is not empty; {instead} or replace it with --overwrite")
 
 
-def open_run_dir(config: Config, run_dir: Path, overwrite: bool, *, resumable: bool = True) -> None:
-    """Create ``run_dir`` with the run's ``config.json``; a non-empty one is only replaced with
-    explicit consent (``overwrite``), so nothing written before is lost by accident."""
+def open_run_dir(config: Config, run_dir: Path, overwrite: bool, *, resumable: bool = True) -> RunLock:
+    """Create ``run_dir`` with the run's ``config.json``, locked for this process (release
+    the returned lock when the run ends). A non-empty one is only replaced with explicit
+    consent (``overwrite``), and never while another process trains into it."""
     check_run_dir(run_dir, overwrite, resumable=resumable)
     if run_dir.is_dir():
+        RunLock(run_dir).release()  # refuses if another process holds it
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
     (run_dir / "config.json").write_text(config.to_json())
+    return lock
+
+
+class RunLock:
+    """This process's exclusive lock on a run directory (``flock`` on ``DIR/.lock``), held
+    while it trains there: a second ``train --resume`` or ``--overwrite`` of the same run
+    (a job started twice) is refused instead of interleaving checkpoints and metrics rows.
+    The kernel drops the lock when its process dies, so a killed run resumes at once."""
+
+    def __init__(self, run_dir: Path) -> None:
+        path = run_dir / ".lock"
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self._fd, 32).decode(errors="replace").strip() or "?"
+            self.release()
+            raise DqnkitError(
+                f"run directory {run_dir} is in use by another dqnkit process (pid {holder}); "
+                "wait for it to end, or stop it first"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        """Let another process train into the directory (closing the file drops the lock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def run_summary(

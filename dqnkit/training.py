@@ -46,6 +46,7 @@ from dqnkit.envs import (
 )
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
 from dqnkit.monitor import (
+    RunLock,
     RunMonitor,
     check_loss,
     check_transition,
@@ -113,10 +114,10 @@ def train(
         import_envpool()
     resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    open_run_dir(config, run_dir, overwrite)
-    parts = build(config, run_dir)
-    _reset_envs(parts)
-    return _run(parts, run_dir, progress)
+    with open_run_dir(config, run_dir, overwrite):
+        parts = build(config, run_dir)
+        _reset_envs(parts)
+        return _run(parts, run_dir, progress)
 
 
 def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: bool = False) -> dict[str, Any]:
@@ -139,12 +140,13 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
             f"{run_dir} {why} at step {done:,}: nothing to resume; --steps N (above {done:,}) trains it further"
         )
     resolve_device(config.device)
-    parts = build(config, run_dir)
-    restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
-    (run_dir / "config.json").write_text(config.to_json())
-    if total_steps is not None:
-        parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
-    return _run(parts, run_dir, progress)
+    with RunLock(run_dir):  # one process at a time trains into a run
+        parts = build(config, run_dir)
+        restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
+        (run_dir / "config.json").write_text(config.to_json())
+        if total_steps is not None:
+            parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
+        return _run(parts, run_dir, progress)
 
 
 RESUMABLE = ("config", "agent", "replay", "loop", "envs")  # what `train --resume` needs

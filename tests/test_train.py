@@ -142,6 +142,29 @@ def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
         train(_cfg(), run)
 
 
+def test_a_run_another_process_trains_into_is_refused_and_kept(tmp_path, capsys):
+    """A job started twice: a second resume, or an --overwrite, while the first still trains
+    into the run directory. (The lock is per open file, so holding it here stands for the
+    other process.)"""
+    from dqnkit.cli import main
+    from dqnkit.monitor import RunLock
+
+    run = tmp_path / "run"
+    train(_cfg(), run)
+
+    def files():  # but the lock, which the stand-in for the other process writes its pid into
+        return {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.name != ".lock"}
+
+    written = files()
+    with RunLock(run):
+        assert main(["train", "--resume", str(run), "--steps", "900", "--quiet"]) == 2
+        assert f"in use by another dqnkit process (pid {os.getpid()})" in capsys.readouterr().err
+        with pytest.raises(DqnkitError, match="in use by another dqnkit process"):
+            train(_cfg(), run, overwrite=True)
+    assert files() == written  # nothing moved or rewritten
+    assert resume(run, total_steps=900)["steps"] == 900  # released: the run goes on
+
+
 def test_bad_env_is_refused_before_the_run_dir_is_created(tmp_path):
     with pytest.raises(DqnkitError, match="Discrete actions"):
         train(_cfg(env_id="Pendulum-v1"), tmp_path / "run")

@@ -519,8 +519,7 @@ def run(
     try:
         _check_resources(ray, dict(options.actor_resources))
         run_dir = Path(run_dir)
-        open_run_dir(config, run_dir, overwrite, resumable=False)
-        with flush_denormals(config.flush_denormal):
+        with open_run_dir(config, run_dir, overwrite, resumable=False), flush_denormals(config.flush_denormal):
             return Apex(config, run_dir, options, spaces).run(progress, callback)
     finally:
         ray.shutdown()
