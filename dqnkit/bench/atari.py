@@ -9,8 +9,9 @@
   arrays are built here in the same process (when SB3 is installed);
 - the time to sample a batch of 32 from each filled buffer;
 - gradient updates/s of the Nature CNN at batch 32 on the device ``auto`` picks;
-- an evaluation's env side: seconds to play the ``atari`` preset's 10 evaluation games
-  (whole games, random actions) as one gymnasium env per game and in ALE's pool.
+- an evaluation's env side: seconds to play ``eval_games`` evaluation games (default 10,
+  the ``atari`` preset's ``eval_episodes``; whole games, random actions) as one gymnasium
+  env per game and in ALE's pool.
 """
 
 from __future__ import annotations
