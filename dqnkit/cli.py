@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
     """The options `train` and `apex` share: what to train, where, and what to print."""
     parser.add_argument("--preset", default=None, help="starting config (`dqnkit presets`; default: --env's family)")
+    parser.add_argument("--config", type=Path, metavar="FILE.json",
+                        help="config keys from a JSON file, e.g. a run's config.json (over the preset; "
+                        "--env, --seed, --steps, --device and --set go over it)")  # fmt: skip
     parser.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
     parser.add_argument("--steps", type=int, help="total environment steps (summed over envs and actors)")
     parser.add_argument("--seed", type=int, help="random seed")
@@ -181,6 +184,7 @@ def _train(args: argparse.Namespace) -> int:
             flag
             for flag, value in (
                 ("--preset", args.preset),
+                ("--config", args.config),
                 ("--env", args.env_id),
                 ("--seed", args.seed),
                 ("--set", args.overrides),
@@ -228,13 +232,16 @@ def _config(args: argparse.Namespace) -> Any:
     from dqnkit import presets
     from dqnkit.config import parse_overrides
 
-    overrides: dict[str, Any] = parse_overrides(args.overrides)
+    from_file = _config_file(args.config) if args.config is not None else {}
+    overrides: dict[str, Any] = {**from_file, **parse_overrides(args.overrides)}
     for key in ("env_id", "seed", "device"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.steps is not None:
         overrides["total_steps"] = args.steps
     env_id = overrides.get("env_id")
+    if args.preset is None and from_file.get("preset") in presets.names():  # a run's config.json names its preset
+        return presets.get(from_file["preset"], **overrides)
     if args.preset is None:  # --env alone: that env family's defaults
         return presets.get(presets.for_env(env_id or "CartPole-v1"), **overrides)
     config = presets.get(args.preset, **overrides)
@@ -246,6 +253,28 @@ def _config(args: argparse.Namespace) -> Any:
             file=sys.stderr,
         )
     return config
+
+
+def _config_file(path: Path) -> dict[str, Any]:
+    """The config keys of a JSON file (a run's config.json, or any object of keys), checked:
+    a key or value that is not a config's is refused naming the file."""
+    from dqnkit.config import FIELDS, coerce
+
+    try:
+        values = json.loads(path.read_text())
+    except OSError as exc:
+        raise DqnkitError(f"--config {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise DqnkitError(f"--config {path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(values, dict):
+        raise DqnkitError(f"--config {path}: expected a JSON object of config keys, got a {type(values).__name__}")
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise DqnkitError(f"--config {path}: unknown config key {unknown[0]!r} (is it a run's config.json?)")
+    try:
+        return {key: coerce(key, value) for key, value in values.items()}
+    except DqnkitError as exc:
+        raise DqnkitError(f"--config {path}: {exc}") from None
 
 
 def _apex(args: argparse.Namespace) -> int:

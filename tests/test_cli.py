@@ -98,6 +98,7 @@ def test_presets_listing_and_detail(capsys):
         (["train", "--env", "no_such_module:Env-v0"], "cannot import 'no_such_module', the module that registers it"),
         (["eval", "no/such/run"], "does not exist"),
         (["train", "--resume", "no/such/run"], "does not exist"),
+        (["train", "--resume", "run", "--config", "c.json", "--set", "lr=1"], "own config; drop --config, --set"),
         (["train", "--bogus-flag"], "unrecognized arguments"),
     ],
 )
@@ -156,6 +157,40 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback():
     proc.stdout.close()  # before the listing is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and err == ""
+
+
+def test_a_runs_config_json_is_the_base_of_another_run(tmp_path, capsys):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", "--preset", "cartpole-rainbow", "--run-dir", str(first), *TINY, "--set", "lr=0.002"]) == 0
+    args = ["train", "--config", str(first / "config.json"), "--seed", "4", "--run-dir", str(second), "--quiet"]
+    assert main(args) == 0
+    before, after = (json.loads((d / "config.json").read_text()) for d in (first, second))
+    assert {k for k in before if before[k] != after[k]} == {"seed"} and after["seed"] == 4
+    # a partial file goes over the preset (its own, or --env's family's), and --set over the file
+    (tmp_path / "part.json").write_text(json.dumps({"lr": 0.003, "hidden_sizes": [8]}))
+    third = tmp_path / "third"
+    assert main(["train", "--config", str(tmp_path / "part.json"), "--run-dir", str(third), *TINY]) == 0
+    config = json.loads((third / "config.json").read_text())
+    assert config["preset"] == "cartpole" and config["lr"] == 0.003 and config["hidden_sizes"] == [16]
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("[1]", "expected a JSON object of config keys, got a list"),
+        ('{"lr": ', "not JSON"),
+        ('{"lr": "fast"}', "lr: cannot use 'fast' (expected a number)"),
+        ('{"steps": 9000, "dqnkit_version": "0"}', "unknown config key 'dqnkit_version' (is it a run's config.json?)"),
+        (None, "No such file or directory"),
+    ],
+)
+def test_a_config_file_that_is_not_a_config_is_one_line_exit_2(tmp_path, monkeypatch, capsys, content, fragment):
+    monkeypatch.chdir(tmp_path)
+    if content is not None:
+        (tmp_path / "config.json").write_text(content)
+    code, err = main(["train", "--config", "config.json"]), capsys.readouterr().err
+    assert_refused(subprocess.CompletedProcess([], code, "", err), f"--config config.json: {fragment}")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_existing_run_is_not_overwritten(tmp_path, capsys):
