@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345, help="seed of the first episode")
+    ev.add_argument("--epsilon", type=float, help="exploration rate while playing (default: the run's eval_epsilon)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--video", type=Path, help="also record one episode to this .mp4 or .gif (needs dqnkit[video])")
 
@@ -317,27 +318,31 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
+    if args.epsilon is not None:
+        check_range("--epsilon", args.epsilon, 0.0, 1.0)
     if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_FORMATS:
         raise DqnkitError(f"--video writes {' or '.join(VIDEO_FORMATS)} files, not {Path(args.video).name!r}")
     agent = load(args.run_dir)
     if args.video is not None:
         _prepare_video(Path(args.video))
-    returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed, agent.config.eval_epsilon).returns
+    epsilon = agent.config.eval_epsilon if args.epsilon is None else args.epsilon
+    returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed, epsilon).returns
     result = {
         "episodes": args.episodes,
+        "epsilon": epsilon,
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
         "returns": returns.tolist(),
     }
     if args.video is not None:
-        video = record_video(agent, agent.config.env_id, args.video, seed=args.seed)
+        video = record_video(agent, agent.config.env_id, args.video, seed=args.seed, epsilon=epsilon)
         result.update(
             video=str(video.path), video_frames=video.frames, video_fps=video.fps, video_return=video.episode_return
         )
     if args.json:
         print(json.dumps(result))
     else:
-        episodes = f"{args.episodes} episode{'s' * (args.episodes != 1)}"
+        episodes = f"{args.episodes} episode{'s' * (args.episodes != 1)}, epsilon {epsilon:g}"
         print(f"{episodes}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}")
         if args.video is not None:
             print(f"video: {video.path} ({video.frames} frames, return {video.episode_return:g})")

@@ -58,8 +58,11 @@ def test_train_eval_resume_round_trip(tmp_path):
     result = dqnkit("eval", str(run), "--episodes", "3", "--json")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["episodes"] == 3 and len(out["returns"]) == 3
+    assert out["episodes"] == 3 and len(out["returns"]) == 3 and out["epsilon"] == 0.0  # the run's eval_epsilon
     assert out["return_mean"] == pytest.approx(sum(out["returns"]) / 3)
+    # --epsilon plays with another rate: at 1 every action is random, CartPole's ~20 steps
+    result = dqnkit("eval", str(run), "--episodes", "3", "--epsilon", "1", "--json")
+    assert json.loads(result.stdout)["epsilon"] == 1.0 and max(json.loads(result.stdout)["returns"]) < 100
 
     result = dqnkit("train", "--resume", str(run), "--steps", "900", "--quiet", "--json")
     assert result.returncode == 0, result.stderr
@@ -97,6 +100,7 @@ def test_presets_listing_and_detail(capsys):
         (["train", "--env", "Blackjack-v1"], "observation space"),
         (["train", "--env", "no_such_module:Env-v0"], "cannot import 'no_such_module', the module that registers it"),
         (["eval", "no/such/run"], "does not exist"),
+        (["eval", "no/such/run", "--epsilon", "1.5"], "--epsilon: 1.5 must be <= 1.0"),
         (["train", "--resume", "no/such/run"], "does not exist"),
         (["train", "--resume", "run", "--config", "c.json", "--set", "lr=1"], "own config; drop --config, --set"),
         (["train", "--bogus-flag"], "unrecognized arguments"),

@@ -296,7 +296,7 @@ def test_eval_records_a_video(tmp_path, monkeypatch, capfd):
     assert main(["eval", str(tmp_path / "run"), "--episodes", "1", "--video", str(tmp_path / "ep.gif")]) == 0
     assert (tmp_path / "ep.gif").read_bytes()[:3] == b"GIF"
     out, err = capfd.readouterr()
-    assert out.startswith("1 episode: return") and err == ""
+    assert out.startswith("1 episode, epsilon 0: return") and err == ""
 
 
 def test_resume_is_exact_with_prioritized_replay_and_n_step(tmp_path):
