@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -115,7 +116,11 @@ def train(
     resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     with open_run_dir(config, run_dir, overwrite):
-        parts = build(config, run_dir)
+        try:
+            parts = build(config, run_dir)
+        except DqnkitError:  # refused (a replay this machine cannot hold): leave no half-made run behind
+            shutil.rmtree(run_dir)
+            raise
         _reset_envs(parts)
         return _run(parts, run_dir, progress)
 
@@ -202,6 +207,7 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
         return Parts(config, envs, agent, rollout)
     saver = replay_saver(config.replay_checkpoint, run_dir) if run_dir is not None else FullReplay()
     replay = build_replay(config, obs_space.shape, obs_space.dtype)
+    _check_memory(replay.nbytes, config.buffer_size)
     if isinstance(replay, FrameReplay) and gathers_on_device(config, replay, agent.device):
         replay.keep_frames_on(agent.device)
     return Parts(config, envs, agent, replay, replay_saver=saver)
@@ -211,6 +217,15 @@ def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype
     """FrameReplay for stacked uint8 frames [S, H, W] (each frame stored once), else the
     record-array replay; prioritized when ``config.prioritized``. Every one takes a vector
     step (``add_step``, n-step folding inside), samples with a beta and takes priorities back."""
+    try:
+        return _replay(config, obs_shape, obs_dtype)
+    except MemoryError as exc:  # numpy asked the kernel for more than it will promise
+        raise ConfigError(
+            f"buffer_size {config.buffer_size:,}: {first_line(exc).split(' for an array')[0]}; lower buffer_size"
+        ) from None
+
+
+def _replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> UniformReplay | FrameReplay:
     per = dict(alpha=config.per_alpha, beta=config.per_beta, eps=config.per_eps)
     steps = dict(num_envs=config.num_envs, n_step=config.n_step, gamma=config.gamma)
     seed = config.seed + 1
@@ -221,6 +236,37 @@ def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype
     if config.prioritized:
         return PrioritizedReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps, **per)
     return UniformReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps)
+
+
+def _check_memory(nbytes: int, buffer_size: int) -> None:
+    """Warn when the replay will not fit in this machine's available memory. Its pages are
+    only touched as it fills, so the run starts, and is killed hours later when it fills."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        warnings.warn(
+            f"the replay needs {_size(nbytes)} once full (buffer_size {buffer_size:,}) and this machine has "
+            f"{_size(available)} available: the run would be killed as it fills; lower buffer_size",
+            stacklevel=3,
+        )
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def gathers_on_device(config: Config, replay: FrameReplay, device: torch.device) -> bool:

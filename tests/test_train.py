@@ -165,6 +165,23 @@ def test_a_run_another_process_trains_into_is_refused_and_kept(tmp_path, capsys)
     assert resume(run, total_steps=900)["steps"] == 900  # released: the run goes on
 
 
+def test_a_replay_this_machine_cannot_allocate_is_refused_and_leaves_no_run(tmp_path):
+    with pytest.raises(ConfigError, match="buffer_size 1,000,000,000,000: Unable to allocate .* lower buffer_size"):
+        train(_cfg(buffer_size=10**12), tmp_path / "run")  # 50 TB: numpy's allocation fails at once
+    assert not (tmp_path / "run").exists()  # before, a traceback and a run directory to remove by hand
+
+
+def test_a_replay_larger_than_the_available_memory_is_warned_about(tmp_path, monkeypatch):
+    import dqnkit.training
+
+    monkeypatch.setattr(dqnkit.training, "available_memory", lambda: 1024)  # 1 KB left
+    needs = r"the replay needs \d+\.\d KB once full \(buffer_size 1,000\) and this machine has 1.0 KB available"
+    with pytest.warns(UserWarning, match=needs):
+        train(_cfg(), tmp_path / "run")  # allocated (its pages come as it fills), so the run starts
+    monkeypatch.undo()
+    assert dqnkit.training.available_memory() > 0  # this machine's MemAvailable
+
+
 def test_bad_env_is_refused_before_the_run_dir_is_created(tmp_path):
     with pytest.raises(DqnkitError, match="Discrete actions"):
         train(_cfg(env_id="Pendulum-v1"), tmp_path / "run")
