@@ -7,6 +7,7 @@ Exit codes: 0 ok, 2 bad input (one line ``error: ...`` on stderr, no traceback),
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -147,7 +148,9 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv``; returns the exit code (0, 2 bad input, 130 interrupted)."""
+    """Run the command line ``argv``; returns the exit code (0; 1 the disk refused a write;
+    2 bad input; 130 interrupted)."""
+    args = None
     try:
         args = build_parser().parse_args(argv)
         if args.version:
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command is None:
             raise DqnkitError(
-                "missing command: train, eval, presets, experiment, tabular, bench or apex (see `dqnkit --help`)"
+                "missing command: train, eval, plot, presets, experiment, tabular, bench or apex (see `dqnkit --help`)"
             )
         commands = {
             "train": _train,
@@ -173,9 +176,22 @@ def main(argv: list[str] | None = None) -> int:
     except DqnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRORS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = ""
+        if args is not None and args.command == "train":  # a failed checkpoint never replaces the last good one
+            hint = "; the run keeps its last complete checkpoint: `dqnkit train --resume RUN_DIR` continues it"
+        print(f"error: {exc.strerror}{where}{hint}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 130
+
+
+# The disk refused a write (full, over quota, read-only, not permitted): one line, not a traceback.
+_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """Exact resume after a kill or Ctrl-C, and what a resumed run keeps and drops."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -215,6 +216,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     kept = load_checkpoint(tmp_path / "run")
     assert kept["loop"]["step"] == 500
     assert np.isfinite(_q(tmp_path / "run")).all()  # the kept agent is the sound one
+
+
+def test_a_full_disk_stops_the_cli_in_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+    """ENOSPC from a checkpoint: exit 1 and one line that says what to do (it was a traceback)."""
+    from dqnkit.cli import main
+
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "step_0000001000.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(os, "replace", replace)
+    settings = [arg for k, v in {**SETTINGS, "hidden_sizes": 32}.items() for arg in ("--set", f"{k}={v}")]
+    assert main(["train", "--run-dir", str(run), "--steps", "1500", "--quiet", *settings]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: No space left on device (") and "step_0000001000.pt" in err[0]
+    assert "the run keeps its last complete checkpoint: `dqnkit train --resume RUN_DIR` continues it" in err[0]
+    monkeypatch.undo()
+    assert load_checkpoint(run)["loop"]["step"] == 500
+    assert resume(run, total_steps=1500)["steps"] == 1500
 
 
 @pytest.mark.parametrize("failing", ["step_0000001000.pt.tmp", "latest.pt.tmp"])
