@@ -64,11 +64,15 @@ def atomic_save(payload: dict[str, Any], path: str | Path) -> None:
     """Write ``payload`` to ``path`` so that a crash never leaves a partial file there."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(to_storable({"format_version": FORMAT_VERSION, **payload}), f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(to_storable({"format_version": FORMAT_VERSION, **payload}), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: the partial file would hold on to the space that is left
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 

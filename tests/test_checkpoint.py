@@ -1,3 +1,4 @@
+import errno
 import io
 import pickle
 
@@ -39,6 +40,21 @@ def test_round_trip_keeps_numpy_and_rng_state(tmp_path):
     assert back["a"].dtype == np.int16 and np.array_equal(back["a"], payload["a"])
     assert back["rng"] == payload["rng"] and torch.equal(back["t"], payload["t"]) and back["n"] is None
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_write_the_disk_refuses_leaves_neither_a_partial_file_nor_the_target(tmp_path, monkeypatch):
+    atomic_save({"x": torch.zeros(3)}, tmp_path / "c.pt")
+    before = (tmp_path / "c.pt").read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"\0" * 4096)  # some of it got out
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_save({"x": torch.ones(3)}, tmp_path / "c.pt")
+    assert not list(tmp_path.glob("*.tmp"))  # it would hold on to the space that is left
+    assert (tmp_path / "c.pt").read_bytes() == before
 
 
 def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
