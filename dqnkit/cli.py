@@ -334,6 +334,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
+    check_range("--seed", args.seed, 0)  # gymnasium seeds no env below 0
     if args.epsilon is not None:
         check_range("--epsilon", args.epsilon, 0.0, 1.0)
     if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_FORMATS:

@@ -101,6 +101,7 @@ def test_presets_listing_and_detail(capsys):
         (["train", "--env", "no_such_module:Env-v0"], "cannot import 'no_such_module', the module that registers it"),
         (["eval", "no/such/run"], "does not exist"),
         (["eval", "no/such/run", "--epsilon", "1.5"], "--epsilon: 1.5 must be <= 1.0"),
+        (["eval", "no/such/run", "--seed", "-1"], "--seed: -1 must be >= 0"),
         (["train", "--resume", "no/such/run"], "does not exist"),
         (["train", "--resume", "run", "--config", "c.json", "--set", "lr=1"], "own config; drop --config, --set"),
         (["train", "--bogus-flag"], "unrecognized arguments"),
