@@ -286,14 +286,14 @@ def from_dict(values: dict[str, Any]) -> Config:
     return Config(**{k: coerce(k, v) for k, v in values.items()})
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Parse ``["key=value", ...]`` from ``--set`` into typed values (checked again by Config)."""
+def parse_overrides(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
+    """Parse ``["key=value", ...]`` from ``flag`` into typed values (checked again by Config)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"{flag} expects key=value, got {pair!r}")
         if key not in FIELDS:
             raise ConfigError(f"unknown config key {key!r}; run `dqnkit presets NAME` to see the keys")
         out[key] = coerce(key, value.strip())

@@ -154,6 +154,7 @@ def test_bench_atari_train_refuses_its_flags_elsewhere(capsys):
         ("frame_gathers=host", "unknown config key 'frame_gathers'"),
         ("frame_gather=gpu", "frame_gather"),
         ("learning_starts=30000", "learning_starts 30000 is not below total_steps 25000"),
+        ("frame_gather", "--variant expects key=value, got 'frame_gather'"),
     ],
 )
 def test_a_bad_variant_is_refused_before_any_run(tmp_path, capsys, variant, message):

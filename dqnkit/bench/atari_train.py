@@ -285,7 +285,7 @@ def run(
 def check_variant(pair: str, steps: int) -> dict[str, Any]:
     """``--variant KEY=VALUE`` as a config change, refused (ConfigError) before any run if the
     bench's ``atari`` settings would not take it."""
-    change = parse_overrides([pair])
+    change = parse_overrides([pair], flag="--variant")
     _config(steps, change)  # validates the value and its combination
     return change
 
