@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     apex.add_argument("--actor-timeout", type=float, default=120.0,
                       help="stop, learner saved, when no actor has reported for this many seconds (120)")  # fmt: skip
 
-    ev = sub.add_parser("eval", help="play greedy episodes with a trained run's agent")
+    ev = sub.add_parser("eval", help="play episodes with a trained run's agent (greedy but for its eval_epsilon)")
     ev.add_argument("run_dir", type=Path)
     ev.add_argument("--episodes", type=int, default=10)
     ev.add_argument("--seed", type=int, default=12345, help="seed of the first episode")
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--video", type=Path, help="also record one episode to this .mp4 or .gif (needs dqnkit[video])")
 
     plot = sub.add_parser("plot", help="the learning curves of several runs in one PNG (seeds of a variant together)")
-    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories, e.g. runs/*")
     plot.add_argument("--out", type=Path, default=Path("compare.png"), help="the PNG to write (default compare.png)")
 
     pr = sub.add_parser("presets", help="list presets, or print one preset's full config")
