@@ -40,6 +40,12 @@ def test_a_grid_of_variants_is_named_by_its_cells():
     assert variant_names(configs) == ["cartpole", "cartpole, lr=0.002"]
 
 
+def test_a_config_without_a_known_preset_is_named_by_its_own():
+    from dqnkit import Config
+
+    assert variant_names([Config().to_dict(), Config(lr=0.002).to_dict()]) == ["custom", "custom, lr=0.002"]
+
+
 def test_the_common_value_is_counted_over_runs():
     configs = [_config(lr=3e-3), *(_config(lr=1e-3, seed=s) for s in range(3))]
     assert variant_names(configs) == ["cartpole, lr=0.003", "cartpole", "cartpole", "cartpole"]
