@@ -206,7 +206,11 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
         rollout = Rollout(config.rollout_steps, config.num_envs, obs_space.shape, obs_space.dtype)
         return Parts(config, envs, agent, rollout)
     saver = replay_saver(config.replay_checkpoint, run_dir) if run_dir is not None else FullReplay()
-    replay = build_replay(config, obs_space.shape, obs_space.dtype)
+    try:
+        replay = build_replay(config, obs_space.shape, obs_space.dtype)
+    except DqnkitError:
+        envs.close()  # worker processes or pool threads: not left behind by a refused build
+        raise
     _check_memory(replay.nbytes, config.buffer_size)
     if isinstance(replay, FrameReplay) and gathers_on_device(config, replay, agent.device):
         replay.keep_frames_on(agent.device)
@@ -220,9 +224,8 @@ def build_replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype
     try:
         return _replay(config, obs_shape, obs_dtype)
     except MemoryError as exc:  # numpy asked the kernel for more than it will promise
-        raise ConfigError(
-            f"buffer_size {config.buffer_size:,}: {first_line(exc).split(' for an array')[0]}; lower buffer_size"
-        ) from None
+        why = first_line(exc).split(" for an array")[0] or "out of memory"
+        raise ConfigError(f"buffer_size {config.buffer_size:,}: {why}; lower buffer_size") from None
 
 
 def _replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> UniformReplay | FrameReplay:

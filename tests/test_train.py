@@ -165,10 +165,15 @@ def test_a_run_another_process_trains_into_is_refused_and_kept(tmp_path, capsys)
     assert resume(run, total_steps=900)["steps"] == 900  # released: the run goes on
 
 
-def test_a_replay_this_machine_cannot_allocate_is_refused_and_leaves_no_run(tmp_path):
+def test_a_replay_this_machine_cannot_allocate_is_refused_and_leaves_no_run(tmp_path, monkeypatch):
+    from dqnkit.envs import LeanSyncVectorEnv
+
+    closed, close = [], LeanSyncVectorEnv.close
+    monkeypatch.setattr(LeanSyncVectorEnv, "close", lambda self, **kw: closed.append(self) or close(self, **kw))
     with pytest.raises(ConfigError, match="buffer_size 1,000,000,000,000: Unable to allocate .* lower buffer_size"):
         train(_cfg(buffer_size=10**12), tmp_path / "run")  # 50 TB: numpy's allocation fails at once
     assert not (tmp_path / "run").exists()  # before, a traceback and a run directory to remove by hand
+    assert len(closed) == 1  # and the envs built before it are closed
 
 
 def test_a_replay_larger_than_the_available_memory_is_warned_about(tmp_path, monkeypatch):
