@@ -211,7 +211,7 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
     except DqnkitError:
         envs.close()  # worker processes or pool threads: not left behind by a refused build
         raise
-    _check_memory(replay.nbytes, config.buffer_size)
+    check_memory(replay.nbytes, config.buffer_size)
     if isinstance(replay, FrameReplay) and gathers_on_device(config, replay, agent.device):
         replay.keep_frames_on(agent.device)
     return Parts(config, envs, agent, replay, replay_saver=saver)
@@ -241,8 +241,8 @@ def _replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> 
     return UniformReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps)
 
 
-def _check_memory(nbytes: int, buffer_size: int) -> None:
-    """Warn when the replay will not fit in this machine's available memory. Its pages are
+def check_memory(nbytes: int, buffer_size: int) -> None:
+    """Warn when a replay of ``nbytes`` will not fit in this machine's available memory. Its pages are
     only touched as it fills, so the run starts, and is killed hours later when it fills."""
     available = available_memory()
     if available is not None and nbytes > available:

@@ -72,10 +72,18 @@ def test_apex_without_ray_says_how_to_install(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_apex_refuses_bad_input(capsys, tmp_path):
+def test_apex_refuses_bad_input(capsys, tmp_path, monkeypatch):
     assert main(["apex", "--actors", "0", "--run-dir", str(tmp_path / "a")]) == 2
     assert main(["apex", "--set", "lr=-1", "--run-dir", str(tmp_path / "b")]) == 2
     assert capsys.readouterr().err.count("error:") == 2
+    # a replay this machine cannot hold, before Ray starts (in the replay actor: Ray's traceback)
+    pytest.importorskip("ray")
+    from dqnkit.distributed import apex
+
+    monkeypatch.setattr(apex, "connect", lambda *a: pytest.fail("Ray was started"))
+    assert main(["apex", "--set", "buffer_size=1000000000000", "--run-dir", str(tmp_path / "c")]) == 2
+    assert "buffer_size 1,000,000,000,000: Unable to allocate" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.parametrize("key", ["eps_end=0.1", "exploration_steps=500", "prioritized=false", "overlap_env_step=true"])

@@ -53,11 +53,13 @@ from dqnkit.monitor import (
     record_learning_stats,
     run_summary,
 )
+from dqnkit.replay import FrameReplay, UniformReplay
 from dqnkit.replay.nstep import NStepFolder
 from dqnkit.replay.uniform import Batch
 from dqnkit.training import (
     build_agent,
     build_replay,
+    check_memory,
     flush_denormals,
     per_beta,
     resolve_device,
@@ -230,6 +232,16 @@ class ActorWorker:
             load_weights(self.agent, weights)
 
 
+def check_replay(config: Config, env_spaces: tuple[tuple[int, ...], Any, int], actors: int) -> None:
+    """Build the replay :class:`ReplayServer` will build, here and at once, so that one this
+    machine cannot hold is refused in one line before Ray starts (in the replay actor it
+    would be Ray's traceback). The head's memory is the one that counts: the replay runs
+    beside the learner. Its pages are never touched here, so this costs no memory."""
+    obs_shape, obs_dtype, _ = env_spaces
+    replay = ReplayServer.build(config, obs_shape, obs_dtype, actors * config.num_envs)
+    check_memory(replay.nbytes, config.buffer_size)
+
+
 class ReplayServer:
     """The prioritized replay ``train`` would build, shared by every actor and the learner:
     a :class:`PrioritizedFrameReplay` for stacked frames (each frame stored once, one ring per
@@ -238,7 +250,12 @@ class ReplayServer:
     and prioritise themselves (Ape-X's initial priorities)."""
 
     def __init__(self, config: Config, obs_shape: tuple[int, ...], obs_dtype: Any, rings: int) -> None:
-        self.replay = build_replay(config.replace(prioritized=True, num_envs=rings), obs_shape, obs_dtype)
+        self.replay = self.build(config, obs_shape, obs_dtype, rings)
+
+    @staticmethod
+    def build(config: Config, obs_shape: tuple[int, ...], obs_dtype: Any, rings: int) -> UniformReplay | FrameReplay:
+        """The prioritized replay ``train`` would build, with one ring per actor env."""
+        return build_replay(config.replace(prioritized=True, num_envs=rings), obs_shape, obs_dtype)
 
     def add(self, fields: list[np.ndarray], priorities: np.ndarray) -> None:
         """Store an actor's folded transitions with the priorities the actor computed for them."""
@@ -514,6 +531,7 @@ def run(
     spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
     resolve_device(config.device)
     check_run_dir(Path(run_dir), overwrite, resumable=False)  # and before Ray starts
+    check_replay(config, spaces, options.actors)
     # a local cluster gets one logical CPU per actor, even on a smaller machine
     connect(ray, options.ray_address, max(os.cpu_count() or 1, options.actors), options.connect_timeout_s)
     try:
