@@ -1,7 +1,8 @@
 """``dqnkit`` command line: parses, validates, calls the library. No logic of its own.
 
 Exit codes: 0 ok, 2 bad input (one line ``error: ...`` on stderr, no traceback),
-1 an unexpected failure (traceback), 130 interrupted (a checkpoint was saved).
+1 an unexpected failure (traceback) or a write the disk refused (one line),
+130 interrupted (a checkpoint was saved).
 """
 
 from __future__ import annotations
