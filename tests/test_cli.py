@@ -43,7 +43,7 @@ def assert_refused(result: subprocess.CompletedProcess, fragment: str) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_train_eval_resume_round_trip(tmp_path):
+def test_train_eval_resume_round_trip(tmp_path, capsys):
     run = tmp_path / "run"
     result = dqnkit("train", "--preset", "cartpole", "--seed", "2", "--run-dir", str(run), *TINY)
     assert result.returncode == 0, result.stderr
@@ -60,9 +60,11 @@ def test_train_eval_resume_round_trip(tmp_path):
     out = json.loads(result.stdout)
     assert out["episodes"] == 3 and len(out["returns"]) == 3 and out["epsilon"] == 0.0  # the run's eval_epsilon
     assert out["return_mean"] == pytest.approx(sum(out["returns"]) / 3)
-    # --epsilon plays with another rate: at 1 every action is random, CartPole's ~20 steps
-    result = dqnkit("eval", str(run), "--episodes", "3", "--epsilon", "1", "--json")
-    assert json.loads(result.stdout)["epsilon"] == 1.0 and max(json.loads(result.stdout)["returns"]) < 100
+    # --epsilon plays with another rate: at 1 every action is random, CartPole's ~20 steps (in-process:
+    # the subprocesses above are the ones whose process matters)
+    assert main(["eval", str(run), "--episodes", "3", "--epsilon", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["epsilon"] == 1.0 and max(out["returns"]) < 100
 
     result = dqnkit("train", "--resume", str(run), "--steps", "900", "--quiet", "--json")
     assert result.returncode == 0, result.stderr
@@ -71,8 +73,9 @@ def test_train_eval_resume_round_trip(tmp_path):
 
     # a complete run has nothing to resume: refused before it warns, evaluates or writes anything
     written = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    assert_refused(dqnkit("train", "--resume", str(run)), "is complete at step 900: nothing to resume")
-    assert_refused(dqnkit("train", "--resume", str(run), "--steps", "900"), "not above the 900 steps")
+    for args, fragment in (([], "is complete at step 900: nothing to resume"), (["--steps", "900"], "not above")):
+        code = main(["train", "--resume", str(run), *args])
+        assert_refused(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), fragment)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == written
 
 
