@@ -305,6 +305,14 @@ class RunMonitor:
         if self._saving is not None:
             wait_futures([self._saving])
 
+    def abandon(self) -> None:
+        """A run that stops on an error: close the checkpoint writer, metrics.csv and the
+        TensorBoard writer, whose rows are on disk up to the error. (They stayed open, with
+        TensorBoard's thread, in a process that goes on after the error.)"""
+        self.close()
+        self._writer.shutdown()
+        self.logger.close()
+
     def finish(self, summary: dict[str, Any], title: str) -> dict[str, Any]:
         """Write ``summary.json`` (with the version) and the learning curve; return the summary."""
         self.wait_saved()

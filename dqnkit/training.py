@@ -450,9 +450,18 @@ def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
 
 
 def _loop(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
+    loop = parts.loop
+    monitor = RunMonitor(parts.config, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
+    try:
+        return _steps(parts, monitor, run_dir)
+    except BaseException:
+        monitor.abandon()
+        raise
+
+
+def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path) -> dict[str, Any]:
     cfg, agent, loop = parts.config, parts.agent, parts.loop
     learn_due = _pqn_updates if cfg.algorithm == "pqn" else _dqn_updates
-    monitor = RunMonitor(cfg, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
     try:
         while loop.step < cfg.total_steps and not loop.stopped_early:
             if loop.step >= parts.save_deadline:  # the next step could overwrite rows being saved

@@ -162,6 +162,9 @@ def test_a_failure_while_saving_leaves_the_previous_checkpoint_and_no_stray_chun
     with pytest.raises(OSError, match="injected"):
         train(presets.get("cartpole", **{**SETTINGS, "total_steps": 1500}), run)
     monkeypatch.undo()
+    # the run's files are closed on the error (metrics.csv and TensorBoard's file leaked, with its thread)
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert not {f for f in open_files if f.startswith(str(run.resolve()))}
     assert load_checkpoint(run)["loop"]["step"] == 500
     assert len(load_replay(run)) == 500
     with warnings.catch_warnings():
