@@ -65,17 +65,16 @@ def variant_names(configs: list[dict[str, Any]]) -> list[str]:
     of :data:`SAME_VARIANT` and the env aside). Two variants named alike would agree on
     every key: names are unique."""
     keys = [{k: v for k, v in c.items() if k not in SAME_VARIANT and k != "env_id"} for c in configs]
-    names = {}
-    for own in keys:
-        peers = [k for k in keys if k["preset"] == own["preset"]]
-        default = _preset_values(own["preset"])
-        unusual = [
-            key for key in own if key != "preset" and own[key] != _common([p.get(key) for p in peers], default.get(key))
-        ]
-        names[json.dumps(own, sort_keys=True)] = ", ".join(
-            [own["preset"], *(f"{key}={_short(own[key])}" for key in unusual)]
-        )
-    return [names[json.dumps(k, sort_keys=True)] for k in keys]
+    common: dict[str, dict[str, Any]] = {}  # per preset, each key's most common value among its runs
+    for preset in dict.fromkeys(k["preset"] for k in keys):
+        peers, default = [k for k in keys if k["preset"] == preset], _preset_values(preset)
+        fields = dict.fromkeys(key for p in peers for key in p)
+        common[preset] = {key: _common([p.get(key) for p in peers], default.get(key)) for key in fields}
+    return [_name(own, [k for k in own if k != "preset" and own[k] != common[own["preset"]][k]]) for own in keys]
+
+
+def _name(config: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join([config["preset"], *(f"{key}={_short(config[key])}" for key in keys)])
 
 
 def _common(values: list[Any], default: Any) -> Any:
