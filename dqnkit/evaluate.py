@@ -61,14 +61,16 @@ class _GymEpisodes:
 
     def reset(self) -> np.ndarray:
         self.obs = np.stack([env.reset(seed=self.seed + i)[0] for i, env in enumerate(self.envs)])
-        return self.obs.copy()
+        return self.obs
 
     def step(self, actions: np.ndarray, playing: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(observations [E, *obs], rewards [E], ended [E]); the observations are this
+        object's buffer, which the next step writes: :func:`evaluate` reads them before."""
         rewards, ended = np.zeros(len(self.envs)), np.zeros(len(self.envs), bool)
         for i in np.flatnonzero(playing):
             self.obs[i], rewards[i], terminated, truncated, _ = self.envs[i].step(actions[i])
             ended[i] = terminated or truncated
-        return self.obs.copy(), rewards, ended
+        return self.obs, rewards, ended
 
     def close(self) -> None:
         for env in self.envs:
