@@ -246,38 +246,46 @@ def _report(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    """The Config that --preset, --env, --seed, --device, --steps and --set describe."""
+    """The Config that --preset, --config, --env, --seed, --device, --steps and --set describe."""
     from dqnkit import presets
-    from dqnkit.config import parse_overrides
 
-    from_file = _config_file(args.config) if args.config is not None else {}
-    overrides: dict[str, Any] = {**from_file, **parse_overrides(args.overrides)}
-    for key in ("env_id", "seed", "device"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    if args.steps is not None:
-        overrides["total_steps"] = args.steps
-    env_id = overrides.get("env_id")
-    if args.preset is None and from_file.get("preset") in presets.names():  # a run's config.json names its preset
-        return presets.get(from_file["preset"], **overrides)
-    if args.preset is None:  # --env alone: that env family's defaults
-        return presets.get(presets.for_env(env_id or "CartPole-v1"), **overrides)
-    config = presets.get(args.preset, **overrides)
-    fitting, own = presets.for_env(config.env_id), presets.for_env(presets.get(args.preset).env_id)
-    if env_id is not None and fitting != own:
+    name, overrides = _config_parts(args)
+    config = presets.get(name, **overrides)
+    fitting, own = presets.for_env(config.env_id), presets.for_env(presets.get(name).env_id)
+    if args.preset is not None and "env_id" in overrides and fitting != own:
         print(
-            f"warning: preset {args.preset} is made for {own}-like envs; for {env_id} dqnkit would pick "
+            f"warning: preset {name} is made for {own}-like envs; for {config.env_id} dqnkit would pick "
             f"--preset {fitting}",
             file=sys.stderr,
         )
     return config
 
 
-def _config_file(path: Path) -> dict[str, Any]:
+def _config_parts(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The preset a run starts from, and the keys that go over it (the file's, then the flags')."""
+    from dqnkit import presets
+    from dqnkit.config import parse_overrides
+
+    overrides = {**_config_file(args.config), **parse_overrides(args.overrides)}
+    for key in ("env_id", "seed", "device"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.steps is not None:
+        overrides["total_steps"] = args.steps
+    if args.preset is not None:
+        return args.preset, overrides
+    if overrides.get("preset") in presets.names():  # a run's config.json names its preset
+        return overrides["preset"], overrides
+    return presets.for_env(overrides.get("env_id", "CartPole-v1")), overrides  # that env family's defaults
+
+
+def _config_file(path: Path | None) -> dict[str, Any]:
     """The config keys of a JSON file (a run's config.json, or any object of keys), checked:
-    a key or value that is not a config's is refused naming the file."""
+    a key or value that is not a config's is refused naming the file. None: no keys."""
     from dqnkit.config import FIELDS, coerce
 
+    if path is None:
+        return {}
     try:
         values = json.loads(path.read_text())
     except OSError as exc:
@@ -302,6 +310,12 @@ def _apex(args: argparse.Namespace) -> int:
 
     apex.check_apex_keys(parse_overrides(args.overrides).keys())
     config = _config(args)
+    if args.config is not None:  # a run's config.json holds every key: refuse only those it changes
+        from dqnkit import presets
+
+        base = presets.get(_config_parts(args)[0])
+        changed = [key for key, value in _config_file(args.config).items() if value != getattr(base, key)]
+        apex.check_apex_keys(changed, source=f"--config {args.config}:")
     run_dir = args.run_dir or default_run_dir(config, prefix="apex-")
     check_range("--ray-timeout", args.ray_timeout, 0.0, None, lo_open=True)
     check_range("--actor-timeout", args.actor_timeout, 0.0, None, lo_open=True)

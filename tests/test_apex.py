@@ -94,6 +94,32 @@ def test_apex_refuses_keys_it_would_not_honour(key, capsys, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_apex_refuses_keys_a_config_file_changes_but_takes_a_runs_config_json(monkeypatch, capsys, tmp_path):
+    """A run's config.json holds every key, eps_start among them: only a value that differs
+    from the preset's (one Ape-X would ignore) is refused, naming the file."""
+    pytest.importorskip("ray")
+    from dqnkit.distributed import apex
+
+    class Started(Exception):
+        pass
+
+    def started(config, *args, **kwargs):
+        raise Started(config)
+
+    monkeypatch.setattr(apex, "run", started)
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps({"eps_end": 0.2}))
+    assert main(["apex", "--config", str(mine), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --config {mine}: eps_end does not apply to apex: {apex.NOT_IN_APEX['eps_end']}"
+
+    whole = tmp_path / "config.json"
+    whole.write_text(presets.get("cartpole", seed=3).to_json())
+    with pytest.raises(Started) as got:
+        main(["apex", "--config", str(whole), "--run-dir", str(tmp_path / "run")])
+    assert got.value.args[0] == presets.get("cartpole", seed=3)
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [

@@ -32,6 +32,7 @@ import os
 import time
 import uuid
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,10 +103,10 @@ NOT_IN_APEX = {
 }
 
 
-def check_apex_keys(keys: set[str] | list[str]) -> None:
-    """Refuse (exit 2) a config key the user set that Ape-X would not honour."""
+def check_apex_keys(keys: Iterable[str], source: str = "--set") -> None:
+    """Refuse (exit 2) a config key the user set (in ``source``) that Ape-X would not honour."""
     for key in sorted(set(keys) & set(NOT_IN_APEX)):
-        raise DqnkitError(f"--set {key} does not apply to apex: {NOT_IN_APEX[key]}")
+        raise DqnkitError(f"{source} {key} does not apply to apex: {NOT_IN_APEX[key]}")
 
 
 def _check_resources(ray: Any, wanted: dict[str, float]) -> None:
