@@ -121,8 +121,9 @@ def train(
         except DqnkitError:  # refused (a replay this machine cannot hold): leave no half-made run behind
             shutil.rmtree(run_dir)
             raise
-        _reset_envs(parts)
-        return _run(parts, run_dir, progress)
+        with _envs_closed(parts):
+            _reset_envs(parts)
+            return _run(parts, run_dir, progress)
 
 
 def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: bool = False) -> dict[str, Any]:
@@ -147,11 +148,12 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
     resolve_device(config.device)
     with RunLock(run_dir):  # one process at a time trains into a run
         parts = build(config, run_dir)
-        restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
-        (run_dir / "config.json").write_text(config.to_json())
-        if total_steps is not None:
-            parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
-        return _run(parts, run_dir, progress)
+        with _envs_closed(parts):
+            restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
+            (run_dir / "config.json").write_text(config.to_json())
+            if total_steps is not None:
+                parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
+            return _run(parts, run_dir, progress)
 
 
 RESUMABLE = ("config", "agent", "replay", "loop", "envs")  # what `train --resume` needs
@@ -444,6 +446,19 @@ def crossed(prev: int, now: int, every: int) -> int:
     return now // every - prev // every if every > 0 else 0
 
 
+@contextlib.contextmanager
+def _envs_closed(parts: Parts) -> Iterator[None]:
+    """Close the envs however the run ends (complete, an error, Ctrl-C): an async vector env's
+    worker processes and a pool's threads are not left behind in a process that goes on."""
+    try:
+        yield
+    finally:
+        if parts.loop.in_flight is not None:  # a step under way (an early stop, or an error)
+            with contextlib.suppress(Exception):  # an env that failed is closed all the same
+                recv_step(parts.envs, parts.loop.in_flight)
+        parts.envs.close()
+
+
 def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
     with flush_denormals(parts.config.flush_denormal):
         return _loop(parts, run_dir, progress)
@@ -506,9 +521,6 @@ def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path) -> dict[str, Any]:
     if cfg.final_eval and loop.eval_step != loop.step:
         _evaluate(parts, monitor)
     _save(parts, monitor)
-    if loop.in_flight is not None:  # stopped early with a step under way (saved with the run)
-        recv_step(parts.envs, loop.in_flight)
-    parts.envs.close()
     summary = {
         **run_summary(cfg, loop.step, loop.episodes, agent, loop.eval_mean, loop.eval_std, loop.stopped_early),
         "resumed_with_fresh_episodes": loop.env_fresh_reset,

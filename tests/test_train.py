@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dqnkit import Config, load, presets, resume, train
-from dqnkit.errors import ConfigError, DqnkitError
+from dqnkit.errors import CheckpointError, ConfigError, DqnkitError
 from dqnkit.logger import read_metrics
 from dqnkit.training import build, crossed, epsilon, load_replay
 
@@ -174,6 +174,35 @@ def test_a_replay_this_machine_cannot_allocate_is_refused_and_leaves_no_run(tmp_
         train(_cfg(buffer_size=10**12), tmp_path / "run")  # 50 TB: numpy's allocation fails at once
     assert not (tmp_path / "run").exists()  # before, a traceback and a run directory to remove by hand
     assert len(closed) == 1  # and the envs built before it are closed
+
+
+@pytest.mark.parametrize("stop", [RuntimeError, KeyboardInterrupt])
+def test_a_run_that_stops_on_an_error_closes_its_envs(tmp_path, monkeypatch, stop):
+    """An error in the loop, Ctrl-C, or a resume whose checkpoint does not fit: the async
+    envs' worker processes are gone after it (they were left running in a process that goes on)."""
+    import multiprocessing
+
+    import dqnkit.training
+
+    run, real = tmp_path / "run", dqnkit.training.check_transition
+
+    def failing(rewards, next_obs, step):
+        if step >= 300:
+            raise stop("injected")
+        real(rewards, next_obs, step)
+
+    monkeypatch.setattr(dqnkit.training, "check_transition", failing)
+    with pytest.raises(stop, match="injected") as stopped:
+        train(_cfg(num_envs=2, vector_env="async", overlap_env_step=True), run)
+    # while the error is still held (its traceback keeps the run's frames, and the envs, alive)
+    assert stopped.traceback and multiprocessing.active_children() == []
+    monkeypatch.undo()
+
+    train(_cfg(num_envs=2, vector_env="async", total_steps=200), tmp_path / "short")
+    monkeypatch.setattr(dqnkit.training, "restore", lambda *a: (_ for _ in ()).throw(CheckpointError("injected")))
+    with pytest.raises(CheckpointError, match="injected") as refused:
+        resume(tmp_path / "short", total_steps=400)
+    assert refused.traceback and multiprocessing.active_children() == []
 
 
 def test_a_replay_larger_than_the_available_memory_is_warned_about(tmp_path, monkeypatch):
