@@ -1,8 +1,7 @@
 """Crash-safe checkpoints that load without executing code.
 
-Writing: serialise to ``NAME.tmp`` in the same directory, flush, fsync, ``os.replace``
-onto the final name, fsync the directory. A crash at any moment leaves either the old
-file or the new one, never half of one.
+Writing: through :func:`dqnkit.files.atomic_write` (``NAME.tmp``, fsync, ``os.replace``).
+A crash at any moment leaves either the old file or the new one, never half of one.
 
 Reading: ``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and
 plain containers, so a crafted pickle is refused instead of run. numpy arrays are stored
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from dqnkit.errors import CheckpointError
+from dqnkit.files import atomic_write, fsync_dir
 
 FORMAT_VERSION = 1
 _NP_TAG = "__ndarray__"
@@ -62,18 +62,7 @@ def from_storable(obj: Any) -> Any:
 
 def atomic_save(payload: dict[str, Any], path: str | Path) -> None:
     """Write ``payload`` to ``path`` so that a crash never leaves a partial file there."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(to_storable({"format_version": FORMAT_VERSION, **payload}), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: the partial file would hold on to the space that is left
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: torch.save(to_storable({"format_version": FORMAT_VERSION, **payload}), f))
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:
@@ -116,7 +105,7 @@ class CheckpointDir:
         tmp.unlink(missing_ok=True)
         os.link(path, tmp)
         os.replace(tmp, self.latest)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         for old in self.numbered()[: -self.keep]:
             old.unlink(missing_ok=True)
         return path
@@ -127,14 +116,6 @@ class CheckpointDir:
             return []
         found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_FILE.search(p.name))]
         return [p for _, p in sorted(found)]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- the replay

@@ -33,6 +33,7 @@ from dqnkit.config import Config
 from dqnkit.diagnostics import overestimation
 from dqnkit.errors import DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
+from dqnkit.files import atomic_write_text
 from dqnkit.logger import Logger, read_metrics
 
 
@@ -68,7 +69,7 @@ def open_run_dir(config: Config, run_dir: Path, overwrite: bool, *, resumable: b
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)
-    (run_dir / "config.json").write_text(config.to_json())
+    atomic_write_text(run_dir / "config.json", config.to_json())
     return lock
 
 
@@ -319,7 +320,7 @@ class RunMonitor:
         self._writer.shutdown()
         self.logger.close()
         summary = {**summary, "dqnkit_version": __version__}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         from dqnkit.plots import learning_curve  # matplotlib (0.3 s): not for load() and eval
 
         learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png", title=title)

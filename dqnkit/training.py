@@ -46,6 +46,7 @@ from dqnkit.envs import (
     true_next_obs,
 )
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
+from dqnkit.files import atomic_write_text
 from dqnkit.monitor import (
     RunLock,
     RunMonitor,
@@ -150,7 +151,7 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
         parts = build(config, run_dir)
         with _envs_closed(parts):
             restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
-            (run_dir / "config.json").write_text(config.to_json())
+            atomic_write_text(run_dir / "config.json", config.to_json())
             if total_steps is not None:
                 parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
             return _run(parts, run_dir, progress)

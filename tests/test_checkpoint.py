@@ -1,6 +1,7 @@
 import errno
 import io
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +56,31 @@ def test_a_write_the_disk_refuses_leaves_neither_a_partial_file_nor_the_target(t
         atomic_save({"x": torch.ones(3)}, tmp_path / "c.pt")
     assert not list(tmp_path.glob("*.tmp"))  # it would hold on to the space that is left
     assert (tmp_path / "c.pt").read_bytes() == before
+
+
+def test_a_runs_json_files_are_whole_or_absent(tmp_path, monkeypatch):
+    """config.json and summary.json are written through a rename (a kill while writing them
+    left a cut file: summary.json's mere presence marks a run complete); a failed write keeps
+    the old text."""
+    import os
+
+    from dqnkit import files
+
+    renamed, real_replace = [], os.replace
+    monkeypatch.setattr(files.os, "replace", lambda src, dst: renamed.append(Path(dst).name) or real_replace(src, dst))
+    train(presets.get("cartpole", **TINY), tmp_path / "run")
+    assert {"config.json", "summary.json"} <= set(renamed)
+
+    target = tmp_path / "run" / "summary.json"
+    before = target.read_text()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        files.atomic_write_text(target, "{}")
+    assert target.read_text() == before and not list(target.parent.glob("*.tmp"))
 
 
 def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):

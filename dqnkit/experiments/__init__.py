@@ -23,6 +23,7 @@ import numpy as np
 from dqnkit import plots, presets
 from dqnkit.bench import progress
 from dqnkit.config import Config
+from dqnkit.files import atomic_write_text
 from dqnkit.logger import read_metrics
 
 
@@ -275,7 +276,7 @@ def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: in
         "seeds": seeds,
         "variants": variants,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     (out / "summary.md").write_text(summary_markdown(result))
     return result
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from dqnkit import plots
+from dqnkit.files import atomic_write_text
 from dqnkit.tabular.envs import cliff_walking, random_walk_values
 from dqnkit.tabular.methods import METHODS, greedy_path, n_step_td, td_control
 
@@ -51,7 +52,7 @@ def cliff_walking_experiment(
         "seeds": seeds,
         "methods": results,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -101,7 +102,7 @@ def random_walk_experiment(
         "best_n": N_VALUES[int(np.argmin(curve))],
         "alpha_sweep": {"alphas": list(alphas), **sweep},
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
     return summary
 
 
