@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--steps", type=int, help="environment steps per run (default: the experiment's)")
     exp.add_argument("--out", type=Path, help="output directory (default runs/experiment-NAME)")
     exp.add_argument("--jobs", type=int, help="parallel training processes (default: number of cores)")
-    exp.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    exp.add_argument("--overwrite", action="store_true",
+                     help="replace results already in --out and train every run again (without it, the runs an "
+                     "interrupted start left are kept or resumed)")  # fmt: skip
 
     bench = sub.add_parser("bench", help="benchmarks against peers, measured in the same run (table + JSON)")
     bench.add_argument("name", choices=("replay", "speed", "atari", "atari-train", "apex", "checkpoint"))
@@ -459,7 +461,7 @@ def _experiment(args: argparse.Namespace) -> int:
     experiments.configs(args.name, args.seeds, args.steps)  # validates every run's config first
     out = args.out or Path("runs") / f"experiment-{args.name}"
     _refuse_existing_results(out, args.overwrite)
-    result = experiments.run(args.name, out, seeds=args.seeds, steps=args.steps, jobs=args.jobs)
+    result = experiments.run(args.name, out, seeds=args.seeds, steps=args.steps, jobs=args.jobs, fresh=args.overwrite)
     print((out / "summary.md").read_text(), end="")
     print(f"plots and results.json in {out}")
     return 0 if result else 1

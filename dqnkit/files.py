@@ -1,15 +1,20 @@
-"""Crash-safe writes: a file is whole or absent, never cut short by a kill or a full disk.
+"""Files a run shares with a crash or another process.
 
-Write ``NAME.tmp`` in the same directory, flush, fsync, ``os.replace`` it onto the final
-name, fsync the directory. No torch here: the tabular exercises write their results too.
+Crash-safe writes: a file is whole or absent, never cut short by a kill or a full disk
+(``NAME.tmp`` in the same directory, flush, fsync, ``os.replace`` onto the final name,
+fsync the directory). And :class:`RunLock`, one process at a time in a run directory.
+No torch here: the tabular exercises and the experiments' driver use these too.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from dqnkit.errors import DqnkitError
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
@@ -40,3 +45,37 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class RunLock:
+    """This process's exclusive lock on a run directory (``flock`` on ``DIR/.lock``), held
+    while it trains there: a second ``train --resume`` or ``--overwrite`` of the same run
+    (a job started twice) is refused instead of interleaving checkpoints and metrics rows.
+    The kernel drops the lock when its process dies, so a killed run resumes at once."""
+
+    def __init__(self, run_dir: Path, what: str = "run directory") -> None:
+        path = run_dir / ".lock"
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(self._fd, 32).decode(errors="replace").strip() or "?"
+            self.release()
+            raise DqnkitError(
+                f"{what} {run_dir} is in use by another dqnkit process (pid {holder}); "
+                "wait for it to end, or stop it first"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        """Let another process train into the directory (closing the file drops the lock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -8,10 +8,8 @@ leaves behind (``summary.json``, ``learning_curve.png``).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
-import os
 import shutil
 import signal
 import sys
@@ -33,7 +31,7 @@ from dqnkit.config import Config
 from dqnkit.diagnostics import overestimation
 from dqnkit.errors import DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
-from dqnkit.files import atomic_write_text
+from dqnkit.files import RunLock, atomic_write_text
 from dqnkit.logger import Logger, read_metrics
 
 
@@ -71,40 +69,6 @@ def open_run_dir(config: Config, run_dir: Path, overwrite: bool, *, resumable: b
     lock = RunLock(run_dir)
     atomic_write_text(run_dir / "config.json", config.to_json())
     return lock
-
-
-class RunLock:
-    """This process's exclusive lock on a run directory (``flock`` on ``DIR/.lock``), held
-    while it trains there: a second ``train --resume`` or ``--overwrite`` of the same run
-    (a job started twice) is refused instead of interleaving checkpoints and metrics rows.
-    The kernel drops the lock when its process dies, so a killed run resumes at once."""
-
-    def __init__(self, run_dir: Path) -> None:
-        path = run_dir / ".lock"
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(self._fd, 32).decode(errors="replace").strip() or "?"
-            self.release()
-            raise DqnkitError(
-                f"run directory {run_dir} is in use by another dqnkit process (pid {holder}); "
-                "wait for it to end, or stop it first"
-            ) from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, str(os.getpid()).encode())
-
-    def release(self) -> None:
-        """Let another process train into the directory (closing the file drops the lock)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def run_summary(

@@ -46,9 +46,8 @@ from dqnkit.envs import (
     true_next_obs,
 )
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
-from dqnkit.files import atomic_write_text
+from dqnkit.files import RunLock, atomic_write_text
 from dqnkit.monitor import (
-    RunLock,
     RunMonitor,
     check_loss,
     check_transition,

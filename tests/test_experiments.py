@@ -1,6 +1,7 @@
 """Each experiment end to end in a tiny configuration, and the measures it reports."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -79,6 +80,52 @@ def test_cli_refuses_bad_options_before_running(tmp_path, capsys):
     assert main(["experiment", "soft-vs-hard", "--jobs", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--jobs: 0 must be >= 1" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_a_run_an_interrupted_experiment_left_is_kept_or_resumed_exactly(tmp_path, monkeypatch):
+    """Started again, an experiment keeps the runs it finished and resumes the one Ctrl-C
+    stopped (bit for bit); a run of another config, or ``fresh``, is trained again."""
+    import signal
+
+    import dqnkit.training
+    from dqnkit import train
+    from dqnkit.logger import read_metrics
+
+    config = experiments.configs("target-ablation", 1, 1000)[("hard-1", 0)]
+    run, real = tmp_path / "hard-1-s0", dqnkit.training.check_transition
+
+    def ctrl_c_at_600(rewards, next_obs, step):
+        if step == 600:
+            os.kill(os.getpid(), signal.SIGINT)  # the monitor saves a checkpoint and stops
+        real(rewards, next_obs, step)
+
+    monkeypatch.setattr(dqnkit.training, "check_transition", ctrl_c_at_600)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run)
+    monkeypatch.undo()
+
+    summary, how = experiments._train_one((config, str(run), False))
+    assert how == "resumed" and summary["steps"] == 1000
+    train(config, tmp_path / "whole")
+    def rows(run_dir):  # all but the wall clock
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in read_metrics(run_dir / "metrics.csv")]
+
+    assert rows(run) == rows(tmp_path / "whole")
+    assert experiments._train_one((config, str(run), False)) == (summary, "kept")
+    assert experiments._train_one((config.replace(seed=7), str(run), False))[1] == "trained"
+    assert experiments._train_one((config.replace(seed=7), str(run), True))[1] == "trained"
+
+
+def test_the_same_experiment_started_twice_is_refused(tmp_path, capsys):
+    from dqnkit.files import RunLock
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    with RunLock(out):  # another `dqnkit experiment` still trains into it
+        assert main(["experiment", "target-ablation", "--steps", "500", "--seeds", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"experiment directory {out} is in use by another dqnkit process (pid {os.getpid()})" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
 def test_pqn_vs_dqn_gives_each_variant_its_preset_and_equal_minatar_steps():

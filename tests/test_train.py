@@ -147,7 +147,7 @@ def test_a_run_another_process_trains_into_is_refused_and_kept(tmp_path, capsys)
     into the run directory. (The lock is per open file, so holding it here stands for the
     other process.)"""
     from dqnkit.cli import main
-    from dqnkit.monitor import RunLock
+    from dqnkit.files import RunLock
 
     run = tmp_path / "run"
     train(_cfg(), run)

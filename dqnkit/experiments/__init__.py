@@ -23,7 +23,7 @@ import numpy as np
 from dqnkit import plots, presets
 from dqnkit.bench import progress
 from dqnkit.config import Config
-from dqnkit.files import atomic_write_text
+from dqnkit.files import RunLock, atomic_write_text
 from dqnkit.logger import read_metrics
 
 
@@ -229,27 +229,71 @@ def configs(name: str, seeds: int, steps: int | None) -> dict[tuple[str, int], C
     return runs
 
 
-def _train_one(args: tuple[Config, str]) -> dict[str, Any]:
-    from dqnkit.training import train
+def _train_one(args: tuple[Config, str, bool]) -> tuple[dict[str, Any], str]:
+    """Train one run; unless ``fresh``, keep it if an earlier start of the experiment finished
+    it with this config, or resume it from its checkpoint (Ctrl-C saves one). Returns its
+    summary and which of ``trained``, ``resumed``, ``kept`` it was."""
+    from dqnkit.training import resume, train
 
-    config, run_dir = args
-    return train(config, run_dir, overwrite=True)
+    config, run_dir, fresh = args
+    earlier = "new" if fresh else _earlier_run(config, Path(run_dir))
+    if earlier == "complete":
+        return json.loads((Path(run_dir) / "summary.json").read_text()), "kept"
+    if earlier == "checkpointed":
+        return resume(run_dir), "resumed"
+    return train(config, run_dir, overwrite=True), "trained"
 
 
-def run(name: str, out: Path, seeds: int = 3, steps: int | None = None, jobs: int | None = None) -> dict[str, Any]:
-    """Train every variant x seed (``jobs`` processes), then write plots, results.json, summary.md."""
+def _earlier_run(config: Config, run_dir: Path) -> str:
+    """What an interrupted start of the experiment left in ``run_dir`` for ``config``:
+    ``complete``, ``checkpointed`` (resumable) or ``new`` (nothing of this config's: train it)."""
+    from dqnkit.config import from_dict
+    from dqnkit.errors import DqnkitError
+    from dqnkit.training import load_checkpoint
+
+    try:
+        if from_dict(json.loads((run_dir / "config.json").read_text())) != config:
+            return "new"
+        if (run_dir / "summary.json").is_file():
+            return "complete"
+        return "checkpointed" if from_dict(load_checkpoint(run_dir)["config"]) == config else "new"
+    except (OSError, ValueError, DqnkitError):  # absent, unreadable or not a resumable run
+        return "new"
+
+
+def run(
+    name: str,
+    out: Path,
+    seeds: int = 3,
+    steps: int | None = None,
+    jobs: int | None = None,
+    *,
+    fresh: bool = False,
+) -> dict[str, Any]:
+    """Train every variant x seed (``jobs`` processes), then write plots, results.json, summary.md.
+
+    ``out`` is locked meanwhile: the same experiment started twice is refused, not interleaved.
+    The runs an interrupted start of it left (same config) are kept, or resumed from their
+    checkpoint, unless ``fresh``: then every run is trained again.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, what="experiment directory"):
+        return _run(name, out, seeds, steps, jobs, fresh)
+
+
+def _run(name: str, out: Path, seeds: int, steps: int | None, jobs: int | None, fresh: bool) -> dict[str, Any]:
     exp, runs_cfg = EXPERIMENTS[name], configs(name, seeds, steps)
     total = next(iter(runs_cfg.values())).total_steps
-    out.mkdir(parents=True, exist_ok=True)
-    work = [(cfg, str(out / "runs" / f"{variant}-s{seed}")) for (variant, seed), cfg in runs_cfg.items()]
+    work = [(cfg, str(out / "runs" / f"{variant}-s{seed}"), fresh) for (variant, seed), cfg in runs_cfg.items()]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     start = time.perf_counter()
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         running = {pool.submit(_train_one, args): key for args, key in zip(work, runs_cfg)}
         for done, finished in enumerate(as_completed(running), 1):  # minutes of runs: say each one
-            (variant, seed), summary = running[finished], finished.result()
+            (variant, seed), (summary, how) = running[finished], finished.result()
             progress(
-                f"{variant}, seed {seed}: eval {summary['eval_return_mean']:.1f} "
+                f"{variant}, seed {seed}: eval {summary['eval_return_mean']:.1f}"
+                f"{'' if how == 'trained' else f' ({how} from an earlier start)'} "
                 f"({done} of {len(work)} runs, {time.perf_counter() - start:.0f} s)"
             )
     rows = {v: [read_metrics(out / "runs" / f"{v}-s{s}" / "metrics.csv") for s in range(seeds)] for v in exp.variants}
