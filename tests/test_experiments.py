@@ -107,6 +107,7 @@ def test_a_run_an_interrupted_experiment_left_is_kept_or_resumed_exactly(tmp_pat
     summary, how = experiments._train_one((config, str(run), False))
     assert how == "resumed" and summary["steps"] == 1000
     train(config, tmp_path / "whole")
+
     def rows(run_dir):  # all but the wall clock
         return [{k: v for k, v in row.items() if k != "wall_s"} for row in read_metrics(run_dir / "metrics.csv")]
 
