@@ -62,6 +62,34 @@ def test_experiment_runs_and_writes_its_files(name, tmp_path, capsys):
         assert all("collapses_mean" in v for v in on_disk["variants"].values())
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_an_experiment_that_the_same_command_continues(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "exp"
+    command = [sys.executable, "-m", "dqnkit", "experiment", "target-ablation", "--seeds", "1", "--jobs", "2"]
+    command += ["--steps", "30000", "--out", str(out)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    metrics = [out / "runs" / f"{v}-s0" / "metrics.csv" for v in ("hard-1000", "hard-1")]
+    while not all(m.exists() and m.read_text().count("\n") > 10 for m in metrics):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the experiment and its training processes
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "the same command continues the experiment" in err
+    assert not (out / "results.json").exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("(resumed from an earlier start)") == 2
+    assert json.loads((out / "results.json").read_text())["steps"] == 30_000
+
+
 def test_variants_differ_only_in_what_they_ablate():
     cfgs = experiments.configs("target-ablation", 1, 2000)
     a, b = cfgs[("hard-1000", 0)].to_dict(), cfgs[("hard-1", 0)].to_dict()

@@ -286,16 +286,13 @@ def _run(name: str, out: Path, seeds: int, steps: int | None, jobs: int | None, 
     total = next(iter(runs_cfg.values())).total_steps
     work = [(cfg, str(out / "runs" / f"{variant}-s{seed}"), fresh) for (variant, seed), cfg in runs_cfg.items()]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
-    start = time.perf_counter()
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = {pool.submit(_train_one, args): key for args, key in zip(work, runs_cfg)}
-        for done, finished in enumerate(as_completed(running), 1):  # minutes of runs: say each one
-            (variant, seed), (summary, how) = running[finished], finished.result()
-            progress(
-                f"{variant}, seed {seed}: eval {summary['eval_return_mean']:.1f}"
-                f"{'' if how == 'trained' else f' ({how} from an earlier start)'} "
-                f"({done} of {len(work)} runs, {time.perf_counter() - start:.0f} s)"
-            )
+    try:
+        _train_all(work, list(runs_cfg), jobs)
+    except KeyboardInterrupt:  # Ctrl-C reached every process: each run in progress saved a checkpoint
+        raise KeyboardInterrupt(
+            "interrupted; the runs in progress saved a checkpoint: the same command continues the experiment "
+            "(finished runs are kept, the others resume)"
+        ) from None
     rows = {v: [read_metrics(out / "runs" / f"{v}-s{s}" / "metrics.csv") for s in range(seeds)] for v in exp.variants}
     if exp.band_plot:
         grid = np.linspace(0, total, 200)
@@ -323,6 +320,20 @@ def _run(name: str, out: Path, seeds: int, steps: int | None, jobs: int | None, 
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     (out / "summary.md").write_text(summary_markdown(result))
     return result
+
+
+def _train_all(work: list[tuple[Config, str, bool]], keys: list[tuple[str, int]], jobs: int) -> None:
+    """Train ``work`` in ``jobs`` spawned processes, saying each run as it ends."""
+    start = time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = {pool.submit(_train_one, args): key for args, key in zip(work, keys)}
+        for done, finished in enumerate(as_completed(running), 1):  # minutes of runs: say each one
+            (variant, seed), (summary, how) = running[finished], finished.result()
+            progress(
+                f"{variant}, seed {seed}: eval {summary['eval_return_mean']:.1f}"
+                f"{'' if how == 'trained' else f' ({how} from an earlier start)'} "
+                f"({done} of {len(work)} runs, {time.perf_counter() - start:.0f} s)"
+            )
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
