@@ -284,7 +284,7 @@ def _config_parts(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 def _config_file(path: Path | None) -> dict[str, Any]:
     """The config keys of a JSON file (a run's config.json, or any object of keys), checked:
     a key or value that is not a config's is refused naming the file. None: no keys."""
-    from dqnkit.config import FIELDS, coerce
+    from dqnkit.config import coerce_all
 
     if path is None:
         return {}
@@ -296,11 +296,8 @@ def _config_file(path: Path | None) -> dict[str, Any]:
         raise DqnkitError(f"--config {path}: not JSON ({exc.msg}, line {exc.lineno})") from None
     if not isinstance(values, dict):
         raise DqnkitError(f"--config {path}: expected a JSON object of config keys, got a {type(values).__name__}")
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise DqnkitError(f"--config {path}: unknown config key {unknown[0]!r} (is it a run's config.json?)")
     try:
-        return {key: coerce(key, value) for key, value in values.items()}
+        return coerce_all(values, hint="is it a run's config.json?")
     except DqnkitError as exc:
         raise DqnkitError(f"--config {path}: {exc}") from None
 

@@ -280,24 +280,28 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Co
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Build a validated Config; every key must exist and every value must parse."""
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; run `dqnkit presets NAME` to see the keys")
-    return Config(**{k: coerce(k, v) for k, v in values.items()})
+    return Config(**coerce_all(values))
 
 
 def parse_overrides(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
     """Parse ``["key=value", ...]`` from ``flag`` into typed values (checked again by Config)."""
-    out: dict[str, Any] = {}
+    raw: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise ConfigError(f"{flag} expects key=value, got {pair!r}")
-        if key not in FIELDS:
-            raise ConfigError(f"unknown config key {key!r}; run `dqnkit presets NAME` to see the keys")
-        out[key] = coerce(key, value.strip())
-    return out
+        raw[key] = value.strip()
+    return coerce_all(raw)
+
+
+def coerce_all(values: dict[str, Any], hint: str = "run `dqnkit presets NAME` to see the keys") -> dict[str, Any]:
+    """``values`` converted to their fields' types (:func:`coerce`); the one place a key that
+    no config has is refused (``hint`` says where to look)."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; {hint}")
+    return {key: coerce(key, value) for key, value in values.items()}
 
 
 def coerce(key: str, value: Any) -> Any:

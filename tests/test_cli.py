@@ -188,7 +188,7 @@ def test_a_runs_config_json_is_the_base_of_another_run(tmp_path, capsys):
         ("[1]", "expected a JSON object of config keys, got a list"),
         ('{"lr": ', "not JSON"),
         ('{"lr": "fast"}', "lr: cannot use 'fast' (expected a number)"),
-        ('{"steps": 9000, "dqnkit_version": "0"}', "unknown config key 'dqnkit_version' (is it a run's config.json?)"),
+        ('{"steps": 9000, "dqnkit_version": "0"}', "unknown config key 'dqnkit_version'; is it a run's config.json?"),
         (None, "No such file or directory"),
     ],
 )
