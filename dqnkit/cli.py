@@ -22,6 +22,7 @@ from typing import Any
 
 from dqnkit.config import check_range
 from dqnkit.errors import DqnkitError
+from dqnkit.files import make_dir
 
 # dqnkit.experiments imports matplotlib: the parser names them without importing it (a test
 # keeps this list equal to experiments.EXPERIMENTS)
@@ -384,7 +385,7 @@ def _prepare_video(path: Path) -> None:
     """Make the video's directory now, as --run-dir's and --out's are (not after the
     evaluation, where a missing one was a traceback), and draw frames off-screen."""
     try:
-        path.absolute().parent.mkdir(parents=True, exist_ok=True)
+        make_dir(path.parent, f"--video {path}")
     except OSError as exc:
         raise DqnkitError(f"--video {path}: cannot create {path.parent} ({exc.strerror})") from None
     # without a display session, pygame's SDL (CartPole, Box2D) printed "error: XDG_RUNTIME_DIR
@@ -409,7 +410,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() != ".png":
         raise DqnkitError(f"--out writes a .png file, not {args.out.name!r}")
-    args.out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    make_dir(args.out.parent, f"--out {args.out}")
     panels = compare(args.run_dirs, args.out)
     for env, variants in panels.items():
         print(env)
@@ -484,7 +485,7 @@ def _bench(args: argparse.Namespace) -> int:
             raise DqnkitError(f"{flag} applies to {takers} only")
     start = _bench_run(args)
     out = args.out or Path("bench-results") / f"{args.name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out.parent, f"--out {out}")
     start(out=out)
     print(f"wrote {out}")
     return 0

@@ -38,6 +38,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def make_dir(path: Path, what: str) -> None:
+    """``mkdir -p path``; where a file stands in the way, a one-line error (exit 2) that
+    names it and ``what`` needs the directory (e.g. ``--out runs/x.png``), not a traceback."""
+    refuse_file_in_the_way(path, what)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def refuse_file_in_the_way(path: Path, what: str) -> None:
+    """Refuse (exit 2) ``path`` as a directory where it, or a directory above it, is a file."""
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise DqnkitError(f"{what}: {blocker} is a file, not a directory")
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` survive a power cut."""
     fd = os.open(directory, os.O_RDONLY)

@@ -31,7 +31,7 @@ from dqnkit.config import Config
 from dqnkit.diagnostics import overestimation
 from dqnkit.errors import DqnkitError, NonFiniteError
 from dqnkit.evaluate import evaluate
-from dqnkit.files import RunLock, atomic_write_text
+from dqnkit.files import RunLock, atomic_write_text, make_dir, refuse_file_in_the_way
 from dqnkit.logger import Logger, read_metrics
 
 
@@ -48,8 +48,7 @@ def check_run_dir(run_dir: Path, overwrite: bool, *, resumable: bool = True) -> 
     ``resumable``: whether the caller's runs continue with ``dqnkit train --resume`` (Ape-X's
     do not), so that the refusal suggests it only where it would work.
     """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise DqnkitError(f"{run_dir} exists and is not a directory")
+    refuse_file_in_the_way(run_dir, f"run directory {run_dir}")
     if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
         instead = "choose another --run-dir"
         if resumable and (run_dir / "checkpoints").is_dir():
@@ -65,7 +64,7 @@ def open_run_dir(config: Config, run_dir: Path, overwrite: bool, *, resumable: b
     if run_dir.is_dir():
         RunLock(run_dir).release()  # refuses if another process holds it
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir, f"run directory {run_dir}")
     lock = RunLock(run_dir)
     atomic_write_text(run_dir / "config.json", config.to_json())
     return lock

@@ -167,7 +167,7 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise DqnkitError(f"run directory {run_dir} does not exist")
+        raise DqnkitError(f"run directory {run_dir} {'is a file' if run_dir.exists() else 'does not exist'}")
     ckpt = safe_load(CheckpointDir(run_dir).latest)
     if "apex" in ckpt and "loop" in required:
         raise CheckpointError(

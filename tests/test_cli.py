@@ -117,6 +117,29 @@ def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path, monkeypatch, cap
     assert not (tmp_path / "runs").exists(), "nothing may be written for refused input"
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--steps", "2000", "--run-dir", "afile/run"],
+        ["train", "--steps", "2000", "--run-dir", "afile"],
+        ["apex", "--steps", "2000", "--run-dir", "afile/run"],
+        ["eval", "afile"],
+        ["plot", "runs", "--out", "afile/curves.png"],
+        ["bench", "replay", "--out", "afile/replay.json"],
+        ["tabular", "random-walk", "--out", "afile/walk"],
+        ["experiment", "target-ablation", "--out", "afile/exp/deeper"],
+    ],
+)
+def test_a_file_where_a_directory_is_needed_is_one_line_exit_2(args, tmp_path, monkeypatch, capsys):
+    """Each was a NotADirectoryError or FileExistsError traceback (Ape-X's after starting Ray)."""
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("mine")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "afile is a file" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and Path("afile").read_text() == "mine"
+
+
 def test_a_refusal_from_the_installed_command_is_one_line_exit_2(tmp_path):
     assert_refused(dqnkit("train", "--env", "NoSuchEnv-v0", "--quiet", cwd=tmp_path), "unknown environment")
     assert not (tmp_path / "runs").exists()

@@ -23,7 +23,7 @@ import numpy as np
 from dqnkit import plots, presets
 from dqnkit.bench import progress
 from dqnkit.config import Config
-from dqnkit.files import RunLock, atomic_write_text
+from dqnkit.files import RunLock, atomic_write_text, make_dir
 from dqnkit.logger import read_metrics
 
 
@@ -276,7 +276,7 @@ def run(
     The runs an interrupted start of it left (same config) are kept, or resumed from their
     checkpoint, unless ``fresh``: then every run is trained again.
     """
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, f"experiment directory {out}")
     with RunLock(out, what="experiment directory"):
         return _run(name, out, seeds, steps, jobs, fresh)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from dqnkit import plots
-from dqnkit.files import atomic_write_text
+from dqnkit.files import atomic_write_text, make_dir
 from dqnkit.tabular.envs import cliff_walking, random_walk_values
 from dqnkit.tabular.methods import METHODS, greedy_path, n_step_td, td_control
 
@@ -32,7 +32,7 @@ def cliff_walking_experiment(
             "greedy_return": greedy_return,
             "greedy_path_steps": len(path) - 1,
         }
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, f"results directory {out}")
     plots.curves(
         returns,
         out / "cliff_walking_rewards.png",
@@ -74,7 +74,7 @@ def random_walk_experiment(
 
     curve = [rms(n, alpha) for n in N_VALUES]
     sweep = {f"n={n}": [rms(n, a) for a in alphas] for n in N_VALUES}
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out, f"results directory {out}")
     plots.lines(
         list(N_VALUES),
         {f"alpha={alpha}": curve},
