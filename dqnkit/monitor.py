@@ -282,7 +282,7 @@ class RunMonitor:
         self.wait_saved()
         self._writer.shutdown()
         self.logger.close()
-        summary = {**summary, "dqnkit_version": __version__}
+        summary = {**summary, "run_dir": str(self.run_dir), "dqnkit_version": __version__}
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         from dqnkit.plots import learning_curve  # matplotlib (0.3 s): not for load() and eval
 

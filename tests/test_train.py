@@ -100,7 +100,7 @@ def test_run_directory_contract(tmp_path):
         "dqnkit_version",
     ):
         assert key in summary
-    assert summary["steps"] == 600 and summary["env_id"] == "CartPole-v1"
+    assert summary["steps"] == 600 and summary["env_id"] == "CartPole-v1" and summary["run_dir"] == str(run)
     assert Config(**{**json.loads((run / "config.json").read_text()), "hidden_sizes": (16,)}) == _cfg()
     lines = (run / "metrics.csv").read_text().splitlines()
     assert lines[0].startswith("kind,step,episode,return")
