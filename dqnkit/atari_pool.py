@@ -44,11 +44,11 @@ STACK = 4
 
 def ale_game(env_id: str) -> str:
     """``ALE/TicTacToe3D-v5`` -> ALE's ROM name ``tic_tac_toe_3d``, as ale-py registers it."""
-    import ale_py
+    from dqnkit.wrappers import import_ale
 
     if not env_id.startswith("ALE/"):
         raise ValueError(f"the C++ Atari pools run ALE/<Game>-v5 ids only, not {env_id!r}")
-    gym.register_envs(ale_py)
+    import_ale(env_id)
     return gym.spec(env_id).kwargs["game"]
 
 

@@ -93,15 +93,24 @@ class ChannelsFirst(gym.ObservationWrapper):
         return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
 
 
-def make_atari(
-    env_id: str, *, training: bool, repeat_action_probability: float = 0.25, render_mode: str | None = None
-) -> gym.Env:
-    """``ALE/<Game>-v5`` with the Nature preprocessing (module docstring); [4, 84, 84] uint8."""
+def import_ale(env_id: str) -> Any:
+    """ale_py with its ids registered in gymnasium, or a one-line error naming the extra. The
+    emulator's start-up banner ("A.L.E: Arcade Learning Environment ... [Powered by Stella]"
+    on stderr, with every run and evaluation) is left out; its warnings and errors still print."""
     try:
         import ale_py
     except ImportError:
         raise DqnkitError(f"{env_id} needs the Atari emulator: pip install 'dqnkit[atari]'") from None
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Warning)
     gym.register_envs(ale_py)
+    return ale_py
+
+
+def make_atari(
+    env_id: str, *, training: bool, repeat_action_probability: float = 0.25, render_mode: str | None = None
+) -> gym.Env:
+    """``ALE/<Game>-v5`` with the Nature preprocessing (module docstring); [4, 84, 84] uint8."""
+    import_ale(env_id)
     kwargs: dict[str, Any] = {"frameskip": 1, "repeat_action_probability": repeat_action_probability}
     if render_mode:
         kwargs["render_mode"] = render_mode

@@ -100,6 +100,18 @@ def _cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "dqnkit.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
+def test_the_emulators_banner_is_not_printed():
+    """ALE printed "A.L.E: Arcade Learning Environment ... [Powered by Stella]" on stderr at
+    every run and evaluation; a fresh process makes both kinds of Atari env."""
+    code = (
+        "from dqnkit.envs import make_env, make_vec_env\n"
+        "make_env('ALE/Pong-v5', training=True).reset(seed=0)\n"
+        "make_vec_env('ALE/Pong-v5', 2, 0.25, 'sync', 'ale', 0).reset(seed=0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
 @pytest.mark.slow
 def test_short_breakout_run_through_the_cli(tmp_path):
     run = tmp_path / "breakout"

@@ -94,7 +94,7 @@ def test_minatar_video_in_both_formats(minatar_run, tmp_path, suffix):
 
 @pytest.mark.parametrize(
     "name, message",
-    [("play.avi", "--video writes .mp4 or .gif files"), ("a-file/play.gif", "cannot create")],
+    [("play.avi", "--video writes .mp4 or .gif files"), ("a-file/play.gif", "a-file is a file, not a directory")],
 )
 def test_a_video_that_cannot_be_written_is_refused_before_any_work(minatar_run, tmp_path, capsys, name, message):
     (tmp_path / "a-file").write_text("")
