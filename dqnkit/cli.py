@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok, 2 bad input (one line ``error: ...`` on stderr, no traceback),
 1 an unexpected failure (traceback) or a write the disk refused (one line),
-130 interrupted (a checkpoint was saved).
+130 interrupted by Ctrl-C, 143 by SIGTERM (a run saves a checkpoint first).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; returns the exit code (0; 1 the disk refused a write;
-    2 bad input; 130 interrupted)."""
+    2 bad input; 130 or 143 interrupted by SIGINT or SIGTERM)."""
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -189,9 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             hint = "; the run keeps its last complete checkpoint: `dqnkit train --resume RUN_DIR` continues it"
         print(f"error: {exc.strerror}{where}{hint}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # a run saved first (errors.Interrupted), or Ctrl-C elsewhere
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
 # The disk refused a write (full, over quota, read-only, not permitted): one line, not a traceback.

@@ -21,6 +21,15 @@ class NonFiniteError(DqnkitError):
     """A reward, observation or loss became NaN or infinite during training."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler's preemption,
+    ``docker stop``) after saving a checkpoint; the CLI exits with 128 + ``signum``."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line (its type name if it has none), for one-line errors."""
     text = str(exc).strip()

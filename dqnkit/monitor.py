@@ -29,7 +29,7 @@ from dqnkit import __version__
 from dqnkit.checkpoint import CheckpointDir
 from dqnkit.config import Config
 from dqnkit.diagnostics import overestimation
-from dqnkit.errors import DqnkitError, NonFiniteError
+from dqnkit.errors import DqnkitError, Interrupted, NonFiniteError
 from dqnkit.evaluate import evaluate
 from dqnkit.files import RunLock, atomic_write_text, make_dir, refuse_file_in_the_way
 from dqnkit.logger import Logger, read_metrics
@@ -150,8 +150,14 @@ class RunMonitor:
 
     @property
     def interrupted(self) -> bool:
-        """Ctrl-C was pressed: the loop stops at its next consistent point and saves."""
-        return self._stop.requested
+        """Ctrl-C was pressed, or SIGTERM came: the loop stops at its next consistent point and saves."""
+        return self._stop.signum is not None
+
+    def interruption(self, where: str) -> Interrupted:
+        """The exception that ends an interrupted run, once it is saved; ``where`` says how to go on."""
+        signum = self._stop.signum or signal.SIGINT
+        name = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        return Interrupted(f"interrupted{name} at step {self._step:,}; {where}", signum)
 
     def advance(self, steps: int) -> None:
         """Move the progress bar by ``steps`` env steps (or, without a terminal, print a
@@ -326,19 +332,24 @@ def pop_learning_stats(state: Any, step: int) -> tuple[float | None, float | Non
 
 
 class _StopFlag:
-    """Turns Ctrl-C into a flag checked between iterations, so the checkpoint written on
-    the way out is taken at a consistent point."""
+    """Turns Ctrl-C (SIGINT) and SIGTERM (``kill``, a batch scheduler's preemption, ``docker
+    stop``) into a flag checked between iterations, so the checkpoint written on the way out
+    is taken at a consistent point. ``signum``: the first of them received, else None."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
         try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: leave the signals alone
+            self._previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if self.signum is None:
+            self.signum = signum
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

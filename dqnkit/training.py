@@ -514,9 +514,7 @@ def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path) -> dict[str, Any]:
         _save(parts, monitor)
         monitor.wait_saved()
         monitor.logger.close()
-        raise KeyboardInterrupt(
-            f"interrupted at step {loop.step}; checkpoint saved, continue with `dqnkit train --resume {run_dir}`"
-        )
+        raise monitor.interruption(f"checkpoint saved, continue with `dqnkit train --resume {run_dir}`")
     sps = monitor.steps_per_second(loop.step)  # the loop's own rate, before the final evaluation and checkpoint
     if cfg.final_eval and loop.eval_step != loop.step:
         _evaluate(parts, monitor)

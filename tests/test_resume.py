@@ -166,14 +166,17 @@ def test_sigkill_with_prioritized_n_step_replay_then_resume_is_bit_identical(tmp
     assert np.array_equal(_q(run), _q(tmp_path / "reference"))
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference):
+@pytest.mark.parametrize("signum, said", [(signal.SIGINT, "interrupted at step"), (signal.SIGTERM, "by SIGTERM")])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference, signum, said):
+    """SIGTERM (`kill`, a scheduler's preemption, `docker stop`) ended the run at once, losing
+    the steps since its last checkpoint; now it saves like Ctrl-C, and exits 128 + 15."""
     run = tmp_path / "run"
     proc = _start(run)
     _wait_for_checkpoint(run, proc, 1000)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "--resume" in err and "Traceback" not in err
+    assert proc.returncode == 128 + signum, err
+    assert said in err and "--resume" in err and "Traceback" not in err
     resume(run)
     assert np.array_equal(_q(run), _q(reference))
 

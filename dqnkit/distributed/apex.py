@@ -393,10 +393,7 @@ class Apex:
         if monitor.interrupted:
             self._save()
             monitor.logger.close()
-            raise KeyboardInterrupt(
-                f"interrupted at step {self.env_steps}; the learner is saved in {self.run_dir} "
-                f"(`dqnkit eval {self.run_dir}`)"
-            )
+            raise monitor.interruption(f"the learner is saved in {self.run_dir} (`dqnkit eval {self.run_dir}`)")
         if cfg.final_eval and self.eval_step != self.env_steps and not self.stopped:
             self._evaluate()
         self._save()
