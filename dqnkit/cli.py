@@ -22,7 +22,7 @@ from typing import Any
 
 from dqnkit.config import check_range
 from dqnkit.errors import DqnkitError
-from dqnkit.files import make_dir
+from dqnkit.files import json_text, make_dir
 
 # dqnkit.experiments imports matplotlib: the parser names them without importing it (a test
 # keeps this list equal to experiments.EXPERIMENTS)
@@ -236,7 +236,7 @@ def _train(args: argparse.Namespace) -> int:
 def _report(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
     """The end of a run: its summary as JSON, or what a person wants to read next."""
     if as_json:
-        print(json.dumps(summary))
+        print(json_text(summary))
         return
     result = f"evaluation return {summary['eval_return_mean']:.1f} ± {summary['eval_return_std']:.1f}"
     if math.isnan(summary["eval_return_mean"]):
@@ -372,7 +372,7 @@ def _eval(args: argparse.Namespace) -> int:
             video=str(video.path), video_frames=video.frames, video_fps=video.fps, video_return=video.episode_return
         )
     if args.json:
-        print(json.dumps(result))
+        print(json_text(result))
     else:
         episodes = f"{args.episodes} episode{'s' * (args.episodes != 1)}, epsilon {epsilon:g}"
         print(f"{episodes}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}")
@@ -443,7 +443,7 @@ def _tabular(args: argparse.Namespace) -> int:
     _refuse_existing_results(out, args.overwrite)
     summary = EXPERIMENTS[args.name](out, **options)
     if args.json:
-        print(json.dumps(summary))
+        print(json_text(summary))
     else:
         print(summary_text(summary), end="")
         print(f"plots and results.json in {out}")

@@ -9,6 +9,8 @@ No torch here: the tabular exercises and the experiments' driver use these too.
 from __future__ import annotations
 
 import fcntl
+import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +52,23 @@ def refuse_file_in_the_way(path: Path, what: str) -> None:
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise DqnkitError(f"{what}: {blocker} is a file, not a directory")
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON: a NaN or an infinity (a run never evaluated, a greedy policy
+    that never reaches the goal) is written as null. Python's default writes ``NaN`` and
+    ``-Infinity``, which jq, JavaScript and most other JSON readers refuse."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
 
 
 def fsync_dir(directory: Path) -> None:

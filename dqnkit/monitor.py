@@ -8,7 +8,6 @@ leaves behind (``summary.json``, ``learning_curve.png``).
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import signal
@@ -31,7 +30,7 @@ from dqnkit.config import Config
 from dqnkit.diagnostics import overestimation
 from dqnkit.errors import DqnkitError, Interrupted, NonFiniteError
 from dqnkit.evaluate import evaluate
-from dqnkit.files import RunLock, atomic_write_text, make_dir, refuse_file_in_the_way
+from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir, refuse_file_in_the_way
 from dqnkit.logger import Logger, read_metrics
 
 
@@ -289,7 +288,7 @@ class RunMonitor:
         self._writer.shutdown()
         self.logger.close()
         summary = {**summary, "run_dir": str(self.run_dir), "dqnkit_version": __version__}
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write_text(self.run_dir / "summary.json", json_text(summary, indent=2))
         from dqnkit.plots import learning_curve  # matplotlib (0.3 s): not for load() and eval
 
         learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png", title=title)

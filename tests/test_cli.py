@@ -246,6 +246,24 @@ def test_a_run_without_evaluation_says_so_at_the_end(tmp_path, capsys):
     assert main(args) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("300 steps in") and "not evaluated" in first and "nan" not in first
+    # and its JSON is strict JSON (null, not NaN: jq and JavaScript refuse NaN)
+    assert main([*args, "--overwrite", "--json"]) == 0
+    for text in (capsys.readouterr().out, (tmp_path / "run" / "summary.json").read_text()):
+        assert json.loads(text, parse_constant=_refuse)["eval_return_mean"] is None
+
+
+def _refuse(name):
+    raise AssertionError(f"{name} is not JSON")
+
+
+def test_json_outputs_are_strict_json_where_a_value_is_not_finite(tmp_path, capsys):
+    """A greedy policy that never reaches the goal has return -inf: null in results.json."""
+    out = tmp_path / "cliff"
+    args = ["tabular", "cliff-walking", "--episodes", "1", "--seeds", "1", "--out", str(out), "--json"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=_refuse)
+    assert printed == json.loads((out / "results.json").read_text(), parse_constant=_refuse)
+    assert None in [method["greedy_return"] for method in printed["methods"].values()]
 
 
 def test_presets_and_a_refused_command_line_answer_without_importing_torch():

@@ -3,7 +3,6 @@ process, and writes the figures as JSON. Run with ``dqnkit bench NAME``."""
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from dqnkit.files import json_text
 from dqnkit.replay.uniform import Batch
 
 
@@ -18,7 +18,7 @@ def report(result: dict[str, Any], table: Callable[[dict[str, Any]], None], out:
     """Print ``result`` with ``table`` and write it to ``out`` as JSON (if given)."""
     table(result)
     if out is not None:
-        out.write_text(json.dumps(result, indent=2))
+        out.write_text(json_text(result, indent=2))
     return result
 
 

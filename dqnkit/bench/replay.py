@@ -8,7 +8,6 @@ Peers, measured in the same process on the same data:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dqnkit.bench import report
 from dqnkit.replay import PrioritizedReplay
 
 OBS_DIM, ALPHA, BETA = 4, 0.6, 0.4
@@ -148,10 +148,7 @@ def run(
         "what": "one PER sample + one priority update, microseconds (median)",
         "rows": rows,
     }
-    _print_table(rows)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2))
-    return result
+    return report(result, lambda r: _print_table(r["rows"]), out)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from dqnkit import plots, presets
 from dqnkit.bench import progress
 from dqnkit.config import Config
-from dqnkit.files import RunLock, atomic_write_text, make_dir
+from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir
 from dqnkit.logger import read_metrics
 
 
@@ -317,7 +317,7 @@ def _run(name: str, out: Path, seeds: int, steps: int | None, jobs: int | None, 
         "seeds": seeds,
         "variants": variants,
     }
-    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "results.json", json_text(result, indent=2))
     (out / "summary.md").write_text(summary_markdown(result))
     return result
 

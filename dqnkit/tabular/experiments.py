@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dqnkit import plots
-from dqnkit.files import atomic_write_text, make_dir
+from dqnkit.files import atomic_write_text, json_text, make_dir
 from dqnkit.tabular.envs import cliff_walking, random_walk_values
 from dqnkit.tabular.methods import METHODS, greedy_path, n_step_td, td_control
 
@@ -52,7 +51,7 @@ def cliff_walking_experiment(
         "seeds": seeds,
         "methods": results,
     }
-    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.json", json_text(summary, indent=2))
     return summary
 
 
@@ -102,7 +101,7 @@ def random_walk_experiment(
         "best_n": N_VALUES[int(np.argmin(curve))],
         "alpha_sweep": {"alphas": list(alphas), **sweep},
     }
-    atomic_write_text(out / "results.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "results.json", json_text(summary, indent=2))
     return summary
 
 
