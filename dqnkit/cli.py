@@ -382,15 +382,15 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _prepare_video(path: Path) -> None:
-    """Make the video's directory now, as --run-dir's and --out's are (not after the
-    evaluation, where a missing one was a traceback), and draw frames off-screen."""
+    """Check the video writer and make the video's directory now, as --run-dir's and --out's
+    are: not after the evaluation, where a missing one was a traceback."""
+    from dqnkit.evaluate import require_video_writer
+
+    require_video_writer()
     try:
         make_dir(path.parent, f"--video {path}")
     except OSError as exc:
         raise DqnkitError(f"--video {path}: cannot create {path.parent} ({exc.strerror})") from None
-    # without a display session, pygame's SDL (CartPole, Box2D) printed "error: XDG_RUNTIME_DIR
-    # is invalid or not set" though nothing is shown on a screen
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
 
 def _presets(args: argparse.Namespace) -> int:

@@ -220,6 +220,11 @@ class Config:
         True,
         "Evaluate once more when training ends (unless the last periodic evaluation was at that step). Off: the summary keeps the last periodic evaluation, or none.",
     )
+    eval_video: str = _opt(
+        "none",
+        "At each evaluation, also film one episode into videos/step_N.gif or .mp4 (needs dqnkit[video]): from the same start every time (the evaluation's seed), so the films show what the agent learned in between. none: no films.",
+        choices=("none", "gif", "mp4"),
+    )
     log_overestimation: bool = _opt(
         False,
         "At each evaluation, log the mean predicted max-Q of the start states (q_pred) and the discounted return the greedy agent then collects (q_real).",

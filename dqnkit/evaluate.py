@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -124,43 +125,51 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
 
     The agent acts as in evaluation, with ``epsilon`` (default: the run's ``eval_epsilon``):
     a purely greedy Breakout agent that never presses FIRE after losing a life would film
-    27,000 steps of a frozen screen, which is why the Atari protocol keeps ε = 0.05.
+    27,000 steps of a frozen screen, which is why the Atari protocol keeps ε = 0.05. Frames
+    go to the encoder as they are played, not held: such an episode is 2.7 GB of frames.
     """
-    try:
-        import imageio.v2  # noqa: F401  (checked before the episode is played; _write_video uses it)
-    except ImportError:
-        from dqnkit.errors import DqnkitError
-
-        raise DqnkitError("--video needs imageio: pip install 'dqnkit[video]'") from None
+    require_video_writer()
+    path = Path(path)
+    # rgb_array frames need no screen: without this, pygame's SDL (CartPole, Box2D) printed
+    # "error: XDG_RUNTIME_DIR is invalid or not set" wherever there is no display session
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     env = _eval_env(agent, env_id, render_mode="rgb_array")
     obs, _ = env.reset(seed=seed)
-    frames = [_video_frame(env.render())]
     rng = np.random.default_rng(seed)
     epsilon = agent.config.eval_epsilon if epsilon is None else epsilon
-    done, episode_return = False, 0.0
-    with agent.evaluation():
+    fps = _video_fps(env, path.suffix)
+    done, episode_return, frames = False, 0.0, 1
+    with _video_writer(path, fps) as writer, agent.evaluation():
+        writer.append_data(_video_frame(env.render()))
         while not done:
             obs, reward, terminated, truncated, _ = env.step(agent.act(obs, epsilon, rng=rng))
             episode_return += float(reward)
-            frames.append(_video_frame(env.render()))
+            writer.append_data(_video_frame(env.render()))
+            frames += 1
             done = terminated or truncated
     env.close()
-    path = Path(path)
-    fps = _video_fps(env, path.suffix)
-    _write_video(path, frames, fps)
-    return Video(path, len(frames), fps, episode_return)
+    return Video(path, frames, fps, episode_return)
 
 
-def _write_video(path: Path, frames: list[np.ndarray], fps: float) -> None:
-    """Write ``frames`` (even-sided, from ``_video_frame``) at their own size."""
+def require_video_writer() -> None:
+    """Refuse (exit 2) a video before anything is played or trained, where imageio is missing."""
+    try:
+        import imageio.v2  # noqa: F401
+    except ImportError:
+        from dqnkit.errors import DqnkitError
+
+        raise DqnkitError("videos need imageio: pip install 'dqnkit[video]'") from None
+
+
+def _video_writer(path: Path, fps: float) -> Any:
+    """An imageio writer for frames from ``_video_frame`` (even-sided), at their own size."""
     import imageio.v2 as imageio
 
     if path.suffix == ".gif":
-        imageio.mimsave(path, frames, duration=round(1000 / fps))  # whole ms: Pillow truncates 29.99 to 20
-    else:
-        # H.264 needs even sides only; imageio's default (multiples of 16) would stretch
-        # Atari's 210 rows to 224 and warn about it on every video.
-        imageio.mimsave(path, frames, fps=fps, macro_block_size=2)
+        return imageio.get_writer(path, mode="I", duration=round(1000 / fps))  # whole ms: Pillow truncates 29.99 to 20
+    # H.264 needs even sides only; imageio's default (multiples of 16) would stretch
+    # Atari's 210 rows to 224 and warn about it on every video.
+    return imageio.get_writer(path, mode="I", fps=fps, macro_block_size=2)
 
 
 def _video_fps(env: gym.Env, suffix: str) -> float:

@@ -29,7 +29,7 @@ from dqnkit.checkpoint import CheckpointDir
 from dqnkit.config import Config
 from dqnkit.diagnostics import overestimation
 from dqnkit.errors import DqnkitError, Interrupted, NonFiniteError
-from dqnkit.evaluate import evaluate
+from dqnkit.evaluate import evaluate, record_video
 from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir, refuse_file_in_the_way
 from dqnkit.logger import Logger, read_metrics
 
@@ -218,6 +218,10 @@ class RunMonitor:
         self.logger.row("eval", step, episode=episodes, **values)
         self.logger.flush()
         self._last_eval = (step, mean)
+        if cfg.eval_video != "none":  # the evaluation's own seed and RNG: training goes on unchanged
+            path = self.run_dir / "videos" / f"step_{step:010d}.{cfg.eval_video}"
+            path.parent.mkdir(exist_ok=True)
+            record_video(agent, cfg.env_id, path, seed=self.eval_seed, epsilon=cfg.eval_epsilon)
         return mean, std
 
     def reached_goal(self, eval_mean: float) -> bool:

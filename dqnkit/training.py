@@ -46,6 +46,7 @@ from dqnkit.envs import (
     true_next_obs,
 )
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
+from dqnkit.evaluate import require_video_writer
 from dqnkit.files import RunLock, atomic_write_text
 from dqnkit.monitor import (
     RunMonitor,
@@ -110,10 +111,7 @@ def train(
 
     Refuses a non-empty ``run_dir`` unless ``overwrite`` (which deletes it first).
     """
-    check_env_id(config.env_id)  # refuse a bad env before touching the disk
-    if config.env_backend == "envpool":
-        import_envpool()
-    resolve_device(config.device)
+    check_runnable(config)  # bad input is refused before the disk is touched
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     with open_run_dir(config, run_dir, overwrite):
         try:
@@ -145,7 +143,7 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
         raise ConfigError(
             f"{run_dir} {why} at step {done:,}: nothing to resume; --steps N (above {done:,}) trains it further"
         )
-    resolve_device(config.device)
+    check_runnable(config)
     with RunLock(run_dir):  # one process at a time trains into a run
         parts = build(config, run_dir)
         with _envs_closed(parts):
@@ -154,6 +152,18 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
             if total_steps is not None:
                 parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
             return _run(parts, run_dir, progress)
+
+
+def check_runnable(config: Config) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Refuse (exit 2) what this machine cannot run for ``config``: an unknown env, a missing
+    envpool or video writer, a CUDA device it lacks. Returns the env's spaces (check_env_id)."""
+    spaces = check_env_id(config.env_id)
+    if config.env_backend == "envpool":
+        import_envpool()
+    if config.eval_video != "none":
+        require_video_writer()
+    resolve_device(config.device)
+    return spaces
 
 
 RESUMABLE = ("config", "agent", "replay", "loop", "envs")  # what `train --resume` needs

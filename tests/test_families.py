@@ -10,7 +10,7 @@ import pytest
 
 from dqnkit import presets, train
 from dqnkit.cli import _config, build_parser, main
-from dqnkit.evaluate import _video_frame, _write_video
+from dqnkit.evaluate import _video_frame, _video_writer
 
 
 def _cfg(*argv):
@@ -51,7 +51,9 @@ def test_video_frames_are_uint8_rgb_big_enough_to_see():
 def test_an_atari_sized_mp4_keeps_its_size(tmp_path):
     """210 rows are not a multiple of 16: imageio's default would stretch them to 224."""
     frames = [_video_frame(np.full((210, 160, 3), shade, np.uint8)) for shade in (0, 128, 255)]
-    _write_video(tmp_path / "atari.mp4", frames, fps=15.0)
+    with _video_writer(tmp_path / "atari.mp4", fps=15.0) as writer:
+        for frame in frames:
+            writer.append_data(frame)
     size = next(imageio_ffmpeg.read_frames(str(tmp_path / "atari.mp4")))["size"]
     assert tuple(size) == (160, 210)
 

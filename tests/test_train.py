@@ -350,6 +350,33 @@ def test_eval_records_a_video(tmp_path, monkeypatch, capfd):
     assert out.startswith("1 episode, epsilon 0: return") and err == ""
 
 
+def test_eval_video_films_each_evaluation_and_leaves_training_unchanged(tmp_path, monkeypatch, capfd):
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)  # no display session: nothing printed about it
+    monkeypatch.setenv("SDL_VIDEODRIVER", "")
+    monkeypatch.delenv("SDL_VIDEODRIVER")
+    filmed = train(_cfg(eval_video="gif"), tmp_path / "filmed")
+    plain = train(_cfg(), tmp_path / "plain")
+    videos = sorted(p.name for p in (tmp_path / "filmed" / "videos").iterdir())
+    assert videos == ["step_0000000300.gif", "step_0000000600.gif"]
+    assert all((tmp_path / "filmed" / "videos" / v).read_bytes()[:3] == b"GIF" for v in videos)
+
+    def rows(run):  # all but the wall clock
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_metrics(run / "metrics.csv")]
+
+    assert rows(tmp_path / "filmed") == rows(tmp_path / "plain")  # filming draws no training randoms
+    assert filmed["eval_return_mean"] == plain["eval_return_mean"]
+    assert capfd.readouterr().err == ""
+
+
+def test_eval_video_without_imageio_is_refused_before_the_run_starts(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imageio", None)  # as if not installed: its import fails
+    with pytest.raises(DqnkitError, match=r"videos need imageio: pip install 'dqnkit\[video\]'"):
+        train(_cfg(eval_video="mp4"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_is_exact_with_prioritized_replay_and_n_step(tmp_path):
     rainbow = dict(prioritized=True, n_step=3, dueling=True, hidden_sizes=(16, 16), per_beta_steps=1200)
     train(_cfg(total_steps=1200, **rainbow), tmp_path / "full")

@@ -43,7 +43,7 @@ import torch
 from dqnkit import __version__
 from dqnkit.config import Config
 from dqnkit.distributed.cluster import connect
-from dqnkit.envs import check_env_id, finished_episodes, make_vec_env, true_next_obs
+from dqnkit.envs import finished_episodes, make_vec_env, true_next_obs
 from dqnkit.errors import DqnkitError
 from dqnkit.monitor import (
     RunMonitor,
@@ -61,9 +61,9 @@ from dqnkit.training import (
     build_agent,
     build_replay,
     check_memory,
+    check_runnable,
     flush_denormals,
     per_beta,
-    resolve_device,
     spaces,
     stores_frames,
 )
@@ -526,8 +526,7 @@ def run(
         raise DqnkitError(f"--actors must be at least 1, got {options.actors}")
     if config.algorithm != "dqn":
         raise DqnkitError(f"apex distributes DQN; algorithm={config.algorithm} trains with `dqnkit train`")
-    spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
-    resolve_device(config.device)
+    spaces = check_runnable(config)  # bad input is refused before the disk is touched
     check_run_dir(Path(run_dir), overwrite, resumable=False)  # and before Ray starts
     check_replay(config, spaces, options.actors)
     # a local cluster gets one logical CPU per actor, even on a smaller machine
