@@ -8,17 +8,21 @@ metrics.csv files are turned into plots, ``results.json`` and ``summary.md``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from dqnkit import plots, presets
 from dqnkit.bench import progress
@@ -323,17 +327,35 @@ def _run(name: str, out: Path, seeds: int, steps: int | None, jobs: int | None, 
 
 
 def _train_all(work: list[tuple[Config, str, bool]], keys: list[tuple[str, int]], jobs: int) -> None:
-    """Train ``work`` in ``jobs`` spawned processes, saying each run as it ends."""
-    start = time.perf_counter()
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = {pool.submit(_train_one, args): key for args, key in zip(work, keys)}
-        for done, finished in enumerate(as_completed(running), 1):  # minutes of runs: say each one
-            (variant, seed), (summary, how) = running[finished], finished.result()
+    """Train ``work`` in ``jobs`` spawned processes, saying each run as it ends. A run is
+    handed out only when a process is free: after Ctrl-C none is waiting to start (the
+    executor would start queued ones while it waits for the interrupted ones to save)."""
+    start, todo = time.perf_counter(), iter(zip(work, keys))
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_training_process) as pool:
+        running: dict[Future[tuple[dict[str, Any], str]], tuple[str, int]] = {}
+        for args, key in itertools.islice(todo, jobs):
+            running[pool.submit(_train_one, args)] = key
+        for done in range(1, len(work) + 1):  # minutes of runs: say each one
+            finished = next(as_completed(running))
+            (variant, seed), (summary, how) = running.pop(finished), finished.result()
             progress(
                 f"{variant}, seed {seed}: eval {summary['eval_return_mean']:.1f}"
                 f"{'' if how == 'trained' else f' ({how} from an earlier start)'} "
                 f"({done} of {len(work)} runs, {time.perf_counter() - start:.0f} s)"
             )
+            for args, key in itertools.islice(todo, 1):
+                running[pool.submit(_train_one, args)] = key
+
+
+def _start_training_process() -> None:
+    """A training process takes Ctrl-C only while it trains a run (the run's monitor saves
+    it, then gives the signal back): between runs it would die mid-handshake with the pool.
+    Its progress bars lock with a thread lock: tqdm's default is a multiprocessing lock, a
+    named semaphore that the interrupted pool left behind ("resource_tracker: There appear
+    to be 1 leaked semaphore objects")."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
