@@ -414,8 +414,10 @@ def _plot(args: argparse.Namespace) -> int:
     panels = compare(args.run_dirs, args.out)
     for env, variants in panels.items():
         print(env)
-        for name, n in variants.items():
-            print(f"  {name}: {n} run{'s' * (n != 1)}")
+        for name, episodes in variants.items():
+            n, empty = len(episodes), episodes.count(0)
+            blank = f" ({empty} without a finished episode yet: not drawn)" if empty else ""
+            print(f"  {name}: {n} run{'s' * (n != 1)}{blank}")
     print(f"wrote {args.out}")
     return 0
 

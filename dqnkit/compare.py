@@ -33,6 +33,7 @@ SAME_VARIANT = frozenset(
         "eval_episodes",
         "final_eval",
         "log_overestimation",
+        "eval_video",
         "checkpoint_every",
         "keep_checkpoints",
         "replay_checkpoint",
@@ -42,8 +43,9 @@ SAME_VARIANT = frozenset(
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]  # per episode: end step, wall seconds, return
 
 
-def compare(run_dirs: list[Path], out_png: Path) -> dict[str, dict[str, int]]:
-    """Draw ``run_dirs``' learning curves into ``out_png``; returns {env: {variant: runs}}.
+def compare(run_dirs: list[Path], out_png: Path) -> dict[str, dict[str, list[int]]]:
+    """Draw ``run_dirs``' learning curves into ``out_png``; returns {env: {variant: the
+    finished episodes of each of its runs}} (a run with none yet has no curve to draw).
 
     Every directory is checked before anything is drawn: one that is not a dqnkit run is
     a :class:`DqnkitError` naming it.
@@ -56,7 +58,7 @@ def compare(run_dirs: list[Path], out_png: Path) -> dict[str, dict[str, int]]:
             episodes_by(read_metrics(run_dir / "metrics.csv"))
         )
     plots.versus(panels, out_png)
-    return {env: {name: len(seeds) for name, seeds in variants.items()} for env, variants in panels.items()}
+    return {env: {name: [len(seed[0]) for seed in seeds] for name, seeds in v.items()} for env, v in panels.items()}
 
 
 def variant_names(configs: list[dict[str, Any]]) -> list[str]:

@@ -174,7 +174,8 @@ def versus(panels: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray, np.nda
     handles = {}
     for (env, variants), row in zip(panels.items(), axes):
         for variant, seeds in variants.items():
-            label = f"{variant} ({len(seeds)} seed{'s' * (len(seeds) != 1)})"
+            drawn = sum(len(returns) > 0 for *_, returns in seeds)  # a run without an episode has no curve
+            label = f"{variant} ({drawn} seed{'s' * (drawn != 1)})"
             for steps, wall, returns in seeds:
                 smooth = running_mean(returns)
                 row[0].plot(steps, smooth, color=colors[variant], lw=1.4, alpha=0.8)

@@ -71,6 +71,12 @@ def test_plot_draws_the_runs_and_says_what_it_drew(runs, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG"
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["CartPole-v1", "  cartpole: 2 runs", "  cartpole, lr=0.002: 1 run", f"wrote {out}"]
+    # a run that has not finished an episode yet (just started) is named, not drawn
+    started = tmp_path / "started"
+    shutil.copytree(runs / "s1", started)
+    (started / "metrics.csv").write_text((started / "metrics.csv").read_text().splitlines()[0] + "\n")
+    assert main(["plot", str(runs / "s0"), str(started), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "  cartpole: 2 runs (1 without a finished episode yet: not drawn)"
 
 
 @pytest.mark.parametrize(
