@@ -63,8 +63,10 @@ def test_experiment_runs_and_writes_its_files(name, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_an_experiment_that_the_same_command_continues(tmp_path):
-    """One training process, two runs: Ctrl-C saves the first, and the second does not start
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_an_experiment_that_the_same_command_continues(tmp_path, how):
+    """One training process, two runs: Ctrl-C (to the whole process group) or SIGTERM (to the
+    experiment alone, as `kill PID` sends it) saves the first, and the second does not start
     (the pool had it queued, and started it while it waited); the same command then resumes
     the first and trains the second."""
     import signal
@@ -80,9 +82,13 @@ def test_ctrl_c_stops_an_experiment_that_the_same_command_continues(tmp_path):
     while not (metrics.exists() and metrics.read_text().count("\n") > 10):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the experiment and its training process
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the experiment and its training process
+    else:
+        proc.send_signal(signal.SIGTERM)  # the experiment passes it on
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "the same command continues the experiment" in err, err
+    assert proc.returncode == (130 if how == "ctrl-c" else 143), err
+    assert "the same command continues the experiment" in err, err
     assert "Traceback" not in err and "leaked semaphore" not in err, err
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["hard-1000-s0"]
     assert not (out / "results.json").exists()

@@ -8,6 +8,7 @@ metrics.csv files are turned into plots, ``results.json`` and ``summary.md``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -15,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from dqnkit import plots, presets
 from dqnkit.bench import progress
 from dqnkit.config import Config
+from dqnkit.errors import Interrupted
 from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir
 from dqnkit.logger import read_metrics
 
@@ -292,10 +294,11 @@ def _run(name: str, out: Path, seeds: int, steps: int | None, jobs: int | None, 
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(work)))
     try:
         _train_all(work, list(runs_cfg), jobs)
-    except KeyboardInterrupt:  # Ctrl-C reached every process: each run in progress saved a checkpoint
-        raise KeyboardInterrupt(
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: each run in progress saved a checkpoint
+        raise Interrupted(
             "interrupted; the runs in progress saved a checkpoint: the same command continues the experiment "
-            "(finished runs are kept, the others resume)"
+            "(finished runs are kept, the others resume)",
+            getattr(exc, "signum", signal.SIGINT),
         ) from None
     rows = {v: [read_metrics(out / "runs" / f"{v}-s{s}" / "metrics.csv") for s in range(seeds)] for v in exp.variants}
     if exp.band_plot:
@@ -332,7 +335,7 @@ def _train_all(work: list[tuple[Config, str, bool]], keys: list[tuple[str, int]]
     executor would start queued ones while it waits for the interrupted ones to save)."""
     start, todo = time.perf_counter(), iter(zip(work, keys))
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_training_process) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_training_process) as pool, _passing_sigterm():
         running: dict[Future[tuple[dict[str, Any], str]], tuple[str, int]] = {}
         for args, key in itertools.islice(todo, jobs):
             running[pool.submit(_train_one, args)] = key
@@ -355,7 +358,26 @@ def _start_training_process() -> None:
     named semaphore that the interrupted pool left behind ("resource_tracker: There appear
     to be 1 leaked semaphore objects")."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tqdm.set_lock(threading.RLock())
+
+
+@contextlib.contextmanager
+def _passing_sigterm() -> Iterator[None]:
+    """SIGTERM to the experiment (``kill PID``, a scheduler's preemption) goes on to its
+    training processes, whose runs save and stop as on Ctrl-C; the experiment then stops as
+    on Ctrl-C. Without it the experiment died at once and its runs trained on, orphaned."""
+
+    def stop(signum: int, frame: Any) -> None:
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        raise Interrupted("terminated", signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
