@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config keys for --set:\n" + keys,
     )
     _add_run_args(train, default_dir="runs/<preset>-s<seed>-<time>")
-    train.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    train.add_argument("--resume", type=Path, metavar="DIR",
+                       help="continue the run in DIR from its latest checkpoint (--steps, --device and --set of run "
+                       "settings such as eval_every may change on the way)")  # fmt: skip
 
     apex = sub.add_parser(
         "apex",
@@ -208,9 +210,7 @@ def _train(args: argparse.Namespace) -> int:
                 ("--config", args.config),
                 ("--env", args.env_id),
                 ("--seed", args.seed),
-                ("--set", args.overrides),
                 ("--run-dir", args.run_dir),
-                ("--device", args.device),
             )
             if value
         ]
@@ -218,10 +218,15 @@ def _train(args: argparse.Namespace) -> int:
             raise DqnkitError(f"--resume continues the run with its own config; drop {', '.join(given)}")
         if args.steps is not None and args.steps < 1:
             raise DqnkitError(f"--steps must be positive, got {args.steps}")
+        from dqnkit.config import parse_overrides
+
+        changes = parse_overrides(args.overrides)  # run settings only: resume refuses the rest
+        if args.device is not None:
+            changes["device"] = args.device
         run_dir = args.resume
         from dqnkit.training import resume
 
-        summary = resume(run_dir, args.steps, progress=not args.quiet)
+        summary = resume(run_dir, args.steps, progress=not args.quiet, changes=changes)
     else:
         config = _config(args)
         from dqnkit.monitor import default_run_dir
@@ -386,7 +391,7 @@ def _prepare_video(path: Path) -> None:
     are: not after the evaluation, where a missing one was a traceback."""
     from dqnkit.evaluate import require_video_writer
 
-    require_video_writer()
+    require_video_writer(path.suffix.lower())
     try:
         make_dir(path.parent, f"--video {path}")
     except OSError as exc:

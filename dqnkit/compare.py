@@ -16,29 +16,14 @@ from typing import Any
 import numpy as np
 
 from dqnkit import plots, presets
+from dqnkit.config import RUN_SETTINGS
 from dqnkit.errors import DqnkitError
 from dqnkit.experiments import episodes_by
 from dqnkit.logger import read_metrics
 
-# Keys that do not change what a run learns from step to step: runs that differ only in
-# these are seeds of one variant.
-SAME_VARIANT = frozenset(
-    {
-        "seed",
-        "total_steps",
-        "stop_at_return",
-        "device",
-        "num_threads",
-        "eval_every",
-        "eval_episodes",
-        "final_eval",
-        "log_overestimation",
-        "eval_video",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "replay_checkpoint",
-    }
-)
+# Runs that differ only in these keys are seeds of one variant. replay_checkpoint changes
+# only how checkpoints keep the replay (resume cannot change it: the saved chunks follow it).
+SAME_VARIANT = RUN_SETTINGS | {"seed", "total_steps", "replay_checkpoint"}
 
 Curve = tuple[np.ndarray, np.ndarray, np.ndarray]  # per episode: end step, wall seconds, return
 

@@ -282,6 +282,25 @@ class Config:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 
+# Keys that say where a run runs, how it is watched and when it is saved or stops, not what
+# it learns from step to step: `train --resume` may change them (a run trained on a GPU goes
+# on on a CPU-only machine), and `dqnkit plot` takes runs that differ only in these (and in
+# seed and total_steps) as seeds of one variant.
+RUN_SETTINGS = frozenset(
+    {
+        "device",
+        "num_threads",
+        "eval_every",
+        "eval_episodes",
+        "final_eval",
+        "eval_video",
+        "log_overestimation",
+        "stop_at_return",
+        "checkpoint_every",
+        "keep_checkpoints",
+    }
+)
+
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Build a validated Config; every key must exist and every value must parse."""

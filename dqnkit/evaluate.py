@@ -128,8 +128,9 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
     27,000 steps of a frozen screen, which is why the Atari protocol keeps ε = 0.05. Frames
     go to the encoder as they are played, not held: such an episode is 2.7 GB of frames.
     """
-    require_video_writer()
     path = Path(path)
+    suffix = path.suffix.lower()  # play.GIF is a GIF
+    require_video_writer(suffix)
     # rgb_array frames need no screen: without this, pygame's SDL (CartPole, Box2D) printed
     # "error: XDG_RUNTIME_DIR is invalid or not set" wherever there is no display session
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -137,9 +138,9 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
     obs, _ = env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     epsilon = agent.config.eval_epsilon if epsilon is None else epsilon
-    fps = _video_fps(env, path.suffix)
+    fps = _video_fps(env, suffix)
     done, episode_return, frames = False, 0.0, 1
-    with _video_writer(path, fps) as writer, agent.evaluation():
+    with _video_writer(path, suffix, fps) as writer, agent.evaluation():
         writer.append_data(_video_frame(env.render()))
         while not done:
             obs, reward, terminated, truncated, _ = env.step(agent.act(obs, epsilon, rng=rng))
@@ -151,21 +152,25 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
     return Video(path, frames, fps, episode_return)
 
 
-def require_video_writer() -> None:
-    """Refuse (exit 2) a video before anything is played or trained, where imageio is missing."""
+def require_video_writer(suffix: str) -> None:
+    """Refuse (exit 2) a ``suffix`` video before anything is played or trained, where its
+    writer is missing: imageio, and for .mp4 imageio-ffmpeg (an H.264 encoder)."""
     try:
         import imageio.v2  # noqa: F401
-    except ImportError:
+
+        if suffix == ".mp4":
+            import imageio_ffmpeg  # noqa: F401
+    except ImportError as exc:
         from dqnkit.errors import DqnkitError
 
-        raise DqnkitError("videos need imageio: pip install 'dqnkit[video]'") from None
+        raise DqnkitError(f"{suffix} videos need {exc.name}: pip install 'dqnkit[video]'") from None
 
 
-def _video_writer(path: Path, fps: float) -> Any:
-    """An imageio writer for frames from ``_video_frame`` (even-sided), at their own size."""
+def _video_writer(path: Path, suffix: str, fps: float) -> Any:
+    """An imageio writer (``suffix`` .gif or .mp4) for frames from ``_video_frame`` (even-sided), at their own size."""
     import imageio.v2 as imageio
 
-    if path.suffix == ".gif":
+    if suffix == ".gif":
         return imageio.get_writer(path, mode="I", duration=round(1000 / fps))  # whole ms: Pillow truncates 29.99 to 20
     # H.264 needs even sides only; imageio's default (multiples of 16) would stretch
     # Atari's 210 rows to 224 and warn about it on every video.

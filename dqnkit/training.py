@@ -33,7 +33,7 @@ from dqnkit import __version__, schedules
 from dqnkit.agent import DQNAgent
 from dqnkit.atari_pool import import_envpool
 from dqnkit.checkpoint import CheckpointDir, FullReplay, replay_saver, safe_load
-from dqnkit.config import Config, from_dict
+from dqnkit.config import RUN_SETTINGS, Config, from_dict
 from dqnkit.envs import (
     check_env_id,
     finished_episodes,
@@ -124,21 +124,41 @@ def train(
             return _run(parts, run_dir, progress)
 
 
-def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: bool = False) -> dict[str, Any]:
+def resume(
+    run_dir: str | Path,
+    total_steps: int | None = None,
+    *,
+    progress: bool = False,
+    changes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its latest checkpoint, up to ``total_steps``.
 
+    ``changes``: run settings to change on the way (:data:`~dqnkit.config.RUN_SETTINGS`,
+    e.g. ``device="cpu"`` for a run trained on a GPU); a key that changes what the run learns
+    is refused. On another device or thread count the run goes on, not bit for bit.
+
     A run that is complete, or stopped early at ``stop_at_return``, is refused (ConfigError)
-    unless ``total_steps`` is above its steps: there is nothing else to continue. (One that
-    was stopped after its last checkpoint but before its summary.json finishes that.)
+    unless ``total_steps`` is above its steps (or ``changes`` sets ``stop_at_return``): there
+    is nothing else to continue. (One that was stopped after its last checkpoint but before
+    its summary.json finishes that.)
     """
     run_dir = Path(run_dir)
     ckpt = load_checkpoint(run_dir)
-    config, done = from_dict(ckpt["config"]), ckpt["loop"]["step"]
+    config, done, changes = from_dict(ckpt["config"]), ckpt["loop"]["step"], changes or {}
+    learning = sorted(set(changes) - RUN_SETTINGS)
+    if learning:
+        raise ConfigError(
+            f"{learning[0]} changes what the run learns, which a resumed run keeps; a resume may change "
+            f"{', '.join(sorted(RUN_SETTINGS))} (or train a new run: --config {run_dir / 'config.json'})"
+        )
+    config = config.replace(**changes)
+    go_on = total_steps is not None or "stop_at_return" in changes  # asked to: an early stop no longer applies
+    finished = done >= config.total_steps or (ckpt["loop"]["stopped_early"] and not go_on)
     if total_steps is not None:
         if total_steps <= done:
             raise ConfigError(f"--steps {total_steps:,} is not above the {done:,} steps this run already has")
         config = config.replace(total_steps=total_steps)
-    elif (done >= config.total_steps or ckpt["loop"]["stopped_early"]) and (run_dir / "summary.json").exists():
+    elif finished and (run_dir / "summary.json").exists():
         why = "stopped early (its evaluation reached stop_at_return)" if done < config.total_steps else "is complete"
         raise ConfigError(
             f"{run_dir} {why} at step {done:,}: nothing to resume; --steps N (above {done:,}) trains it further"
@@ -149,8 +169,8 @@ def resume(run_dir: str | Path, total_steps: int | None = None, *, progress: boo
         with _envs_closed(parts):
             restore(parts, ckpt)  # a checkpoint that does not fit is refused before anything is written
             atomic_write_text(run_dir / "config.json", config.to_json())
-            if total_steps is not None:
-                parts.loop.stopped_early = False  # asked for more steps: an early stop no longer applies
+            if go_on:
+                parts.loop.stopped_early = False
             return _run(parts, run_dir, progress)
 
 
@@ -161,7 +181,7 @@ def check_runnable(config: Config) -> tuple[tuple[int, ...], np.dtype, int]:
     if config.env_backend == "envpool":
         import_envpool()
     if config.eval_video != "none":
-        require_video_writer()
+        require_video_writer(f".{config.eval_video}")
     resolve_device(config.device)
     return spaces
 

@@ -73,7 +73,11 @@ def test_train_eval_resume_round_trip(tmp_path, capsys):
 
     # a complete run has nothing to resume: refused before it warns, evaluates or writes anything
     written = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    for args, fragment in (([], "is complete at step 900: nothing to resume"), (["--steps", "900"], "not above")):
+    for args, fragment in (
+        ([], "is complete at step 900: nothing to resume"),
+        (["--steps", "900"], "not above"),
+        (["--steps", "1200", "--set", "lr=0.1"], "lr changes what the run learns"),
+    ):
         code = main(["train", "--resume", str(run), *args])
         assert_refused(subprocess.CompletedProcess([], code, "", capsys.readouterr().err), fragment)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == written
@@ -106,7 +110,7 @@ def test_presets_listing_and_detail(capsys):
         (["eval", "no/such/run", "--epsilon", "1.5"], "--epsilon: 1.5 must be <= 1.0"),
         (["eval", "no/such/run", "--seed", "-1"], "--seed: -1 must be >= 0"),
         (["train", "--resume", "no/such/run"], "does not exist"),
-        (["train", "--resume", "run", "--config", "c.json", "--set", "lr=1"], "own config; drop --config, --set"),
+        (["train", "--resume", "run", "--config", "c.json", "--set", "lr=1"], "own config; drop --config"),
         (["train", "--bogus-flag"], "unrecognized arguments"),
     ],
 )

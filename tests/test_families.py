@@ -51,7 +51,7 @@ def test_video_frames_are_uint8_rgb_big_enough_to_see():
 def test_an_atari_sized_mp4_keeps_its_size(tmp_path):
     """210 rows are not a multiple of 16: imageio's default would stretch them to 224."""
     frames = [_video_frame(np.full((210, 160, 3), shade, np.uint8)) for shade in (0, 128, 255)]
-    with _video_writer(tmp_path / "atari.mp4", fps=15.0) as writer:
+    with _video_writer(tmp_path / "atari.mp4", ".mp4", fps=15.0) as writer:
         for frame in frames:
             writer.append_data(frame)
     size = next(imageio_ffmpeg.read_frames(str(tmp_path / "atari.mp4")))["size"]

@@ -318,6 +318,37 @@ def test_resume_with_more_steps_continues_past_an_early_stop(tmp_path):
     assert summary["eval_return_mean"] == json.loads((run / "summary.json").read_text())["eval_return_mean"]
 
 
+def test_resume_may_change_run_settings_but_not_what_the_run_learns(tmp_path):
+    """A run trained on a GPU (its config says device=cuda) goes on on a CPU-only machine with
+    --device cpu; a setting such as eval_every may change; lr may not."""
+    from dqnkit.checkpoint import CheckpointDir, atomic_save, safe_load
+
+    run = tmp_path / "run"
+    train(_cfg(total_steps=300, eval_every=0, checkpoint_every=300), run)
+    latest = CheckpointDir(run).latest
+    ckpt = safe_load(latest)
+    ckpt["config"]["device"] = "cuda"  # as a GPU run saved it
+    atomic_save({k: v for k, v in ckpt.items() if k != "format_version"}, latest)
+    if not torch.cuda.is_available():
+        with pytest.raises(DqnkitError, match="device cuda requested but torch sees no CUDA GPU"):
+            resume(run, total_steps=600)
+    with pytest.raises(ConfigError, match="lr changes what the run learns"):
+        resume(run, total_steps=600, changes={"device": "cpu", "lr": 0.1})
+    summary = resume(run, total_steps=600, changes={"device": "cpu", "eval_every": 150})
+    assert summary["steps"] == 600 and summary["device"] == "cpu"
+    config = json.loads((run / "config.json").read_text())
+    assert config["device"] == "cpu" and config["eval_every"] == 150
+    evals = [int(r["step"]) for r in read_metrics(run / "metrics.csv") if r["kind"] == "eval"]
+    assert evals == [300, 450, 600]  # the final one at 300, then every 150 from there
+
+
+def test_resume_with_another_stop_at_return_continues_past_an_early_stop(tmp_path):
+    run = tmp_path / "run"
+    assert train(_cfg(stop_at_return=0.0), run)["stopped_early"]
+    summary = resume(run, changes={"stop_at_return": None})
+    assert summary["steps"] == 600 and not summary["stopped_early"]
+
+
 def test_env_without_savable_state_resumes_with_fresh_episodes_and_says_so(tmp_path):
     cfg = Config(
         env_id="dqnkit-test/Opaque-v0",
@@ -371,9 +402,12 @@ def test_eval_video_films_each_evaluation_and_leaves_training_unchanged(tmp_path
 def test_eval_video_without_imageio_is_refused_before_the_run_starts(tmp_path, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "imageio", None)  # as if not installed: its import fails
-    with pytest.raises(DqnkitError, match=r"videos need imageio: pip install 'dqnkit\[video\]'"):
-        train(_cfg(eval_video="mp4"), tmp_path / "run")
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if not installed: its import fails
+    with pytest.raises(DqnkitError, match=r"\.mp4 videos need imageio_ffmpeg: pip install 'dqnkit\[video\]'"):
+        train(_cfg(eval_video="mp4"), tmp_path / "run")  # mp4 failed at the first evaluation
+    monkeypatch.setitem(sys.modules, "imageio", None)
+    with pytest.raises(DqnkitError, match=r"\.gif videos need imageio: pip install 'dqnkit\[video\]'"):
+        train(_cfg(eval_video="gif"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
