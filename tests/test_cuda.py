@@ -221,6 +221,15 @@ def test_a_cuda_checkpoint_loads_and_evaluates_on_the_cpu(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["device"] == summary["device"]
 
 
+def test_a_run_trained_with_device_cuda_resumes_on_the_cpu(tmp_path):
+    """Its optimizer state, replay and loss sums come back on the CPU (the run goes on, not bit for bit)."""
+    cfg = presets.get("cartpole", **{**SHORT, "total_steps": 600, "eval_every": 0}, **RAINBOW, device="cuda")
+    train(cfg.replace(total_steps=300), tmp_path / "run")
+    summary = resume(tmp_path / "run", total_steps=600, changes={"device": "cpu"})
+    assert summary["steps"] == 600 and summary["device"] == "cpu"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["device"] == "cpu"
+
+
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "ALE/Breakout-v5"])
 def test_pqn_trains_resumes_and_loads_on_the_cpu(tmp_path, env_id):
     atari = env_id.startswith("ALE/")
