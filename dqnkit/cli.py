@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=12345, help="seed of the first episode")
     ev.add_argument("--epsilon", type=float, help="exploration rate while playing (default: the run's eval_epsilon)")
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where the agent plays (default auto: cuda if here), whatever it trained on")  # fmt: skip
     ev.add_argument("--video", type=Path, help="also record one episode to this .mp4 or .gif (needs dqnkit[video])")
 
     plot = sub.add_parser("plot", help="the learning curves of several runs in one PNG (seeds of a variant together)")
@@ -151,6 +153,8 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the run's summary as JSON at the end")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the config these options give, as JSON (a --config file), and exit")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +215,7 @@ def _train(args: argparse.Namespace) -> int:
                 ("--env", args.env_id),
                 ("--seed", args.seed),
                 ("--run-dir", args.run_dir),
+                ("--print-config", args.print_config),
             )
             if value
         ]
@@ -229,6 +234,9 @@ def _train(args: argparse.Namespace) -> int:
         summary = resume(run_dir, args.steps, progress=not args.quiet, changes=changes)
     else:
         config = _config(args)
+        if args.print_config:
+            print(config.to_json())
+            return 0
         from dqnkit.monitor import default_run_dir
         from dqnkit.training import train
 
@@ -315,6 +323,9 @@ def _apex(args: argparse.Namespace) -> int:
 
     apex.check_apex_keys(parse_overrides(args.overrides).keys())
     config = _config(args)
+    if args.print_config:
+        print(config.to_json())
+        return 0
     if args.config is not None:  # a run's config.json holds every key: refuse only those it changes
         from dqnkit import presets
 
@@ -359,7 +370,7 @@ def _eval(args: argparse.Namespace) -> int:
         check_range("--epsilon", args.epsilon, 0.0, 1.0)
     if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_FORMATS:
         raise DqnkitError(f"--video writes {' or '.join(VIDEO_FORMATS)} files, not {Path(args.video).name!r}")
-    agent = load(args.run_dir)
+    agent = load(args.run_dir, device=args.device)
     if args.video is not None:
         _prepare_video(Path(args.video))
     epsilon = agent.config.eval_epsilon if args.epsilon is None else args.epsilon

@@ -62,7 +62,7 @@ def test_train_eval_resume_round_trip(tmp_path, capsys):
     assert out["return_mean"] == pytest.approx(sum(out["returns"]) / 3)
     # --epsilon plays with another rate: at 1 every action is random, CartPole's ~20 steps (in-process:
     # the subprocesses above are the ones whose process matters)
-    assert main(["eval", str(run), "--episodes", "3", "--epsilon", "1", "--json"]) == 0
+    assert main(["eval", str(run), "--episodes", "3", "--epsilon", "1", "--json", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["epsilon"] == 1.0 and max(out["returns"]) < 100
 
@@ -207,6 +207,19 @@ def test_a_runs_config_json_is_the_base_of_another_run(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "part.json"), "--run-dir", str(third), *TINY]) == 0
     config = json.loads((third / "config.json").read_text())
     assert config["preset"] == "cartpole" and config["lr"] == 0.003 and config["hidden_sizes"] == [16]
+
+
+@pytest.mark.parametrize("command", ["train", "apex"])
+def test_print_config_prints_the_config_a_command_line_gives_and_writes_nothing(command, tmp_path, capsys):
+    run_dir = ["--run-dir", str(tmp_path / "run")]
+    args = [command, "--env", "MinAtar/Breakout", "--set", "lr=0.0002", "--steps", "50000", "--print-config"]
+    assert main([*args, *run_dir]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["preset"] == "minatar" and printed["lr"] == 0.0002 and printed["total_steps"] == 50000
+    (tmp_path / "mine.json").write_text(json.dumps(printed))  # and it is a --config file that gives it back
+    assert main([command, "--config", str(tmp_path / "mine.json"), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.json"]
 
 
 @pytest.mark.parametrize(
