@@ -76,9 +76,7 @@ def safe_load(path: str | Path) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise CheckpointError(f"refusing to load {path}: it is not a plain dqnkit checkpoint ({first})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(
-            f"{path} is truncated or corrupt ({type(exc).__name__}); use an earlier checkpoint of the run"
-        ) from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(exc).__name__})") from None
     if not isinstance(raw, dict) or raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not a dqnkit checkpoint (format {FORMAT_VERSION})")
     return from_storable(raw)

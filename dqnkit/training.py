@@ -198,7 +198,7 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DqnkitError(f"run directory {run_dir} {'is a file' if run_dir.exists() else 'does not exist'}")
-    ckpt = safe_load(CheckpointDir(run_dir).latest)
+    ckpt = _load_latest(CheckpointDir(run_dir))
     if "apex" in ckpt and "loop" in required:
         raise CheckpointError(
             f"{run_dir} is an Ape-X run: its checkpoints hold the learner, not the actors' episodes or the "
@@ -209,6 +209,29 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
             what = "resumable dqnkit training" if "loop" in required else "dqnkit"
             raise CheckpointError(f"{run_dir} checkpoint lacks {key!r}: not a {what} checkpoint")
     return ckpt
+
+
+def _load_latest(checkpoints: CheckpointDir) -> dict[str, Any]:
+    """``latest.pt``, or where it does not load (a disk's fault: saves are atomic), an error
+    naming the newest earlier checkpoint that does, and how to make it the latest."""
+    try:
+        return safe_load(checkpoints.latest)
+    except CheckpointError as exc:
+        if not checkpoints.latest.is_file():
+            raise
+        latest = checkpoints.latest.stat()
+        for path in reversed(checkpoints.numbered()):
+            if path.stat().st_ino == latest.st_ino:  # latest.pt is a hard link to the newest
+                continue
+            try:
+                safe_load(path)
+            except CheckpointError:
+                continue
+            raise CheckpointError(
+                f"{exc}; an earlier checkpoint loads: `ln -f {path} {checkpoints.latest}` makes it the one "
+                "eval and --resume read"
+            ) from None
+        raise CheckpointError(f"{exc}, and no earlier checkpoint of the run loads") from None
 
 
 # ----------------------------------------------------------------------------- building

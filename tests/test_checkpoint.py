@@ -110,6 +110,32 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
         safe_load(tmp_path / "missing.pt")
 
 
+def test_a_corrupt_latest_checkpoint_names_the_earlier_one_that_loads(tmp_path):
+    """latest.pt is a hard link to the newest step file: damaged in place, both are. The
+    error names the newest earlier checkpoint that loads, and its command makes the run go on."""
+    import os
+
+    from dqnkit import resume
+    from dqnkit.training import load_checkpoint
+
+    run = tmp_path / "run"
+    train(presets.get("cartpole", **{**TINY, "checkpoint_every": 100}), run)
+    ckpts = CheckpointDir(run)
+    newest, earlier = ckpts.numbered()[-1], ckpts.numbered()[-2]
+    assert newest.stat().st_ino == ckpts.latest.stat().st_ino
+    os.truncate(ckpts.latest, ckpts.latest.stat().st_size // 2)  # a disk's fault, in place
+    with pytest.raises(CheckpointError, match="latest.pt is truncated or corrupt") as refused:
+        load_checkpoint(run)
+    assert f"`ln -f {earlier} {ckpts.latest}`" in str(refused.value)
+    ckpts.latest.unlink()
+    os.link(earlier, ckpts.latest)  # what the suggested `ln -f` does
+    assert resume(run, total_steps=500)["steps"] == 500
+    for path in ckpts.numbered():  # none loads: said so
+        os.truncate(path, 10)
+    with pytest.raises(CheckpointError, match="and no earlier checkpoint of the run loads"):
+        load_checkpoint(run)
+
+
 def test_checkpoint_dir_keeps_the_newest_and_links_latest(tmp_path):
     ckpts = CheckpointDir(tmp_path, keep=2)
     for step in (10, 20, 30):
