@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from dqnkit.files import atomic_write_text
+
 COLUMNS = (
     "kind",
     "step",
@@ -56,6 +58,11 @@ class Logger:
         if self._tb is not None:
             self._tb.add_scalar(tag, value, step)
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """A TensorBoard-only text panel (e.g. the run's config, as CleanRL shows its hyperparameters)."""
+        if self._tb is not None:
+            self._tb.add_text(tag, markdown, step)
+
     def flush(self) -> None:
         """Push rows to disk (fsync: they must survive whatever kills the process next)."""
         self._file.flush()
@@ -73,11 +80,11 @@ class Logger:
         """Rows logged after the checkpoint we resume from will be logged again: drop them."""
         if not self.path.exists():
             return
-        rows = read_metrics(self.path)
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(r for r in rows if int(r["step"]) <= step)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(r for r in read_metrics(self.path) if int(r["step"]) <= step)
+        atomic_write_text(self.path, text.getvalue())  # a kill now must not cost the rows before the step
 
 
 def read_metrics(path: str | Path) -> list[dict[str, str]]:

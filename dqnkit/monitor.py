@@ -113,6 +113,8 @@ class RunMonitor:
     ) -> None:
         self.config, self.run_dir = config, run_dir
         self.logger = Logger(run_dir, resume_step=step if step else None)
+        table = "\n".join(f"| {key} | `{value}` |" for key, value in config.to_dict().items())
+        self.logger.text("config", f"| key | value |\n|---|---|\n{table}", step)  # as this session runs it
         self.checkpoints = CheckpointDir(run_dir, keep=config.keep_checkpoints)
         episodes = (float(r["return"]) for r in read_metrics(self.logger.path) if r["kind"] == "episode")
         self.recent: deque[float] = deque(episodes, maxlen=100)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dqnkit import load, presets, train
+from dqnkit import load, presets, resume, train
 from dqnkit.checkpoint import CheckpointDir, atomic_save, safe_load
 from dqnkit.errors import CheckpointError
 
@@ -60,8 +60,8 @@ def test_a_write_the_disk_refuses_leaves_neither_a_partial_file_nor_the_target(t
 
 def test_a_runs_json_files_are_whole_or_absent(tmp_path, monkeypatch):
     """config.json and summary.json are written through a rename (a kill while writing them
-    left a cut file: summary.json's mere presence marks a run complete); a failed write keeps
-    the old text."""
+    left a cut file: summary.json's mere presence marks a run complete), and so is metrics.csv
+    when a resume cuts it back; a failed write keeps the old text."""
     import os
 
     from dqnkit import files
@@ -69,7 +69,9 @@ def test_a_runs_json_files_are_whole_or_absent(tmp_path, monkeypatch):
     renamed, real_replace = [], os.replace
     monkeypatch.setattr(files.os, "replace", lambda src, dst: renamed.append(Path(dst).name) or real_replace(src, dst))
     train(presets.get("cartpole", **TINY), tmp_path / "run")
-    assert {"config.json", "summary.json"} <= set(renamed)
+    assert {"config.json", "summary.json"} <= set(renamed) and "metrics.csv" not in renamed
+    resume(tmp_path / "run", total_steps=500)  # metrics.csv is cut back to the checkpoint's step: by a rename too
+    assert "metrics.csv" in renamed
 
     target = tmp_path / "run" / "summary.json"
     before = target.read_text()
@@ -115,7 +117,6 @@ def test_a_corrupt_latest_checkpoint_names_the_earlier_one_that_loads(tmp_path):
     error names the newest earlier checkpoint that loads, and its command makes the run go on."""
     import os
 
-    from dqnkit import resume
     from dqnkit.training import load_checkpoint
 
     run = tmp_path / "run"

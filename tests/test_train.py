@@ -127,6 +127,9 @@ def test_tensorboard_mirrors_the_metrics_and_adds_steps_per_second(tmp_path, mon
     assert {"episode/epsilon", "episode/loss", "episode/q_mean", "eval/return_std"} <= set(scalars)
     rates = scalars["perf/steps_per_s"]
     assert len(rates) == summary["episodes"] and all(e.value > 0 for e in rates)
+    # the config as a table in TensorBoard's text tab
+    (config,) = events.Tensors("config/text_summary")
+    assert "| lr | `0.001` |" in config.tensor_proto.string_val[0].decode()
 
 
 def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
