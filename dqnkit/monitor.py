@@ -9,6 +9,7 @@ leaves behind (``summary.json``, ``learning_curve.png``).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import signal
 import sys
@@ -339,7 +340,9 @@ def pop_learning_stats(state: Any, step: int) -> tuple[float | None, float | Non
 class _StopFlag:
     """Turns Ctrl-C (SIGINT) and SIGTERM (``kill``, a batch scheduler's preemption, ``docker
     stop``) into a flag checked between iterations, so the checkpoint written on the way out
-    is taken at a consistent point. ``signum``: the first of them received, else None."""
+    is taken at a consistent point. ``signum``: the first of them received, else None. A
+    second Ctrl-C stops at once, keeping the last complete checkpoint: the step may still
+    hold a long evaluation (ten Atari games), and a user pressing again will not wait."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -353,6 +356,11 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None:
             self.signum = signum
+            # os.write: a print could land inside the progress bar's own write to stderr
+            os.write(2, b"\nstopping at the end of this step to save a checkpoint (Ctrl-C again: at once, without)\n")
+        elif signum == signal.SIGINT:  # a long Atari evaluation still to finish: the user will not wait
+            self.restore()
+            raise KeyboardInterrupt("stopped at once: the run keeps its last complete checkpoint")
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():

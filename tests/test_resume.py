@@ -181,6 +181,27 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, refere
     assert np.array_equal(_q(run), _q(reference))
 
 
+def test_a_second_ctrl_c_stops_at_once_keeping_the_last_checkpoint(tmp_path, monkeypatch, capfd):
+    import dqnkit.training
+
+    real = dqnkit.training.check_transition
+
+    def ctrl_c_twice(rewards, next_obs, step):
+        if step == 1300:
+            os.kill(os.getpid(), signal.SIGINT)  # the first asks for a checkpoint at the end of the step
+            os.kill(os.getpid(), signal.SIGINT)  # the second will not wait for it
+        real(rewards, next_obs, step)
+
+    monkeypatch.setattr(dqnkit.training, "check_transition", ctrl_c_twice)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt, match="stopped at once: the run keeps its last complete checkpoint"):
+        train(presets.get("cartpole", **SETTINGS), run)
+    assert "Ctrl-C again: at once" in capfd.readouterr().err
+    assert load_checkpoint(run)["loop"]["step"] == 1000  # the periodic one, none at 1300
+    monkeypatch.undo()
+    assert resume(run, total_steps=1500)["steps"] == 1500
+
+
 def test_non_finite_reward_stops_with_a_named_error(tmp_path):
     cfg = Config(
         env_id="dqnkit-test/NaNReward-v0",
