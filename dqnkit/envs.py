@@ -40,9 +40,28 @@ def make_env(
     elif env_id.startswith("MinAtar/"):
         env = make_minatar(env_id, render_mode=render_mode)
     else:
-        env = _make(env_id, **({"render_mode": render_mode} if render_mode else {}))
+        env = _one_hot(_make(env_id, **({"render_mode": render_mode} if render_mode else {})))
     check_spaces(env.observation_space, env.action_space, env_id)
     return env
+
+
+def _one_hot(env: gym.Env) -> gym.Env:
+    """Discrete observations (FrozenLake, Taxi, CliffWalking's cell), and tuples or dicts of
+    them (Blackjack), as the float32 one-hot vector a Q-network reads, as SB3 does; Box
+    observations unchanged. (gymnasium's FlattenObservation gives one-hot int64.)"""
+    space = env.observation_space
+    if isinstance(space, gym.spaces.Box) or not _flattens(space):
+        return env
+    return gym.wrappers.DtypeObservation(gym.wrappers.FlattenObservation(env), np.float32)
+
+
+def _flattens(space: gym.Space) -> bool:
+    """Whether ``space`` flattens into a one-hot or numeric vector (text and graphs do not)."""
+    if isinstance(space, gym.spaces.Tuple):
+        return all(_flattens(s) for s in space.spaces)
+    if isinstance(space, gym.spaces.Dict):
+        return all(_flattens(s) for s in space.spaces.values())
+    return isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary, gym.spaces.Box))
 
 
 def env_family(env_id: str) -> str:
@@ -239,8 +258,8 @@ def check_spaces(obs_space: gym.Space, action_space: gym.Space, env_id: str) -> 
         )
     if not isinstance(obs_space, gym.spaces.Box):
         raise DqnkitError(
-            f"{env_id} has a {type(obs_space).__name__} observation space; dqnkit needs a Box "
-            "(array) observation: wrap the env, e.g. with gymnasium.wrappers.FlattenObservation"
+            f"{env_id} has a {type(obs_space).__name__} observation space; dqnkit needs an array "
+            "observation (a Box, or Discrete ones it turns into one-hot vectors)"
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,7 +39,7 @@ def evaluate(
         start_obs = obs.copy()
         rng = np.random.default_rng(seed)
         returns, discounted, discount = np.zeros(episodes), np.zeros(episodes), np.ones(episodes)
-        playing = np.ones(episodes, bool)
+        playing, steps = np.ones(episodes, bool), 0
         with agent.evaluation():  # noisy nets act on their mean weights
             while playing.any():
                 active = np.flatnonzero(playing)
@@ -49,9 +50,33 @@ def evaluate(
                 discounted[active] += discount[active] * rewards[active]
                 discount[active] *= gamma
                 playing[active] = ~ended[active]
+                steps += 1
+                if steps == envs.step_limit and playing.any():
+                    _cut_short(env_id, playing)
     finally:
         envs.close()
     return EvalResult(returns, discounted, start_obs)
+
+
+# An env without a time limit (CliffWalking-v1, one's own) and a greedy agent that walks in
+# circles would play forever: evaluation cuts such episodes here, as Atari's v5 limit does.
+EVAL_STEP_LIMIT = 27_000
+
+
+def _step_limit(env: gym.Env, env_id: str) -> int | None:
+    """:data:`EVAL_STEP_LIMIT` for an env that has no time limit of its own, else None
+    (Atari's v5 envs end a game at 108,000 frames, inside ALE)."""
+    limited = env.spec is not None and env.spec.max_episode_steps
+    return None if limited or env_family(env_id) == "atari" else EVAL_STEP_LIMIT
+
+
+def _cut_short(env_id: str, playing: np.ndarray) -> None:
+    warnings.warn(
+        f"{env_id} has no time limit and {np.count_nonzero(playing)} evaluation episode(s) went "
+        f"{EVAL_STEP_LIMIT:,} steps without ending: cut there (register the env with max_episode_steps)",
+        stacklevel=3,
+    )
+    playing[:] = False
 
 
 class _GymEpisodes:
@@ -59,6 +84,7 @@ class _GymEpisodes:
 
     def __init__(self, agent: DQNAgent, env_id: str, episodes: int, seed: int) -> None:
         self.envs, self.seed = [_eval_env(agent, env_id) for _ in range(episodes)], seed
+        self.step_limit = _step_limit(self.envs[0], env_id)
 
     def reset(self) -> np.ndarray:
         self.obs = np.stack([env.reset(seed=self.seed + i)[0] for i, env in enumerate(self.envs)])
@@ -83,7 +109,7 @@ class _PooledGames:
     step; a game that has ended is reset by the pool and no longer read."""
 
     def __init__(self, pool: Any) -> None:
-        self.pool = pool
+        self.pool, self.step_limit = pool, None  # the pool ends games at the v5 envs' limit
 
     def reset(self) -> np.ndarray:
         return self.pool.reset()[0]
@@ -139,7 +165,7 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
     rng = np.random.default_rng(seed)
     epsilon = agent.config.eval_epsilon if epsilon is None else epsilon
     fps = _video_fps(env, suffix)
-    done, episode_return, frames = False, 0.0, 1
+    done, episode_return, frames, limit = False, 0.0, 1, _step_limit(env, env_id)
     with _video_writer(path, suffix, fps) as writer, agent.evaluation():
         writer.append_data(_video_frame(env.render()))
         while not done:
@@ -147,7 +173,7 @@ def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, 
             episode_return += float(reward)
             writer.append_data(_video_frame(env.render()))
             frames += 1
-            done = terminated or truncated
+            done = terminated or truncated or frames - 1 == limit
     env.close()
     return Video(path, frames, fps, episode_return)
 

@@ -79,3 +79,22 @@ class Opaque(Walk):
 
 
 gym.register("dqnkit-test/Opaque-v0", entry_point=Opaque, max_episode_steps=6)
+
+
+class Said(Walk):
+    """Walk that says its position in words: an observation no Q-network reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observation_space = gym.spaces.Text(max_length=8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return "zero", {}
+
+    def step(self, action):
+        _, reward, terminated, truncated, info = super().step(action)
+        return str(self.state), reward, terminated, truncated, info
+
+
+gym.register("dqnkit-test/Said-v0", entry_point=Said, max_episode_steps=6)

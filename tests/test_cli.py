@@ -104,7 +104,7 @@ def test_presets_listing_and_detail(capsys):
         (["train", "--set", "batch_size=999", "--set", "buffer_size=10"], "batch_size"),
         (["train", "--steps", "500"], "nothing would be learned"),
         (["train", "--env", "Pendulum-v1"], "Discrete actions"),
-        (["train", "--env", "Blackjack-v1"], "observation space"),
+        (["train", "--env", "dqnkit-test/Said-v0"], "has a Text observation space; dqnkit needs an array"),
         (["train", "--env", "no_such_module:Env-v0"], "cannot import 'no_such_module', the module that registers it"),
         (["eval", "no/such/run"], "does not exist"),
         (["eval", "no/such/run", "--epsilon", "1.5"], "--epsilon: 1.5 must be <= 1.0"),

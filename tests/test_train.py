@@ -219,6 +219,28 @@ def test_a_replay_larger_than_the_available_memory_is_warned_about(tmp_path, mon
     assert dqnkit.training.available_memory() > 0  # this machine's MemAvailable
 
 
+@pytest.mark.parametrize("env_id, size", [("FrozenLake-v1", 16), ("Blackjack-v1", 32 + 11 + 2)])
+def test_discrete_observations_are_one_hot_vectors(tmp_path, env_id, size):
+    """FrozenLake's cell, Blackjack's tuple of counts: refused before ("wrap the env"), which
+    a command-line user cannot do; now the float32 one-hot vector SB3 also feeds its network."""
+    summary = train(_cfg(env_id=env_id), tmp_path / "run")
+    replay = load_replay(tmp_path / "run")
+    obs = replay.obs[: len(replay)]
+    assert obs.dtype == np.float32 and obs.shape[1:] == (size,)
+    assert set(np.unique(obs)) == {0.0, 1.0} and summary["steps"] == 600
+
+
+def test_an_evaluation_without_a_time_limit_is_cut_and_said(tmp_path, monkeypatch):
+    """CliffWalking-v1 has no time limit: a greedy agent walking into a wall played forever."""
+    import dqnkit.evaluate
+
+    monkeypatch.setattr(dqnkit.evaluate, "EVAL_STEP_LIMIT", 300)
+    agent = build(_cfg(env_id="CliffWalking-v1")).agent  # untrained: it keeps bumping into a wall
+    with pytest.warns(UserWarning, match="CliffWalking-v1 has no time limit and 2 evaluation episode"):
+        returns = dqnkit.evaluate.evaluate(agent, "CliffWalking-v1", 2, seed=0).returns
+    assert len(returns) == 2 and all(returns <= -300)  # every one of its 300 steps cost at least 1
+
+
 def test_bad_env_is_refused_before_the_run_dir_is_created(tmp_path):
     with pytest.raises(DqnkitError, match="Discrete actions"):
         train(_cfg(env_id="Pendulum-v1"), tmp_path / "run")
