@@ -323,15 +323,15 @@ def _apex(args: argparse.Namespace) -> int:
 
     apex.check_apex_keys(parse_overrides(args.overrides).keys())
     config = _config(args)
-    if args.print_config:
-        print(config.to_json())
-        return 0
     if args.config is not None:  # a run's config.json holds every key: refuse only those it changes
         from dqnkit import presets
 
         base = presets.get(_config_parts(args)[0])
         changed = [key for key, value in _config_file(args.config).items() if value != getattr(base, key)]
         apex.check_apex_keys(changed, source=f"--config {args.config}:")
+    if args.print_config:
+        print(config.to_json())
+        return 0
     run_dir = args.run_dir or default_run_dir(config, prefix="apex-")
     check_range("--ray-timeout", args.ray_timeout, 0.0, None, lo_open=True)
     check_range("--actor-timeout", args.actor_timeout, 0.0, None, lo_open=True)
