@@ -12,7 +12,11 @@ which must never enter the replay.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -117,8 +121,26 @@ def make_vec_env(
     if mode == "auto":
         mode = "async" if num_envs > 1 and env_family(env_id) == "atari" else "sync"
     if mode == "async":
-        return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=AutoresetMode.SAME_STEP)
+        with _signals_left_to_this_process():
+            return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=AutoresetMode.SAME_STEP)
     return LeanSyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+@contextlib.contextmanager
+def _signals_left_to_this_process() -> Iterator[None]:
+    """Worker processes started inside ignore Ctrl-C and SIGTERM (they inherit it): those are
+    for the training process, which stops the run at a consistent point, saves it and closes
+    its envs. Ctrl-C reaches a terminal's whole process group, and a worker it killed took
+    the run down, without its checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and only it receives signals)
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def steps_apart(envs: Any) -> bool:

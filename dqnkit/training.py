@@ -214,6 +214,12 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
 def _load_latest(checkpoints: CheckpointDir) -> dict[str, Any]:
     """``latest.pt``, or where it does not load (a disk's fault: saves are atomic), an error
     naming the newest earlier checkpoint that does, and how to make it the latest."""
+    run_dir = checkpoints.dir.parent
+    if not checkpoints.latest.is_file() and (run_dir / "config.json").is_file():
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint: it stopped before its first; train it anew with "
+            f"`dqnkit train --config {run_dir / 'config.json'} --run-dir {run_dir} --overwrite`"
+        )
     try:
         return safe_load(checkpoints.latest)
     except CheckpointError as exc:
@@ -502,14 +508,22 @@ def crossed(prev: int, now: int, every: int) -> int:
 @contextlib.contextmanager
 def _envs_closed(parts: Parts) -> Iterator[None]:
     """Close the envs however the run ends (complete, an error, Ctrl-C): an async vector env's
-    worker processes and a pool's threads are not left behind in a process that goes on."""
+    worker processes and a pool's threads are not left behind in a process that goes on.
+    After an error, closing is best effort: a worker that died with it must not replace it."""
     try:
         yield
-    finally:
-        if parts.loop.in_flight is not None:  # a step under way (an early stop, or an error)
-            with contextlib.suppress(Exception):  # an env that failed is closed all the same
-                recv_step(parts.envs, parts.loop.in_flight)
-        parts.envs.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _close_envs(parts)
+        raise
+    _close_envs(parts)
+
+
+def _close_envs(parts: Parts) -> None:
+    if parts.loop.in_flight is not None:  # a step under way (an early stop, or an error)
+        with contextlib.suppress(Exception):  # an env that failed is closed all the same
+            recv_step(parts.envs, parts.loop.in_flight)
+    parts.envs.close()
 
 
 def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:

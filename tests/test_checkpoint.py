@@ -137,6 +137,17 @@ def test_a_corrupt_latest_checkpoint_names_the_earlier_one_that_loads(tmp_path):
         load_checkpoint(run)
 
 
+def test_a_run_stopped_before_its_first_checkpoint_says_how_to_start_it_again(tmp_path):
+    from dqnkit.training import load_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(presets.get("cartpole").to_json())
+    with pytest.raises(CheckpointError, match="has no checkpoint: it stopped before its first") as refused:
+        load_checkpoint(run)
+    assert f"--config {run / 'config.json'} --run-dir {run} --overwrite" in str(refused.value)
+
+
 def test_checkpoint_dir_keeps_the_newest_and_links_latest(tmp_path):
     ckpts = CheckpointDir(tmp_path, keep=2)
     for step in (10, 20, 30):

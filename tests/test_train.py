@@ -208,6 +208,24 @@ def test_a_run_that_stops_on_an_error_closes_its_envs(tmp_path, monkeypatch, sto
     assert refused.traceback and multiprocessing.active_children() == []
 
 
+def test_an_env_that_fails_to_close_after_an_error_does_not_hide_it(tmp_path, monkeypatch):
+    """An async worker killed with the run left a pipe that close() broke on: the run ended
+    in that BrokenPipeError, which the command line took for its own closed stdout (exit 141)."""
+    import dqnkit.training
+    from dqnkit.envs import LeanSyncVectorEnv
+
+    def broken(self, **kwargs):
+        raise BrokenPipeError("a worker's pipe")
+
+    def failing(rewards, next_obs, step):
+        raise RuntimeError("the real error")
+
+    monkeypatch.setattr(LeanSyncVectorEnv, "close", broken)
+    monkeypatch.setattr(dqnkit.training, "check_transition", failing)
+    with pytest.raises(RuntimeError, match="the real error"):
+        train(_cfg(), tmp_path / "run")
+
+
 def test_a_replay_larger_than_the_available_memory_is_warned_about(tmp_path, monkeypatch):
     import dqnkit.training
 

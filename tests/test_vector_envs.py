@@ -63,6 +63,28 @@ def test_auto_picks_processes_for_atari_only():
     assert isinstance(make_vec_env("ALE/Breakout-v5", 1), gym.vector.SyncVectorEnv)
 
 
+def test_async_workers_leave_ctrl_c_and_sigterm_to_the_training_process():
+    """Ctrl-C reaches the terminal's whole process group: a worker it killed took the run
+    down without its checkpoint. The workers ignore both signals; this process keeps its own."""
+    import os
+    import signal
+    import time
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    envs = make_vec_env("CartPole-v1", 2, mode="async")
+    try:
+        envs.reset(seed=0)
+        for process in envs.processes:
+            os.kill(process.pid, signal.SIGINT)
+            os.kill(process.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        assert all(process.is_alive() for process in envs.processes)
+        assert envs.step(np.zeros(2, np.int64))[0].shape == (2, 4)  # and they still step
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        envs.close()
+
+
 def test_async_training_run_resumes_with_fresh_episodes(tmp_path):
     cfg = presets.get(
         "cartpole",
