@@ -356,8 +356,9 @@ class _StopFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None:
             self.signum = signum
+            again = "Ctrl-C again: at once, without" if signum == signal.SIGINT else signal.Signals(signum).name
             # os.write: a print could land inside the progress bar's own write to stderr
-            os.write(2, b"\nstopping at the end of this step to save a checkpoint (Ctrl-C again: at once, without)\n")
+            os.write(2, f"\nstopping at the end of this step to save a checkpoint ({again})\n".encode())
         elif signum == signal.SIGINT:  # a long Atari evaluation still to finish: the user will not wait
             self.restore()
             raise KeyboardInterrupt("stopped at once: the run keeps its last complete checkpoint")
