@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import select
 import signal
 import sys
 import warnings
@@ -576,9 +577,21 @@ def entry() -> None:
         code = main()
         sys.stdout.flush()
     except BrokenPipeError:  # `dqnkit ... | head` left before the output ended: no traceback about it
+        if not _stdout_closed():
+            raise  # another pipe broke (a worker's): a failure to show
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush is quiet too
         code = 128 + signal.SIGPIPE  # what a shell reports for a writer the closed pipe stopped
     sys.exit(code)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports POLLERR for its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (OSError, ValueError, AttributeError):  # not a file descriptor (an embedding, a test)
+        return False
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 _default_formatwarning = warnings.formatwarning

@@ -192,6 +192,10 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback():
     proc.stdout.close()  # before the listing is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and err == ""
+    # another pipe broken (an env worker's) is a failure to show, not a closed stdout to hide
+    code = "import dqnkit.cli as c\ndef main():\n    raise BrokenPipeError('a worker pipe')\nc.main = main\nc.entry()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "BrokenPipeError: a worker pipe" in proc.stderr
 
 
 def test_a_runs_config_json_is_the_base_of_another_run(tmp_path, capsys):
