@@ -210,7 +210,9 @@ class RunMonitor:
     def evaluate(self, agent: Any, step: int, episodes: int) -> tuple[float, float]:
         """Play ``eval_episodes`` greedy episodes; log them; (mean, std) of their returns."""
         cfg = self.config
+        self._bar.set_description(f"evaluating {cfg.eval_episodes} episodes")  # ten Atari games take minutes
         result = evaluate(agent, cfg.env_id, cfg.eval_episodes, self.eval_seed, cfg.eval_epsilon, gamma=cfg.gamma)
+        self._bar.set_description(None)
         mean, std = float(result.returns.mean()), float(result.returns.std())
         if not math.isfinite(mean):
             raise NonFiniteError(f"non-finite evaluation return at step {step}; the last checkpoint is kept")

@@ -330,3 +330,32 @@ def test_a_dqnkit_warning_reads_as_one_line_like_its_errors(tmp_path):
         "warning: CartPole-v1 cannot save its episode in progress: resuming with fresh episodes, so this "
         "run will not be bit-identical to an uninterrupted one"
     ]
+
+
+@pytest.mark.slow
+def test_the_progress_bar_on_a_terminal_says_when_it_evaluates(tmp_path):
+    """The bar stood still, without a word, while an evaluation played (ten Atari games take minutes)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main_fd, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))
+    args = ["train", "--steps", "3000", "--set", "eval_every=1500", "--set", "eval_episodes=7"]
+    proc = subprocess.Popen([sys.executable, "-m", "dqnkit", *args, "--run-dir", str(tmp_path / "run")],
+                            stdout=terminal, stderr=terminal)  # fmt: skip
+    os.close(terminal)
+    shown = b""
+    while chunk := _read(main_fd):
+        shown += chunk
+    assert proc.wait(timeout=120) == 0
+    text = shown.decode(errors="replace")
+    assert "evaluating 7 episodes: " in text and "step/s" in text
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # the terminal's other end closed: the process ended
+        return b""
