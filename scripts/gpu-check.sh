@@ -48,7 +48,7 @@ fi
 t=$(( $(left) - 25 ))
 echo "== Breakout training for $t s"
 if [ "$t" -gt 30 ]; then
-  (cd /tmp && timeout -s INT "$t" python3 -m dqnkit.cli train --preset atari --device cuda --quiet \
+  (cd /tmp && timeout -s INT -k 20 "$t" python3 -m dqnkit.cli train --preset atari --device cuda --quiet \
     --set num_envs=8 --set learning_starts=20000 --set exploration_steps=250000 --set buffer_size=200000 \
     --set eval_every=100000 --set eval_episodes=4 --set checkpoint_every=10000000 \
     --run-dir /tmp/breakout 2>&1 | tail -3)
