@@ -32,10 +32,12 @@ def compare(run_dirs: list[Path], out_png: Path) -> dict[str, dict[str, list[int
     """Draw ``run_dirs``' learning curves into ``out_png``; returns {env: {variant: the
     finished episodes of each of its runs}} (a run with none yet has no curve to draw).
 
-    Every directory is checked before anything is drawn: one that is not a dqnkit run is
-    a :class:`DqnkitError` naming it.
+    A directory that is not a run stands for the runs below it (``runs/``, an experiment's
+    directory). Every directory is checked before anything is drawn: one that neither is nor
+    holds a dqnkit run is a :class:`DqnkitError` naming it.
     """
-    runs = [(d, _config(d)) for d in dict.fromkeys(run_dirs)]  # each directory once, in the given order
+    found = [run for d in run_dirs for run in _runs_in(d)]
+    runs = [(d, _config(d)) for d in dict.fromkeys(found)]  # each directory once, in the given order
     names = variant_names([config for _, config in runs])
     panels: dict[str, dict[str, list[Curve]]] = {}
     for (run_dir, config), name in zip(runs, names):
@@ -84,6 +86,15 @@ def _short(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _runs_in(path: Path) -> list[Path]:
+    """``path`` if it is a run directory, else the run directories below it (sorted), else
+    ``[path]`` (for :func:`_config` to refuse)."""
+    if (path / "config.json").is_file() or not path.is_dir():
+        return [path]
+    below = sorted(c.parent for c in path.rglob("config.json") if (c.parent / "metrics.csv").is_file())
+    return below or [path]
 
 
 def _config(run_dir: Path) -> dict[str, Any]:

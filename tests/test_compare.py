@@ -71,6 +71,9 @@ def test_plot_draws_the_runs_and_says_what_it_drew(runs, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG"
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["CartPole-v1", "  cartpole: 2 runs", "  cartpole, lr=0.002: 1 run", f"wrote {out}"]
+    # a directory of runs (runs/, an experiment's) stands for the runs below it
+    assert main(["plot", str(runs), "--out", str(out)]) == 0
+    assert sorted(capsys.readouterr().out.splitlines()[1:3]) == ["  cartpole, lr=0.002: 1 run", "  cartpole: 2 runs"]
     # a run that has not finished an episode yet (just started) is named, not drawn
     started = tmp_path / "started"
     shutil.copytree(runs / "s1", started)
@@ -83,7 +86,7 @@ def test_plot_draws_the_runs_and_says_what_it_drew(runs, tmp_path, capsys):
     "args, fragment",
     [
         (["--out", "curves.jpg"], "--out writes a .png file"),
-        (["{runs}"], "is not a dqnkit run directory (it has no config.json)"),
+        (["{runs}/lr/tb"], "is not a dqnkit run directory (it has no config.json)"),
         (["{runs}/no-such-run"], "is not a dqnkit run directory"),
     ],
 )
