@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="the learning curves of several runs in one PNG (seeds of a variant together)")
     plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
-                      help="run directories, e.g. runs/*, or directories of runs (runs, an experiment's --out)")  # fmt: skip
+                      help="run directories (runs/*), or directories of runs (runs/, an experiment)")  # fmt: skip
     plot.add_argument("--out", type=Path, default=Path("compare.png"), help="the PNG to write (default compare.png)")
 
     pr = sub.add_parser("presets", help="list presets, or print one preset's full config")
