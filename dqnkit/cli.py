@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("experiment", help="the lesson's experiments over several seeds, with plots")
     exp.add_argument("name", choices=EXPERIMENT_NAMES)
     exp.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
-    exp.add_argument("--steps", type=int, help="environment steps per run (default: the experiment's)")
+    exp.add_argument("--steps", type=_steps, help="environment steps per run (default: the experiment's)")
     exp.add_argument("--out", type=Path, help="output directory (default runs/experiment-NAME)")
     exp.add_argument("--jobs", type=int, help="parallel training processes (default: number of cores)")
     exp.add_argument("--overwrite", action="store_true",
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--capacities", help="comma-separated replay sizes (default 10000,100000,1000000; checkpoint: one, 1000000)"
     )
-    bench.add_argument("--steps", type=int, help="atari-train: env steps per run (default 25000)")
+    bench.add_argument("--steps", type=_steps, help="atari-train: env steps per run (default 25000)")
     bench.add_argument(
         "--envs", type=int, help="atari-train: envs of the second row (default 8); atari: its vector rows (default 4)"
     )
@@ -146,7 +146,7 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
                         help="config keys from a JSON file, e.g. a run's config.json (over the preset; "
                         "--env, --seed, --steps, --device and --set go over it)")  # fmt: skip
     parser.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
-    parser.add_argument("--steps", type=int, help="total environment steps (summed over envs and actors)")
+    parser.add_argument("--steps", type=_steps, help="total environment steps (summed over envs and actors; 1e6 reads)")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the learner's torch device (default auto)")
     parser.add_argument("--run-dir", type=Path, help=f"where to write the run (default {default_dir})")
@@ -157,6 +157,16 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the run's summary as JSON at the end")
     parser.add_argument("--print-config", action="store_true",
                         help="print the config these options give, as JSON (a --config file), and exit")  # fmt: skip
+
+
+def _steps(text: str) -> int:
+    """A step count as ``--set total_steps=`` reads one: 1000000, 1_000_000 or 1e6."""
+    from dqnkit.config import parse_int
+
+    try:
+        return parse_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (1000000, 1_000_000 or 1e6), got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

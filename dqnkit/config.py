@@ -362,6 +362,12 @@ def _to_bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
+def parse_int(value: Any) -> int:
+    """An integer from a number or from text such as ``1000000``, ``1_000_000`` or ``1e6``
+    (ValueError otherwise): how ``--set`` and ``--steps`` read counts."""
+    return _to_int(value)
+
+
 def _to_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected an integer")

@@ -101,6 +101,7 @@ def test_presets_listing_and_detail(capsys):
         (["train", "--set", "gamma=high"], "gamma"),
         (["train", "--set", "gamma=1.5"], "gamma"),
         (["train", "--steps", "-10"], "total_steps"),
+        (["train", "--steps", "1.5e2x"], "--steps: expected a whole number (1000000, 1_000_000 or 1e6)"),
         (["train", "--set", "batch_size=999", "--set", "buffer_size=10"], "batch_size"),
         (["train", "--steps", "500"], "nothing would be learned"),
         (["train", "--env", "Pendulum-v1"], "Discrete actions"),
@@ -220,6 +221,8 @@ def test_print_config_prints_the_config_a_command_line_gives_and_writes_nothing(
     assert main([*args, *run_dir]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["preset"] == "minatar" and printed["lr"] == 0.0002 and printed["total_steps"] == 50000
+    assert main([command, "--steps", "5e4", "--env", "MinAtar/Breakout", "--set", "lr=2e-4", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out) == printed  # --steps reads 5e4 as --set does
     (tmp_path / "mine.json").write_text(json.dumps(printed))  # and it is a --config file that gives it back
     assert main([command, "--config", str(tmp_path / "mine.json"), "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out) == printed
