@@ -344,7 +344,11 @@ def get_env_states(envs: gym.vector.VectorEnv) -> list[dict[str, Any] | None]:
 def get_env_state(env: gym.Env) -> dict[str, Any] | None:
     """Plain-data snapshot of ``env`` and its wrappers, or None if it cannot be captured."""
     base = env.unwrapped
-    if not hasattr(base, "state") or type(base).__module__.startswith("ale_py"):
+    module = type(base).__module__
+    # an env that keeps its episode in plain attributes: a `state` (classic control, one's own),
+    # or gymnasium's toy-text grids and cards (FrozenLake's `s`, Blackjack's hands)
+    plain = hasattr(base, "state") or module.startswith("gymnasium.envs.toy_text")
+    if not plain or module.startswith("ale_py"):
         return None
     layers = []
     layer: Any = env
@@ -370,7 +374,9 @@ def set_env_state(env: gym.Env, state: dict[str, Any]) -> None:
 
 def _is_plain(value: Any) -> bool:
     if isinstance(value, (tuple, list)):
-        return all(isinstance(v, _PLAIN) for v in value)
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, (np.ndarray, np.generic)):  # numbers only: FrozenLake's map is bytes, fixed by its id
+        return value.dtype.kind in "biufc"
     return isinstance(value, _PLAIN)
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -238,14 +239,21 @@ def test_a_replay_larger_than_the_available_memory_is_warned_about(tmp_path, mon
 
 
 @pytest.mark.parametrize("env_id, size", [("FrozenLake-v1", 16), ("Blackjack-v1", 32 + 11 + 2)])
-def test_discrete_observations_are_one_hot_vectors(tmp_path, env_id, size):
+def test_discrete_observations_are_one_hot_vectors_and_resume_exactly(tmp_path, env_id, size):
     """FrozenLake's cell, Blackjack's tuple of counts: refused before ("wrap the env"), which
-    a command-line user cannot do; now the float32 one-hot vector SB3 also feeds its network."""
-    summary = train(_cfg(env_id=env_id), tmp_path / "run")
-    replay = load_replay(tmp_path / "run")
+    a command-line user cannot do; now the float32 one-hot vector SB3 also feeds its network.
+    Their episode in progress is saved too (toy-text envs keep it in plain attributes)."""
+    whole = train(_cfg(env_id=env_id), tmp_path / "whole")
+    replay = load_replay(tmp_path / "whole")
     obs = replay.obs[: len(replay)]
     assert obs.dtype == np.float32 and obs.shape[1:] == (size,)
-    assert set(np.unique(obs)) == {0.0, 1.0} and summary["steps"] == 600
+    assert set(np.unique(obs)) == {0.0, 1.0} and whole["steps"] == 600
+    train(_cfg(env_id=env_id, total_steps=300), tmp_path / "split")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "cannot save its episode in progress"
+        resumed = resume(tmp_path / "split", total_steps=600)
+    assert np.array_equal(_q(load(tmp_path / "whole")), _q(load(tmp_path / "split")))
+    assert resumed["episodes"] == whole["episodes"]
 
 
 def test_an_evaluation_without_a_time_limit_is_cut_and_said(tmp_path, monkeypatch):
