@@ -31,7 +31,8 @@ def evaluate(
     trains in (``env_backend`` ale or envpool: the same frames it learned from, its games
     stepped in parallel threads, the pool seeded with ``seed``); every other env, and Atari
     with ``env_backend=gymnasium``, as one gymnasium env per episode, episode i seeded
-    ``seed + i``.
+    ``seed + i``. The episodes of an env without a time limit end at
+    :data:`EVAL_STEP_LIMIT` steps, with a warning.
     """
     envs = _pooled_games(agent, env_id, episodes, seed) or _GymEpisodes(agent, env_id, episodes, seed)
     try:
@@ -71,6 +72,7 @@ def _step_limit(env: gym.Env, env_id: str) -> int | None:
 
 
 def _cut_short(env_id: str, playing: np.ndarray) -> None:
+    """End the episodes still ``playing`` (in place), saying why."""
     warnings.warn(
         f"{env_id} has no time limit and {np.count_nonzero(playing)} evaluation episode(s) went "
         f"{EVAL_STEP_LIMIT:,} steps without ending: cut there (register the env with max_episode_steps)",
