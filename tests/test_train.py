@@ -202,11 +202,14 @@ def test_a_run_that_stops_on_an_error_closes_its_envs(tmp_path, monkeypatch, sto
     assert stopped.traceback and multiprocessing.active_children() == []
     monkeypatch.undo()
 
+    def refused(parts, ckpt):
+        raise CheckpointError("injected")
+
     train(_cfg(num_envs=2, vector_env="async", total_steps=200), tmp_path / "short")
-    monkeypatch.setattr(dqnkit.training, "restore", lambda *a: (_ for _ in ()).throw(CheckpointError("injected")))
-    with pytest.raises(CheckpointError, match="injected") as refused:
+    monkeypatch.setattr(dqnkit.training, "restore", refused)
+    with pytest.raises(CheckpointError, match="injected") as not_fitting:
         resume(tmp_path / "short", total_steps=400)
-    assert refused.traceback and multiprocessing.active_children() == []
+    assert not_fitting.traceback and multiprocessing.active_children() == []
 
 
 def test_an_env_that_fails_to_close_after_an_error_does_not_hide_it(tmp_path, monkeypatch):
