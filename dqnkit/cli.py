@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dqnkit.config import check_range
 from dqnkit.errors import DqnkitError
@@ -273,11 +273,22 @@ def _report(summary: dict[str, Any], run_dir: Path, as_json: bool) -> None:
     print(f"next: dqnkit eval {run_dir} --video episode.mp4   or   tensorboard --logdir {run_dir / 'tb'}")
 
 
-def _config(args: argparse.Namespace) -> Any:
+class _ConfigParts(NamedTuple):
+    """What a command line says of its config: the preset it starts from, and the keys that go
+    over it (``overrides``: the file's, then --set's and the flags'), with the file's and
+    --set's own keys apart for apex's checks."""
+
+    preset: str
+    overrides: dict[str, Any]
+    from_file: dict[str, Any]
+    from_set: dict[str, Any]
+
+
+def _config(args: argparse.Namespace, parts: _ConfigParts | None = None) -> Any:
     """The Config that --preset, --config, --env, --seed, --device, --steps and --set describe."""
     from dqnkit import presets
 
-    name, overrides = _config_parts(args)
+    name, overrides, _, _ = parts or _config_parts(args)
     config = presets.get(name, **overrides)
     fitting, own = presets.for_env(config.env_id), presets.for_env(presets.get(name).env_id)
     if args.preset is not None and "env_id" in overrides and fitting != own:
@@ -289,22 +300,25 @@ def _config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _config_parts(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """The preset a run starts from, and the keys that go over it (the file's, then the flags')."""
+def _config_parts(args: argparse.Namespace) -> _ConfigParts:
+    """The file's keys, then --set's, then the flags', over the preset they start from."""
     from dqnkit import presets
     from dqnkit.config import parse_overrides
 
-    overrides = {**_config_file(args.config), **parse_overrides(args.overrides)}
+    from_file, from_set = _config_file(args.config), parse_overrides(args.overrides)
+    overrides = {**from_file, **from_set}
     for key in ("env_id", "seed", "device"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     if args.steps is not None:
         overrides["total_steps"] = args.steps
     if args.preset is not None:
-        return args.preset, overrides
-    if overrides.get("preset") in presets.names():  # a run's config.json names its preset
-        return overrides["preset"], overrides
-    return presets.for_env(overrides.get("env_id", "CartPole-v1")), overrides  # that env family's defaults
+        name = args.preset
+    elif overrides.get("preset") in presets.names():  # a run's config.json names its preset
+        name = overrides["preset"]
+    else:  # that env family's defaults
+        name = presets.for_env(overrides.get("env_id", "CartPole-v1"))
+    return _ConfigParts(name, overrides, from_file, from_set)
 
 
 def _config_file(path: Path | None) -> dict[str, Any]:
@@ -329,18 +343,16 @@ def _config_file(path: Path | None) -> dict[str, Any]:
 
 
 def _apex(args: argparse.Namespace) -> int:
-    from dqnkit.config import parse_overrides
+    from dqnkit import presets
     from dqnkit.distributed import apex
     from dqnkit.monitor import default_run_dir
 
-    apex.check_apex_keys(parse_overrides(args.overrides).keys())
-    config = _config(args)
-    if args.config is not None:  # a run's config.json holds every key: refuse only those it changes
-        from dqnkit import presets
-
-        base = presets.get(_config_parts(args)[0])
-        changed = [key for key, value in _config_file(args.config).items() if value != getattr(base, key)]
-        apex.check_apex_keys(changed, source=f"--config {args.config}:")
+    parts = _config_parts(args)
+    apex.check_apex_keys(parts.from_set)
+    config = _config(args, parts)
+    base = presets.get(parts.preset)  # a run's config.json holds every key: refuse only those the file changes
+    changed = [key for key, value in parts.from_file.items() if value != getattr(base, key)]
+    apex.check_apex_keys(changed, source=f"--config {args.config}:")
     if args.print_config:
         print(config.to_json())
         return 0
