@@ -111,7 +111,8 @@ def train(
 
     Refuses a non-empty ``run_dir`` unless ``overwrite`` (which deletes it first).
     """
-    check_runnable(config)  # bad input is refused before the disk is touched
+    check_env_id(config.env_id)  # bad input is refused before the disk is touched
+    check_runnable(config)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     with open_run_dir(config, run_dir, overwrite):
         try:
@@ -174,16 +175,15 @@ def resume(
             return _run(parts, run_dir, progress)
 
 
-def check_runnable(config: Config) -> tuple[tuple[int, ...], np.dtype, int]:
-    """Refuse (exit 2) what this machine cannot run for ``config``: an unknown env, a missing
-    envpool or video writer, a CUDA device it lacks. Returns the env's spaces (check_env_id)."""
-    spaces = check_env_id(config.env_id)
+def check_runnable(config: Config) -> None:
+    """Refuse (exit 2) what this machine lacks for ``config``: envpool, a video writer, a CUDA
+    device. (The env itself is checked by :func:`check_env_id`: a resumed run's env is built
+    with its checkpoint, before anything is written.)"""
     if config.env_backend == "envpool":
         import_envpool()
     if config.eval_video != "none":
         require_video_writer(f".{config.eval_video}")
     resolve_device(config.device)
-    return spaces
 
 
 RESUMABLE = ("config", "agent", "replay", "loop", "envs")  # what `train --resume` needs

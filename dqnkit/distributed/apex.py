@@ -43,7 +43,7 @@ import torch
 from dqnkit import __version__
 from dqnkit.config import Config
 from dqnkit.distributed.cluster import connect
-from dqnkit.envs import finished_episodes, make_vec_env, true_next_obs
+from dqnkit.envs import check_env_id, finished_episodes, make_vec_env, true_next_obs
 from dqnkit.errors import DqnkitError
 from dqnkit.monitor import (
     RunMonitor,
@@ -526,7 +526,8 @@ def run(
         raise DqnkitError(f"--actors must be at least 1, got {options.actors}")
     if config.algorithm != "dqn":
         raise DqnkitError(f"apex distributes DQN; algorithm={config.algorithm} trains with `dqnkit train`")
-    spaces = check_runnable(config)  # bad input is refused before the disk is touched
+    spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
+    check_runnable(config)
     check_run_dir(Path(run_dir), overwrite, resumable=False)  # and before Ray starts
     check_replay(config, spaces, options.actors)
     # a local cluster gets one logical CPU per actor, even on a smaller machine
