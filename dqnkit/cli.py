@@ -8,6 +8,7 @@ Exit codes: 0 ok, 2 bad input (one line ``error: ...`` on stderr, no traceback),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
@@ -15,14 +16,15 @@ import os
 import select
 import signal
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from dqnkit.config import check_range
-from dqnkit.errors import DqnkitError
+from dqnkit.errors import DqnkitError, Interrupted
 from dqnkit.files import json_text, make_dir
 
 # dqnkit.experiments imports matplotlib: the parser names them without importing it (a test
@@ -80,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the result as JSON")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="where the agent plays (default auto: cuda if here), whatever it trained on")  # fmt: skip
-    ev.add_argument("--video", type=Path, help="also record one episode to this .mp4 or .gif (needs dqnkit[video])")
+    ev.add_argument("--video", type=Path, help="also film one episode into this .gif, or .mp4 (needs dqnkit[video])")
+    ev.add_argument("--video-max-steps", type=_steps, metavar="N",
+                    help="end the film after N steps if the episode has not ended (default: the run's "
+                    "video_max_steps; 0 there: five minutes of playback)")  # fmt: skip
 
     plot = sub.add_parser("plot", help="the learning curves of several runs in one PNG (seeds of a variant together)")
     plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
@@ -174,27 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     2 bad input; 130 or 143 interrupted by SIGINT or SIGTERM)."""
     args = None
     try:
-        args = build_parser().parse_args(argv)
-        if args.version:
-            from dqnkit import __version__
+        with _sigterm_as_interrupt():
+            args = build_parser().parse_args(argv)
+            if args.version:
+                from dqnkit import __version__
 
-            print(__version__)
-            return 0
-        if args.command is None:
-            raise DqnkitError(
-                "missing command: train, eval, plot, presets, experiment, tabular, bench or apex (see `dqnkit --help`)"
-            )
-        commands = {
-            "train": _train,
-            "eval": _eval,
-            "presets": _presets,
-            "plot": _plot,
-            "tabular": _tabular,
-            "bench": _bench,
-            "experiment": _experiment,
-            "apex": _apex,
-        }
-        return commands[args.command](args)
+                print(__version__)
+                return 0
+            if args.command is None:
+                raise DqnkitError(
+                    "missing command: train, eval, plot, presets, experiment, tabular, bench or apex "
+                    "(see `dqnkit --help`)"
+                )
+            return COMMANDS[args.command](args)
     except DqnkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -210,6 +207,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # a run saved first (errors.Interrupted), or Ctrl-C elsewhere
         print(f"\n{exc or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, a scheduler, `docker stop`) stops any command as Ctrl-C does:
+    a KeyboardInterrupt (errors.Interrupted, exit 143) raised where the program is, which
+    closes what is open on the way out (a film keeps the frames filmed so far). A run's own
+    handler takes both signals over while it trains, to save first. Without this, the
+    default action killed the process with nothing closed, and where SDL (pygame) had
+    started it caught SIGTERM and the process went on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (an embedding; a test's thread)
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Interrupted("stopped by SIGTERM", signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # The disk refused a write (full, over quota, read-only, not permitted): one line, not a traceback.
@@ -384,8 +403,9 @@ def _resource(spec: str) -> tuple[str, float]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from dqnkit.evaluate import VIDEO_FORMATS, evaluate, record_video
+    from dqnkit.evaluate import evaluate, warn_if_endless
     from dqnkit.training import load
+    from dqnkit.video import VIDEO_FORMATS
 
     if args.episodes < 1:
         raise DqnkitError(f"--episodes must be positive, got {args.episodes}")
@@ -394,9 +414,14 @@ def _eval(args: argparse.Namespace) -> int:
         check_range("--epsilon", args.epsilon, 0.0, 1.0)
     if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_FORMATS:
         raise DqnkitError(f"--video writes {' or '.join(VIDEO_FORMATS)} files, not {Path(args.video).name!r}")
+    if args.video_max_steps is not None:
+        if args.video is None:
+            raise DqnkitError("--video-max-steps says how long a --video film may be: add --video FILE")
+        check_range("--video-max-steps", args.video_max_steps, 1, None)
     agent = load(args.run_dir, device=args.device)
     if args.video is not None:
         _prepare_video(Path(args.video))
+    warn_if_endless(agent.config, training=False)
     epsilon = agent.config.eval_epsilon if args.epsilon is None else args.epsilon
     returns = evaluate(agent, agent.config.env_id, args.episodes, args.seed, epsilon).returns
     result = {
@@ -407,9 +432,13 @@ def _eval(args: argparse.Namespace) -> int:
         "returns": returns.tolist(),
     }
     if args.video is not None:
-        video = record_video(agent, agent.config.env_id, args.video, seed=args.seed, epsilon=epsilon)
+        video = _film(agent, args, epsilon)
         result.update(
-            video=str(video.path), video_frames=video.frames, video_fps=video.fps, video_return=video.episode_return
+            video=str(video.path),
+            video_frames=video.frames,
+            video_fps=video.fps,
+            video_return=video.episode_return,
+            video_cut=video.cut,
         )
     if args.json:
         print(json_text(result))
@@ -417,14 +446,29 @@ def _eval(args: argparse.Namespace) -> int:
         episodes = f"{args.episodes} episode{'s' * (args.episodes != 1)}, epsilon {epsilon:g}"
         print(f"{episodes}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}")
         if args.video is not None:
-            print(f"video: {video.path} ({video.frames} frames, return {video.episode_return:g})")
+            cut = f"; cut at {video.frames - 1:,} steps (--video-max-steps)" if video.cut else ""
+            print(f"video: {video.path} ({video.frames:,} frames{cut}; return {video.episode_return:g})")
     return 0
+
+
+def _film(agent: Any, args: argparse.Namespace, epsilon: float) -> Any:
+    """``eval --video``: one episode filmed; Ctrl-C or SIGTERM says what became of the file."""
+    from dqnkit.evaluate import record_video
+
+    max_steps = args.video_max_steps or agent.config.video_max_steps
+    try:
+        return record_video(agent, agent.config.env_id, args.video, args.seed, epsilon, max_steps)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        kept = "holds the frames filmed before it" if Path(args.video).exists() else "was not written"
+        raise Interrupted(f"{how}; the video {args.video} {kept}", signum) from None
 
 
 def _prepare_video(path: Path) -> None:
     """Check the video writer and make the video's directory now, as --run-dir's and --out's
     are: not after the evaluation, where a missing one was a traceback."""
-    from dqnkit.evaluate import require_video_writer
+    from dqnkit.video import require_video_writer
 
     require_video_writer(path.suffix.lower())
     try:
@@ -586,6 +630,18 @@ def _counts(flag: str, text: str, least: int = 1) -> tuple[int, ...]:
     if min(counts) < least:
         raise DqnkitError(f"{flag} must each be at least {least}, got {text!r}")
     return counts
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "train": _train,
+    "eval": _eval,
+    "presets": _presets,
+    "plot": _plot,
+    "tabular": _tabular,
+    "bench": _bench,
+    "experiment": _experiment,
+    "apex": _apex,
+}
 
 
 def _refuse_existing_results(out: Path, overwrite: bool) -> None:

@@ -48,6 +48,11 @@ class Config:
     )
     preset: str = _opt("custom", "Name of the preset this config started from (informational).")
     env_id: str = _opt("CartPole-v1", "Gymnasium environment id (Box or image observations, Discrete actions).")
+    max_episode_steps: int = _opt(
+        0,
+        "Cut every episode (training, evaluation, films) after this many steps, as a time-limit truncation (gymnasium's TimeLimit, replacing the env's own). 0: the env's own limit; an env without one plays until it ends, and its evaluation episodes are cut at 27,000 steps. Not for Atari, whose games end at 27,000 steps (108,000 frames).",
+        lo=0,
+    )
     seed: int = _opt(0, "Seed for every random number generator of the run.", lo=0)
     total_steps: int = _opt(50_000, "Environment transitions to collect, summed over vector envs.", lo=1)
     num_envs: int = _opt(1, "Number of environments stepped in lockstep (see vector_env).", lo=1)
@@ -222,8 +227,13 @@ class Config:
     )
     eval_video: str = _opt(
         "none",
-        "At each evaluation, also film one episode into videos/step_N.gif or .mp4 (needs dqnkit[video]): from the same start every time (the evaluation's seed), so the films show what the agent learned in between. none: no films.",
+        "At each evaluation, also film one episode into videos/step_N.gif, or .mp4 (needs dqnkit[video]): from the same start every time (the evaluation's seed), so the films show what the agent learned in between. none: no films.",
         choices=("none", "gif", "mp4"),
+    )
+    video_max_steps: int = _opt(
+        0,
+        "Longest film (eval_video, and `dqnkit eval --video`), in env steps: the film ends there if the episode has not. 0: five minutes of playback at the env's frame rate.",
+        lo=0,
     )
     log_overestimation: bool = _opt(
         False,
@@ -294,6 +304,7 @@ RUN_SETTINGS = frozenset(
         "eval_episodes",
         "final_eval",
         "eval_video",
+        "video_max_steps",
         "log_overestimation",
         "stop_at_return",
         "checkpoint_every",
@@ -425,6 +436,10 @@ def _validate(cfg: Config) -> None:
     start, end = cfg.epsilon_range
     if end > start:
         raise ConfigError(f"eps_end {end} is above eps_start {start}")
+    if cfg.max_episode_steps and cfg.env_id.startswith("ALE/"):
+        raise ConfigError(
+            f"max_episode_steps applies to non-Atari envs; {cfg.env_id} ends its games at 27,000 steps (108,000 frames)"
+        )
     if cfg.env_backend in ("ale", "envpool") and not cfg.env_id.startswith("ALE/"):
         raise ConfigError(
             f"env_backend={cfg.env_backend} runs ALE/<Game>-v5 ids only, not {cfg.env_id!r}; use env_backend=gymnasium"

@@ -29,22 +29,32 @@ from dqnkit.wrappers import make_atari, make_minatar
 
 
 def make_env(
-    env_id: str, render_mode: str | None = None, *, training: bool = False, repeat_action_probability: float = 0.25
+    env_id: str,
+    render_mode: str | None = None,
+    *,
+    training: bool = False,
+    repeat_action_probability: float = 0.25,
+    max_episode_steps: int = 0,
 ) -> gym.Env:
     """One gymnasium env for ``env_id``, with its spaces checked.
 
     ``ALE/<Game>-v5`` ids get the Nature preprocessing (:func:`dqnkit.wrappers.make_atari`;
     ``training`` adds life-loss terminals and reward clipping) and ``MinAtar/<Game>`` ids the
-    MinAtar games; every other id goes to ``gymnasium.make`` unchanged.
+    MinAtar games; every other id goes to ``gymnasium.make`` unchanged. ``max_episode_steps``
+    (not for Atari): gymnasium's TimeLimit at that many steps instead of the env's own; 0
+    keeps the env's own.
     """
     if env_id.startswith("ALE/"):
         env = make_atari(
             env_id, training=training, repeat_action_probability=repeat_action_probability, render_mode=render_mode
         )
     elif env_id.startswith("MinAtar/"):
-        env = make_minatar(env_id, render_mode=render_mode)
+        env = make_minatar(env_id, render_mode=render_mode, max_episode_steps=max_episode_steps or 100_000)
     else:
-        env = _one_hot(_make(env_id, **({"render_mode": render_mode} if render_mode else {})))
+        options = {"render_mode": render_mode} if render_mode else {}
+        if max_episode_steps:
+            options["max_episode_steps"] = max_episode_steps
+        env = _one_hot(_make(env_id, **options))
     check_spaces(env.observation_space, env.action_space, env_id)
     return env
 
@@ -95,6 +105,7 @@ def make_vec_env(
     mode: str = "auto",
     backend: str = "gymnasium",
     seed: int = 0,
+    max_episode_steps: int = 0,
 ) -> Any:
     """``num_envs`` training copies of ``env_id`` stepped in lockstep, SAME_STEP autoreset.
 
@@ -115,7 +126,12 @@ def make_vec_env(
         pool = AleAtari if backend == "ale" else EnvpoolAtari
         return pool(env_id, num_envs, seed, repeat_action_probability)
     fns = [
-        lambda: make_env(env_id, training=True, repeat_action_probability=repeat_action_probability)
+        lambda: make_env(
+            env_id,
+            training=True,
+            repeat_action_probability=repeat_action_probability,
+            max_episode_steps=max_episode_steps,
+        )
         for _ in range(num_envs)
     ]
     if mode == "auto":
@@ -269,6 +285,19 @@ def check_env_id(env_id: str) -> tuple[tuple[int, ...], np.dtype, int]:
         return env.observation_space.shape, env.observation_space.dtype, int(env.action_space.n)
     finally:
         env.close()
+
+
+def has_time_limit(env_id: str, max_episode_steps: int = 0) -> bool:
+    """Whether ``env_id``'s episodes end by time: ``max_episode_steps`` is set, the id's
+    registration has a limit, or it is an Atari or MinAtar game (which always do).
+    (Read from gymnasium's registry: call after the env was made once, which imports the
+    module of a ``module:Env-v0`` id.)"""
+    if max_episode_steps or env_family(env_id) != "vector":
+        return True
+    try:
+        return gym.spec(env_id.split(":")[-1]).max_episode_steps is not None
+    except gym.error.Error:
+        return True  # an id the registry does not hold as such: nothing to say about it
 
 
 def check_spaces(obs_space: gym.Space, action_space: gym.Space, env_id: str) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -11,7 +11,17 @@ import gymnasium as gym
 import numpy as np
 
 from dqnkit.agent import DQNAgent
-from dqnkit.envs import env_backend, env_family, make_env
+from dqnkit.envs import env_backend, env_family, has_time_limit, make_env
+from dqnkit.video import (
+    FrameWriter,
+    default_max_steps,
+    open_video,
+    quiet_sdl,
+    remove_partial,
+    require_video_writer,
+    video_fps,
+    video_frame,
+)
 
 
 class EvalResult(NamedTuple):
@@ -22,8 +32,18 @@ class EvalResult(NamedTuple):
     start_obs: np.ndarray  # [E, *obs] the first observation of each episode
 
 
+class EvaluationStopped(Exception):
+    """The ``stop`` callback of :func:`evaluate` turned true: the evaluation was abandoned."""
+
+
 def evaluate(
-    agent: DQNAgent, env_id: str, episodes: int, seed: int, epsilon: float = 0.0, gamma: float = 1.0
+    agent: DQNAgent,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    epsilon: float = 0.0,
+    gamma: float = 1.0,
+    stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Play ``episodes`` episodes side by side, each step one batched forward pass.
 
@@ -32,7 +52,9 @@ def evaluate(
     stepped in parallel threads, the pool seeded with ``seed``); every other env, and Atari
     with ``env_backend=gymnasium``, as one gymnasium env per episode, episode i seeded
     ``seed + i``. The episodes of an env without a time limit end at
-    :data:`EVAL_STEP_LIMIT` steps, with a warning.
+    :data:`EVAL_STEP_LIMIT` steps, with a warning. ``stop`` is asked after every step: once
+    it says True, the evaluation is abandoned (:class:`EvaluationStopped`), which is how a
+    run's Ctrl-C or SIGTERM ends ten Atari games within a step instead of minutes later.
     """
     envs = _pooled_games(agent, env_id, episodes, seed) or _GymEpisodes(agent, env_id, episodes, seed)
     try:
@@ -52,6 +74,8 @@ def evaluate(
                 discount[active] *= gamma
                 playing[active] = ~ended[active]
                 steps += 1
+                if stop is not None and stop():
+                    raise EvaluationStopped(f"stopped after {steps:,} steps")
                 if steps == envs.step_limit and playing.any():
                     _cut_short(env_id, playing)
     finally:
@@ -62,6 +86,19 @@ def evaluate(
 # An env without a time limit (CliffWalking-v1, one's own) and a greedy agent that walks in
 # circles would play forever: evaluation cuts such episodes here, as Atari's v5 limit does.
 EVAL_STEP_LIMIT = 27_000
+
+
+def warn_if_endless(config: Any, training: bool) -> None:
+    """Say, before anything is played, that ``config``'s env has no time limit (nor a
+    ``max_episode_steps``): where its episodes end, and how to cut them."""
+    if has_time_limit(config.env_id, config.max_episode_steps):
+        return
+    played = "a training episode lasts until the env ends it, and evaluation" if training else "evaluation"
+    warnings.warn(
+        f"{config.env_id} has no time limit: {played} episodes are cut at {EVAL_STEP_LIMIT:,} steps; "
+        "max_episode_steps=N cuts every episode at N steps",
+        stacklevel=3,
+    )
 
 
 def _step_limit(env: gym.Env, env_id: str) -> int | None:
@@ -75,7 +112,7 @@ def _cut_short(env_id: str, playing: np.ndarray) -> None:
     """End the episodes still ``playing`` (in place), saying why."""
     warnings.warn(
         f"{env_id} has no time limit and {np.count_nonzero(playing)} evaluation episode(s) went "
-        f"{EVAL_STEP_LIMIT:,} steps without ending: cut there (register the env with max_episode_steps)",
+        f"{EVAL_STEP_LIMIT:,} steps without ending: cut there (max_episode_steps=N cuts every episode at N)",
         stacklevel=3,
     )
     playing[:] = False
@@ -136,101 +173,79 @@ def _pooled_games(agent: DQNAgent, env_id: str, episodes: int, seed: int) -> _Po
     return _PooledGames(pool(env_id, episodes, seed, cfg.repeat_action_probability, training=False))
 
 
-VIDEO_FORMATS = (".mp4", ".gif")
-
-
 class Video(NamedTuple):
     """What :func:`record_video` wrote."""
 
     path: Path
-    frames: int  # frames written: the episode's steps + 1 (its first observation)
+    frames: int  # frames written: the steps filmed + 1 (the episode's first observation)
     fps: float
-    episode_return: float
+    episode_return: float  # the return of the steps filmed
+    cut: bool  # the film stopped before the episode ended: at ``max_steps``, or asked to stop
 
 
-def record_video(agent: DQNAgent, env_id: str, path: str | Path, seed: int = 0, epsilon: float | None = None) -> Video:
-    """Play one episode and write it to ``path`` (.mp4 or .gif; needs ``dqnkit[video]``).
+def record_video(
+    agent: DQNAgent,
+    env_id: str,
+    path: str | Path,
+    seed: int = 0,
+    epsilon: float | None = None,
+    max_steps: int | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Video:
+    """Play one episode and write it to ``path`` (.gif, or .mp4 with ``dqnkit[video]``).
 
     The agent acts as in evaluation, with ``epsilon`` (default: the run's ``eval_epsilon``):
     a purely greedy Breakout agent that never presses FIRE after losing a life would film
     27,000 steps of a frozen screen, which is why the Atari protocol keeps ε = 0.05. Frames
-    go to the encoder as they are played, not held: such an episode is 2.7 GB of frames.
+    go to disk as they are played (:mod:`dqnkit.video`), so memory does not grow with the
+    film. The film ends with the episode, after ``max_steps`` steps (default: five minutes
+    of playback, :func:`~dqnkit.video.default_max_steps`), or when ``stop()`` turns true;
+    ``cut`` says it ended early. Ctrl-C or SIGTERM (a KeyboardInterrupt) closes the file
+    with the frames filmed so far, a valid video, or deletes it where it cannot be closed.
     """
     path = Path(path)
     suffix = path.suffix.lower()  # play.GIF is a GIF
     require_video_writer(suffix)
-    # rgb_array frames need no screen: without this, pygame's SDL (CartPole, Box2D) printed
-    # "error: XDG_RUNTIME_DIR is invalid or not set" wherever there is no display session
-    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    quiet_sdl()
     env = _eval_env(agent, env_id, render_mode="rgb_array")
-    obs, _ = env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    epsilon = agent.config.eval_epsilon if epsilon is None else epsilon
-    fps = _video_fps(env, suffix)
-    done, episode_return, frames, limit = False, 0.0, 1, _step_limit(env, env_id)
-    with _video_writer(path, suffix, fps) as writer, agent.evaluation():
-        writer.append_data(_video_frame(env.render()))
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, epsilon, rng=rng))
-            episode_return += float(reward)
-            writer.append_data(_video_frame(env.render()))
-            frames += 1
-            done = terminated or truncated or frames - 1 == limit
-    env.close()
-    return Video(path, frames, fps, episode_return)
-
-
-def require_video_writer(suffix: str) -> None:
-    """Refuse (exit 2) a ``suffix`` video before anything is played or trained, where its
-    writer is missing: imageio, and for .mp4 imageio-ffmpeg (an H.264 encoder)."""
     try:
-        import imageio.v2  # noqa: F401
+        fps = video_fps(env, suffix)
+        max_steps = max_steps or default_max_steps(fps)
+        obs, _ = env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        epsilon = agent.config.eval_epsilon if epsilon is None else epsilon
+        writer = open_video(path, fps)
+        steps, episode_return, done = 0, 0.0, False
+        try:
+            with agent.evaluation():
+                writer.append(video_frame(env.render()))
+                while not done and steps < max_steps and not (stop is not None and stop()):
+                    obs, reward, terminated, truncated, _ = env.step(agent.act(obs, epsilon, rng=rng))
+                    episode_return += float(reward)
+                    writer.append(video_frame(env.render()))
+                    steps, done = steps + 1, terminated or truncated
+        except BaseException:
+            _close_or_remove(writer, path)
+            raise
+        writer.close()
+    finally:
+        env.close()
+    return Video(path, steps + 1, fps, episode_return, cut=not done)
 
-        if suffix == ".mp4":
-            import imageio_ffmpeg  # noqa: F401
-    except ImportError as exc:
-        from dqnkit.errors import DqnkitError
 
-        raise DqnkitError(f"{suffix} videos need {exc.name}: pip install 'dqnkit[video]'") from None
-
-
-def _video_writer(path: Path, suffix: str, fps: float) -> Any:
-    """An imageio writer (``suffix`` .gif or .mp4) for frames from ``_video_frame`` (even-sided), at their own size."""
-    import imageio.v2 as imageio
-
-    if suffix == ".gif":
-        return imageio.get_writer(path, mode="I", duration=round(1000 / fps))  # whole ms: Pillow truncates 29.99 to 20
-    # H.264 needs even sides only; imageio's default (multiples of 16) would stretch
-    # Atari's 210 rows to 224 and warn about it on every video.
-    return imageio.get_writer(path, mode="I", fps=fps, macro_block_size=2)
-
-
-def _video_fps(env: gym.Env, suffix: str) -> float:
-    """Frames per second that play the episode in real time: an Atari step is ``frame_skip``
-    frames of a 60 Hz console. A GIF stores each frame's duration in hundredths of a second,
-    so its rate is rounded to one it can hold (and that rate is the one reported)."""
+def _close_or_remove(writer: FrameWriter, path: Path) -> None:
+    """After an error or a stop mid-film: the frames so far as a valid file, or no file."""
     try:
-        fps = 60 / env.get_wrapper_attr("frame_skip")
-    except AttributeError:
-        fps = env.metadata.get("render_fps") or 30
-    if suffix == ".gif":
-        fps = 100 / max(1, round(100 / fps))
-    return float(fps)
-
-
-def _video_frame(frame: np.ndarray, min_side: int = 160) -> np.ndarray:
-    """uint8 RGB [H, W, 3] that a video encoder takes and a person can see: float frames in
-    [0, 1] (MinAtar renders 10x10 of them) become uint8, and small ones are scaled up by whole
-    pixels. Sides are padded to even numbers, which H.264 needs."""
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8:
-        frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
-    scale = -(-min_side // min(frame.shape[:2]))
-    if scale > 1:
-        frame = frame.repeat(scale, axis=0).repeat(scale, axis=1)
-    pad = ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0))
-    return np.pad(frame, pad) if any(p[1] for p in pad) else frame
+        writer.close()
+    except BaseException:  # a second Ctrl-C, or an encoder that failed: no half-written file
+        remove_partial(path)
 
 
 def _eval_env(agent: DQNAgent, env_id: str, render_mode: str | None = None) -> gym.Env:
-    return make_env(env_id, render_mode, repeat_action_probability=agent.config.repeat_action_probability)
+    cfg = agent.config
+    return make_env(
+        env_id,
+        render_mode,
+        repeat_action_probability=cfg.repeat_action_probability,
+        max_episode_steps=cfg.max_episode_steps,
+    )

@@ -30,7 +30,7 @@ from dqnkit.checkpoint import CheckpointDir
 from dqnkit.config import Config
 from dqnkit.diagnostics import overestimation
 from dqnkit.errors import DqnkitError, Interrupted, NonFiniteError
-from dqnkit.evaluate import evaluate, record_video
+from dqnkit.evaluate import EvaluationStopped, evaluate, record_video
 from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir, refuse_file_in_the_way
 from dqnkit.logger import Logger, read_metrics
 
@@ -207,12 +207,26 @@ class RunMonitor:
             self._rate_at = (step, now)
         self._bar.set_postfix(ep=episode, ret=f"{np.mean(self.recent):.1f}", eps=f"{epsilon:.3f}", refresh=False)
 
-    def evaluate(self, agent: Any, step: int, episodes: int) -> tuple[float, float]:
-        """Play ``eval_episodes`` greedy episodes; log them; (mean, std) of their returns."""
+    def evaluate(self, agent: Any, step: int, episodes: int) -> tuple[float, float] | None:
+        """Play ``eval_episodes`` greedy episodes; log them; (mean, std) of their returns.
+        None: Ctrl-C or SIGTERM came while they played, and they were abandoned (nothing
+        logged); a stop while the film plays ends the film there, the evaluation logged."""
         cfg = self.config
         self._bar.set_description(f"evaluating {cfg.eval_episodes} episodes")  # ten Atari games take minutes
-        result = evaluate(agent, cfg.env_id, cfg.eval_episodes, self.eval_seed, cfg.eval_epsilon, gamma=cfg.gamma)
-        self._bar.set_description(None)
+        try:
+            result = evaluate(
+                agent,
+                cfg.env_id,
+                cfg.eval_episodes,
+                self.eval_seed,
+                cfg.eval_epsilon,
+                cfg.gamma,
+                lambda: self.interrupted,
+            )
+        except EvaluationStopped:
+            return None
+        finally:
+            self._bar.set_description(None)
         mean, std = float(result.returns.mean()), float(result.returns.std())
         if not math.isfinite(mean):
             raise NonFiniteError(f"non-finite evaluation return at step {step}; the last checkpoint is kept")
@@ -226,7 +240,8 @@ class RunMonitor:
         if cfg.eval_video != "none":  # the evaluation's own seed and RNG: training goes on unchanged
             path = self.run_dir / "videos" / f"step_{step:010d}.{cfg.eval_video}"
             path.parent.mkdir(exist_ok=True)
-            record_video(agent, cfg.env_id, path, seed=self.eval_seed, epsilon=cfg.eval_epsilon)
+            film = (agent, cfg.env_id, path, self.eval_seed, cfg.eval_epsilon, cfg.video_max_steps)
+            record_video(*film, stop=lambda: self.interrupted)
         return mean, std
 
     def reached_goal(self, eval_mean: float) -> bool:

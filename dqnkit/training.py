@@ -46,7 +46,7 @@ from dqnkit.envs import (
     true_next_obs,
 )
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
-from dqnkit.evaluate import require_video_writer
+from dqnkit.evaluate import warn_if_endless
 from dqnkit.files import RunLock, atomic_write_text
 from dqnkit.monitor import (
     RunMonitor,
@@ -61,6 +61,7 @@ from dqnkit.monitor import (
 from dqnkit.networks import build_q_network
 from dqnkit.pqn import PQNAgent, Rollout
 from dqnkit.replay import FrameReplay, PrioritizedFrameReplay, PrioritizedReplay, UniformReplay
+from dqnkit.video import require_video_writer
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Loop:
     eval_mean: float = math.nan
     eval_std: float = math.nan
     eval_step: int = -1
+    eval_due: bool = False  # an evaluation due at `step` that a stop abandoned
     stopped_early: bool = False
     obs: np.ndarray | None = None  # [N, *obs] current observations
     ep_return: np.ndarray | None = None  # [N]
@@ -113,6 +115,7 @@ def train(
     """
     check_env_id(config.env_id)  # bad input is refused before the disk is touched
     check_runnable(config)
+    warn_if_endless(config, training=True)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     with open_run_dir(config, run_dir, overwrite):
         try:
@@ -254,6 +257,7 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
         config.vector_env,
         config.env_backend,
         config.seed,
+        config.max_episode_steps,
     )
     if config.overlap_env_step and not steps_apart(envs):
         warnings.warn(
@@ -545,7 +549,9 @@ def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path) -> dict[str, Any]:
     cfg, agent, loop = parts.config, parts.agent, parts.loop
     learn_due = _pqn_updates if cfg.algorithm == "pqn" else _dqn_updates
     try:
-        while loop.step < cfg.total_steps and not loop.stopped_early:
+        if loop.eval_due:  # a stop abandoned it before the checkpoint: played now, at its step
+            _evaluate(parts, monitor)
+        while loop.step < cfg.total_steps and not loop.stopped_early and not monitor.interrupted:
             if loop.step >= parts.save_deadline:  # the next step could overwrite rows being saved
                 monitor.wait_saved()
                 parts.save_deadline = math.inf
@@ -569,12 +575,14 @@ def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path) -> dict[str, Any]:
             learn_due(parts, prev)
             monitor.advance(cfg.num_envs)
 
-            if crossed(prev, loop.step, cfg.eval_every):
+            loop.eval_due = loop.eval_due or crossed(prev, loop.step, cfg.eval_every) > 0
+            if loop.eval_due:
                 _evaluate(parts, monitor)
             if crossed(prev, loop.step, cfg.checkpoint_interval) and loop.step < cfg.total_steps:
                 _save(parts, monitor)
-            if monitor.interrupted:
-                break
+        sps = monitor.steps_per_second(loop.step)  # the loop's own rate, before the final evaluation and checkpoint
+        if cfg.final_eval and loop.eval_step != loop.step and not monitor.interrupted:
+            _evaluate(parts, monitor)  # a stop abandons it too: the resumed run plays it
     finally:
         monitor.close()
     if monitor.interrupted:
@@ -582,9 +590,6 @@ def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path) -> dict[str, Any]:
         monitor.wait_saved()
         monitor.logger.close()
         raise monitor.interruption(f"checkpoint saved, continue with `dqnkit train --resume {run_dir}`")
-    sps = monitor.steps_per_second(loop.step)  # the loop's own rate, before the final evaluation and checkpoint
-    if cfg.final_eval and loop.eval_step != loop.step:
-        _evaluate(parts, monitor)
     _save(parts, monitor)
     summary = {
         **run_summary(cfg, loop.step, loop.episodes, agent, loop.eval_mean, loop.eval_std, loop.stopped_early),
@@ -633,9 +638,14 @@ def _learn_once(parts: Parts) -> None:
 
 
 def _evaluate(parts: Parts, monitor: RunMonitor) -> None:
+    """The evaluation due at this step; one that a stop abandons stays due (``eval_due``):
+    the checkpoint says so, and the resumed run plays it first."""
     loop = parts.loop
-    loop.eval_mean, loop.eval_std = monitor.evaluate(parts.agent, loop.step, loop.episodes)
-    loop.eval_step = loop.step
+    result = monitor.evaluate(parts.agent, loop.step, loop.episodes)
+    if result is None:
+        return
+    loop.eval_mean, loop.eval_std = result
+    loop.eval_step, loop.eval_due = loop.step, False
     loop.stopped_early = loop.stopped_early or monitor.reached_goal(loop.eval_mean)
 
 

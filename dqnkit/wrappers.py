@@ -139,7 +139,7 @@ def minatar_id(env_id: str) -> str:
     return f"MinAtar/{name}-v1"
 
 
-def make_minatar(env_id: str, render_mode: str | None = None) -> gym.Env:
+def make_minatar(env_id: str, render_mode: str | None = None, max_episode_steps: int = 100_000) -> gym.Env:
     """A MinAtar game (Young & Tian 2019) as a gymnasium env with uint8 [C, 10, 10] observations."""
     try:
         import minatar.gym
@@ -148,12 +148,12 @@ def make_minatar(env_id: str, render_mode: str | None = None) -> gym.Env:
     if not any(k.startswith("MinAtar/") for k in gym.envs.registry):
         minatar.gym.register_envs()
     try:
-        # MinAtar games have no time limit; the cap only stops a greedy policy that never loses.
+        # MinAtar games have no time limit; the default cap only stops a greedy policy that never loses.
         # No env checker: it warns that MinAtar declares no render fps and renders float64
         # frames, both of which the video writer handles (a default rate; frames made uint8).
         env = gym.make(
             minatar_id(env_id),
-            max_episode_steps=100_000,
+            max_episode_steps=max_episode_steps,
             disable_env_checker=True,
             **({"render_mode": render_mode} if render_mode else {}),
         )

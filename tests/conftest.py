@@ -98,3 +98,39 @@ class Said(Walk):
 
 
 gym.register("dqnkit-test/Said-v0", entry_point=Said, max_episode_steps=6)
+
+
+class Endless(gym.Env):
+    """An env with no time limit that never ends: a greedy agent plays it until something
+    cuts the episode. Its 200x300 frames change every step (two bars cross the screen), the
+    worst case for a film's size and memory."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
+
+    def __init__(self, render_mode: str | None = None) -> None:
+        self.render_mode = render_mode
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(2)
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), -1.0, False, False, {}
+
+    def _obs(self) -> np.ndarray:
+        return np.array([np.sin(self.t / 10), np.cos(self.t / 10)], dtype=np.float32)
+
+    def render(self) -> np.ndarray:
+        frame = np.full((200, 300, 3), 40, np.uint8)
+        column, row = self.t % 290, (3 * self.t) % 190
+        frame[:, column : column + 10] = (255, 200, 0)
+        frame[row : row + 10, :] = (0, 120, 255)
+        return frame
+
+
+gym.register("dqnkit-test/Endless-v0", entry_point=Endless)  # no max_episode_steps: no time limit

@@ -10,7 +10,7 @@ import pytest
 
 from dqnkit import presets, train
 from dqnkit.cli import _config, build_parser, main
-from dqnkit.evaluate import _video_frame, _video_writer
+from dqnkit.video import open_video, video_frame
 
 
 def _cfg(*argv):
@@ -42,18 +42,19 @@ def test_a_preset_of_another_family_is_flagged_in_one_line(capsys):
 
 
 def test_video_frames_are_uint8_rgb_big_enough_to_see():
-    minatar = _video_frame(np.random.default_rng(0).random((10, 10, 3)))
+    minatar = video_frame(np.random.default_rng(0).random((10, 10, 3)))
     assert minatar.dtype == np.uint8 and minatar.shape == (160, 160, 3)
     atari = np.zeros((210, 160, 3), np.uint8)
-    assert _video_frame(atari) is atari  # already fine: untouched
+    assert video_frame(atari) is atari  # already fine: untouched
 
 
 def test_an_atari_sized_mp4_keeps_its_size(tmp_path):
     """210 rows are not a multiple of 16: imageio's default would stretch them to 224."""
-    frames = [_video_frame(np.full((210, 160, 3), shade, np.uint8)) for shade in (0, 128, 255)]
-    with _video_writer(tmp_path / "atari.mp4", ".mp4", fps=15.0) as writer:
-        for frame in frames:
-            writer.append_data(frame)
+    frames = [video_frame(np.full((210, 160, 3), shade, np.uint8)) for shade in (0, 128, 255)]
+    writer = open_video(tmp_path / "atari.mp4", fps=15.0)
+    for frame in frames:
+        writer.append(frame)
+    writer.close()
     size = next(imageio_ffmpeg.read_frames(str(tmp_path / "atari.mp4")))["size"]
     assert tuple(size) == (160, 210)
 

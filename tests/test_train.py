@@ -460,9 +460,11 @@ def test_eval_video_without_imageio_is_refused_before_the_run_starts(tmp_path, m
     with pytest.raises(DqnkitError, match=r"\.mp4 videos need imageio_ffmpeg: pip install 'dqnkit\[video\]'"):
         train(_cfg(eval_video="mp4"), tmp_path / "run")  # mp4 failed at the first evaluation
     monkeypatch.setitem(sys.modules, "imageio", None)
-    with pytest.raises(DqnkitError, match=r"\.gif videos need imageio: pip install 'dqnkit\[video\]'"):
-        train(_cfg(eval_video="gif"), tmp_path / "run")
+    with pytest.raises(DqnkitError, match=r"\.mp4 videos need imageio: pip install 'dqnkit\[video\]'"):
+        train(_cfg(eval_video="mp4"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+    train(_cfg(eval_video="gif"), tmp_path / "run")  # a GIF needs Pillow alone, which matplotlib brings
+    assert len(list((tmp_path / "run" / "videos").glob("*.gif"))) == 2
 
 
 def test_resume_is_exact_with_prioritized_replay_and_n_step(tmp_path):

@@ -166,6 +166,7 @@ class ActorWorker:
             config.vector_env,
             config.env_backend,
             self.config.seed,
+            config.max_episode_steps,
         )
         space = self.envs.single_observation_space
         self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n), learns=False)
@@ -387,15 +388,15 @@ class Apex:
                     self._save()
                 if callback is not None:
                     callback(self)
+            wall = monitor.wall_s()
+            if cfg.final_eval and self.eval_step != self.env_steps and not self.stopped and not monitor.interrupted:
+                self._evaluate()  # under the stop flag: Ctrl-C or SIGTERM abandons it, the learner saved
         finally:
             monitor.close()
-        wall = monitor.wall_s()
         if monitor.interrupted:
             self._save()
             monitor.logger.close()
             raise monitor.interruption(f"the learner is saved in {self.run_dir} (`dqnkit eval {self.run_dir}`)")
-        if cfg.final_eval and self.eval_step != self.env_steps and not self.stopped:
-            self._evaluate()
         self._save()
         summary = {
             **run_summary(cfg, self.env_steps, self.episodes, self.agent, self.eval_mean, self.eval_std, self.stopped),
@@ -493,7 +494,10 @@ class Apex:
             self._publish()
 
     def _evaluate(self) -> None:
-        self.eval_mean, self.eval_std = self.monitor.evaluate(self.agent, self.env_steps, self.episodes)
+        result = self.monitor.evaluate(self.agent, self.env_steps, self.episodes)
+        if result is None:  # abandoned by Ctrl-C or SIGTERM: the run stops, the learner saved
+            return
+        self.eval_mean, self.eval_std = result
         self.eval_step = self.env_steps
         self.stopped = self.stopped or self.monitor.reached_goal(self.eval_mean)
 
