@@ -170,7 +170,9 @@ class GifWriter:
     def _write_frame(self, pixels: np.ndarray, offset: tuple[int, int], duration_ms: int) -> None:
         from PIL import GifImagePlugin, Image
 
-        image = Image.fromarray(np.ascontiguousarray(pixels)).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+        # fast octree: exact for frames of up to 256 colours (env renders), 3x faster than median cut
+        image = Image.fromarray(np.ascontiguousarray(pixels))
+        image = image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
         chunks = GifImagePlugin.getdata(image, offset, duration=duration_ms, disposal=1, include_color_table=True)
         for chunk in chunks:
             self._file.write(chunk)
