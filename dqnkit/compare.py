@@ -19,7 +19,7 @@ from dqnkit import plots, presets
 from dqnkit.config import RUN_SETTINGS
 from dqnkit.errors import DqnkitError
 from dqnkit.experiments import episodes_by
-from dqnkit.logger import read_metrics
+from dqnkit.logger import iter_metrics
 
 # Runs that differ only in these keys are seeds of one variant. replay_checkpoint changes
 # only how checkpoints keep the replay (resume cannot change it: the saved chunks follow it).
@@ -42,7 +42,7 @@ def compare(run_dirs: list[Path], out_png: Path) -> dict[str, dict[str, list[int
     panels: dict[str, dict[str, list[Curve]]] = {}
     for (run_dir, config), name in zip(runs, names):
         panels.setdefault(config["env_id"], {}).setdefault(name, []).append(
-            episodes_by(read_metrics(run_dir / "metrics.csv"))
+            episodes_by(iter_metrics(run_dir / "metrics.csv"))
         )
     plots.versus(panels, out_png)
     return {env: {name: [len(seed[0]) for seed in seeds] for name, seeds in v.items()} for env, v in panels.items()}

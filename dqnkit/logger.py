@@ -5,10 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from dqnkit.files import atomic_write_text
+from dqnkit.files import atomic_write
 
 COLUMNS = (
     "kind",
@@ -77,24 +78,37 @@ class Logger:
             self._tb.close()
 
     def _drop_rows_after(self, step: int) -> None:
-        """Rows logged after the checkpoint we resume from will be logged again: drop them."""
+        """Rows logged after the checkpoint we resume from will be logged again: drop them.
+        The kept rows stream from the old file into its replacement (a kill now must not cost
+        the rows before the step; memory does not grow with the file)."""
         if not self.path.exists():
             return
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(r for r in read_metrics(self.path) if int(r["step"]) <= step)
-        atomic_write_text(self.path, text.getvalue())  # a kill now must not cost the rows before the step
+
+        def write(f: BinaryIO) -> None:
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            writer = csv.DictWriter(text, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(r for r in iter_metrics(self.path) if int(r["step"]) <= step)
+            text.flush()
+            text.detach()  # atomic_write syncs and closes the file itself
+
+        atomic_write(self.path, write)
 
 
-def read_metrics(path: str | Path) -> list[dict[str, str]]:
-    """All rows of a metrics.csv as dicts of strings.
+def iter_metrics(path: str | Path) -> Iterator[dict[str, str]]:
+    """The rows of a metrics.csv as dicts of strings, one at a time: memory does not grow
+    with the file (a long run logs one row per episode).
 
     A last row without its line end is left out: a process killed while its buffer was
     being written (SIGKILL, out of memory) leaves the row it was writing cut short. Rows
     before a checkpoint are always whole (the checkpoint flushes them first), so a resume
     loses nothing: it logs the rows past its checkpoint again.
     """
-    text = Path(path).read_text()
-    whole = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(whole)))
+    with open(path, encoding="utf-8", newline="") as f:
+        yield from csv.DictReader(line for line in f if line.endswith("\n"))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, str]]:
+    """Every row of :func:`iter_metrics` in a list (about 1 KB a row: for a run's few
+    thousand episodes; stream a long run's with :func:`iter_metrics`)."""
+    return list(iter_metrics(path))

@@ -32,7 +32,7 @@ from dqnkit.diagnostics import overestimation
 from dqnkit.errors import DqnkitError, Interrupted, NonFiniteError
 from dqnkit.evaluate import EvaluationStopped, evaluate, record_video
 from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir, refuse_file_in_the_way
-from dqnkit.logger import Logger, read_metrics
+from dqnkit.logger import Logger, iter_metrics
 
 
 def default_run_dir(config: Config, prefix: str = "") -> Path:
@@ -117,7 +117,7 @@ class RunMonitor:
         table = "\n".join(f"| {key} | `{value}` |" for key, value in config.to_dict().items())
         self.logger.text("config", f"| key | value |\n|---|---|\n{table}", step)  # as this session runs it
         self.checkpoints = CheckpointDir(run_dir, keep=config.keep_checkpoints)
-        episodes = (float(r["return"]) for r in read_metrics(self.logger.path) if r["kind"] == "episode")
+        episodes = (float(r["return"]) for r in iter_metrics(self.logger.path) if r["kind"] == "episode")
         self.recent: deque[float] = deque(episodes, maxlen=100)
         self.eval_seed = 1_000_000 + 1000 * config.seed  # fixed across evaluations: comparable points
         if progress:  # a header for the bar, once the run's input has been checked

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dqnkit.logger import read_metrics  # noqa: E402
+from dqnkit.logger import iter_metrics  # noqa: E402
 
 
 def running_mean(x: np.ndarray, window: int = 100) -> np.ndarray:
@@ -25,23 +26,33 @@ def running_mean(x: np.ndarray, window: int = 100) -> np.ndarray:
     return (csum[idx] - csum[start]) / (idx - start)
 
 
+def _columns(metrics_csv: str | Path, x: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """(x, return) of the episodes and (x, return, std) of the evaluations in a metrics.csv,
+    read row by row into 8 bytes a number (a list of its rows would hold 1 KB each)."""
+    ep, ev = (array("d"), array("d")), (array("d"), array("d"), array("d"))
+    for r in iter_metrics(metrics_csv):
+        if r["kind"] == "episode":
+            ep[0].append(float(r[x]))
+            ep[1].append(float(r["return"]))
+        elif r["kind"] == "eval":
+            ev[0].append(float(r[x]))
+            ev[1].append(float(r["return"]))
+            ev[2].append(float(r["return_std"] or 0))
+    return tuple(np.asarray(c) for c in ep), tuple(np.asarray(c) for c in ev)
+
+
 def learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "", x: str = "step") -> Path:
     """Per-episode return, its 100-episode running mean, and evaluation points with std,
     against environment steps (``x="step"``) or training wall seconds (``x="wall_s"``)."""
-    rows = read_metrics(metrics_csv)
-    ep = [r for r in rows if r["kind"] == "episode"]
-    ev = [r for r in rows if r["kind"] == "eval"]
+    ep, ev = _columns(metrics_csv, x)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if ep:
-        steps = np.array([float(r[x]) for r in ep])
-        returns = np.array([float(r["return"]) for r in ep])
+    if len(ep[0]):
+        steps, returns = ep
         ax.plot(steps, returns, color="tab:blue", alpha=0.25, lw=0.8, label="episode return")
         ax.plot(steps, running_mean(returns), color="tab:blue", lw=2, label="100-episode running mean")
-    if ev:
+    if len(ev[0]):
         ax.errorbar(
-            [float(r[x]) for r in ev],
-            [float(r["return"]) for r in ev],
-            yerr=[float(r["return_std"] or 0) for r in ev],
+            *ev,
             fmt="o",
             color="tab:red",
             capsize=3,
@@ -51,7 +62,7 @@ def learning_curve(metrics_csv: str | Path, out_png: str | Path, title: str = ""
     ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if ep or ev:
+    if len(ep[0]) or len(ev[0]):
         ax.legend(loc="upper left", fontsize=8)
     else:  # a run too short to finish an episode: say so rather than draw empty axes
         ax.text(0.5, 0.5, "no episode finished yet", ha="center", va="center", transform=ax.transAxes)

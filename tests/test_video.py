@@ -174,3 +174,26 @@ def test_a_27000_step_film_holds_its_memory_under_1_gb(tmp_path, suffix):
     else:
         reader = imageio_ffmpeg.read_frames(str(out))
         assert next(reader)["size"] == (300, 200) and sum(1 for _ in reader) == 27_001
+
+
+def test_reading_a_long_runs_metrics_holds_no_row_list(tmp_path):
+    """A long run logs a row per episode (100k episodes: 9 MB on disk, ~100 MB as a list of
+    dicts). A resume's rewrite, the recent-return window and the curves stream the rows."""
+    import tracemalloc
+
+    from dqnkit.experiments import episodes_by
+    from dqnkit.logger import Logger, iter_metrics
+
+    rows = 50_000
+    with open(tmp_path / "metrics.csv", "w", newline="") as f:
+        f.write("kind,step,episode,return,length,epsilon,loss,q_mean,return_std,wall_s,q_pred,q_real\r\n")
+        f.writelines(f"episode,{i},{i},{i % 500}.0,20,0.05,0.1,1.5,,{i / 100},,\r\n" for i in range(1, rows + 1))
+        f.write("episode,50001")  # cut short by a kill
+    tracemalloc.start()
+    steps, _, returns = episodes_by(iter_metrics(tmp_path / "metrics.csv"))
+    Logger(tmp_path, resume_step=40_000, tensorboard=False).close()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(steps) == rows and returns[-1] == rows % 500
+    assert peak < 5 << 20, f"{peak / 2**20:.1f} MB"  # the arrays are 1.2 MB
+    assert [int(r["step"]) for r in iter_metrics(tmp_path / "metrics.csv")] == list(range(1, 40_001))

@@ -16,7 +16,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,11 +136,16 @@ def _pqn_vs_dqn(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: i
     return result
 
 
-def episodes_by(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(end step, training wall seconds, return) of every training episode of one run."""
-    ep = [r for r in rows if r["kind"] == "episode"]
-    steps, wall, returns = (np.array([float(r[key]) for r in ep]) for key in ("step", "wall_s", "return"))
-    return steps, wall, returns
+def episodes_by(rows: Iterable[dict[str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(end step, training wall seconds, return) of every training episode of one run's
+    rows (:func:`~dqnkit.logger.iter_metrics`), 8 bytes a number as they are read."""
+    steps, wall, returns = array("d"), array("d"), array("d")
+    for r in rows:
+        if r["kind"] == "episode":
+            steps.append(float(r["step"]))
+            wall.append(float(r["wall_s"]))
+            returns.append(float(r["return"]))
+    return np.asarray(steps), np.asarray(wall), np.asarray(returns)
 
 
 EXPERIMENTS: dict[str, Experiment] = {
