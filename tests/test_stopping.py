@@ -138,3 +138,26 @@ def test_a_signal_stops_eval_video_on_cliffwalking_within_2_s(tmp_path, signum):
     assert "holds the frames filmed before it" in err and "Traceback" not in err
     with Image.open(out) as image:
         image.seek(image.n_frames - 1)  # every frame decodes
+
+
+@pytest.mark.parametrize("command", ["tabular", "plot"])
+def test_sigterm_stops_tabular_and_plot_with_exit_143(tmp_path, monkeypatch, capsys, command):
+    """Commands without a run of their own stop on SIGTERM where they are, as on Ctrl-C."""
+    import dqnkit.plots
+    import dqnkit.tabular.experiments
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises long before
+        raise AssertionError("SIGTERM did not stop the command")
+
+    if command == "tabular":
+        monkeypatch.setitem(dqnkit.tabular.experiments.EXPERIMENTS, "random-walk", killed)
+        args = ["tabular", "random-walk", "--out", str(tmp_path / "tab")]
+    else:
+        train(_cfg(total_steps=200, eval_every=0, final_eval=False), tmp_path / "run")
+        monkeypatch.setattr(dqnkit.plots, "versus", killed)
+        args = ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "compare.png")]
+    started = time.perf_counter()
+    assert main(args) == 143
+    assert time.perf_counter() - started < 4 and "stopped by SIGTERM" in capsys.readouterr().err
