@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import os
+import re
 import select
 import signal
 import sys
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple
 
 from dqnkit.config import check_range
 from dqnkit.errors import DqnkitError, Interrupted
-from dqnkit.files import json_text, make_dir
+from dqnkit.files import json_text, make_dir, refuse_file_in_the_way
 
 # dqnkit.experiments imports matplotlib: the parser names them without importing it (a test
 # keeps this list equal to experiments.EXPERIMENTS)
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return COMMANDS[args.command](args)
     except DqnkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_terms(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno not in _STORAGE_ERRORS:
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.strerror}{where}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:  # a run saved first (errors.Interrupted), or Ctrl-C elsewhere
-        print(f"\n{exc or 'interrupted'}", file=sys.stderr)
+        print(f"\n{str(exc) or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
 
 
@@ -229,6 +230,25 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# The library's errors name what a Python caller passes (`overwrite=True`); the command line
+# says the flag that does the same. Only these backquoted terms are rewritten.
+_CLI_TERMS = (
+    (re.compile(r"`overwrite=True`"), "--overwrite"),
+    (re.compile(r"`run_dir`"), "--run-dir"),
+    (re.compile(r"`total_steps`"), "--steps"),
+    (re.compile(r"`resume\(([^)]*)\)`"), r"`dqnkit train --resume \1`"),
+    (re.compile(r'`device="(\w+)"`'), r"--device \1"),
+    (re.compile(r"`(\w+)=([^`\s]+)`"), r"--set \1=\2"),  # any other config key
+)
+
+
+def cli_terms(message: str) -> str:
+    """``message`` with its Python terms as the command line's flags."""
+    for pattern, flag in _CLI_TERMS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 # The disk refused a write (full, over quota, read-only, not permitted): one line, not a traceback.
@@ -447,7 +467,10 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{episodes}: return {result['return_mean']:.2f} ± {result['return_std']:.2f}")
         if args.video is not None:
             cut = f"; cut at {video.frames - 1:,} steps (--video-max-steps)" if video.cut else ""
-            print(f"video: {video.path} ({video.frames:,} frames{cut}; return {video.episode_return:g})")
+            rate = f"{video.fps:.4g} fps"
+            if video.fps != round(video.fps):  # Atari's 15 fps is 7 hundredths a frame in a GIF
+                rate += ", the nearest rate a GIF holds: its frames last whole hundredths of a second"
+            print(f"video: {video.path} ({video.frames:,} frames at {rate}{cut}; return {video.episode_return:g})")
     return 0
 
 
@@ -466,15 +489,15 @@ def _film(agent: Any, args: argparse.Namespace, epsilon: float) -> Any:
 
 
 def _prepare_video(path: Path) -> None:
-    """Check the video writer and make the video's directory now, as --run-dir's and --out's
-    are: not after the evaluation, where a missing one was a traceback."""
+    """Check the video writer and the video's directory before anything plays: a missing
+    directory is refused (a mistyped path would silently make a tree of them), and so is a
+    file in its place."""
     from dqnkit.video import require_video_writer
 
     require_video_writer(path.suffix.lower())
-    try:
-        make_dir(path.parent, f"--video {path}")
-    except OSError as exc:
-        raise DqnkitError(f"--video {path}: cannot create {path.parent} ({exc.strerror})") from None
+    refuse_file_in_the_way(path.parent, f"--video {path}")
+    if not path.parent.is_dir():
+        raise DqnkitError(f"--video {path}: directory {path.parent} does not exist (create it first)")
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -680,7 +703,7 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     """dqnkit's own warnings as one line, as its errors are (the source line that raised one
     means nothing to a user); other libraries' keep where they came from."""
     if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
-        return f"warning: {message}\n"
+        return f"warning: {cli_terms(str(message))}\n"
     return _default_formatwarning(message, category, filename, lineno, *rest)
 
 

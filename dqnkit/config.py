@@ -431,7 +431,7 @@ def _validate(cfg: Config) -> None:
     elif cfg.learning_starts >= cfg.total_steps:
         raise ConfigError(
             f"learning_starts {cfg.learning_starts} is not below total_steps {cfg.total_steps}: "
-            "nothing would be learned; raise --steps or lower learning_starts"
+            "nothing would be learned; raise `total_steps` or lower learning_starts"
         )
     start, end = cfg.epsilon_range
     if end > start:
@@ -479,7 +479,7 @@ def _check_rollout(cfg: Config) -> None:
     if cfg.total_steps < rollout:
         raise ConfigError(
             f"total_steps {cfg.total_steps} is below one rollout ({cfg.num_envs} envs x {cfg.rollout_steps} "
-            "steps): nothing would be learned; raise --steps"
+            "steps): nothing would be learned; raise `total_steps`"
         )
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import concatenate
 
+from dqnkit.env_ids import gym_make
 from dqnkit.errors import DqnkitError
 from dqnkit.wrappers import make_atari, make_minatar
 
@@ -329,9 +330,7 @@ def _make(env_id: str, **kwargs: Any) -> gym.Env:
     if ":" in env_id:  # gymnasium's "module:Env-v0": importing the module registers the env
         _import_env_module(env_id)
     try:
-        return gym.make(env_id, **kwargs)
-    except gym.error.NameNotFound:
-        raise DqnkitError(f"unknown environment {env_id!r}; see gymnasium.envs.registry for the ids") from None
+        return gym_make(env_id, **kwargs)
     except gym.error.Error as exc:
         raise DqnkitError(f"cannot create environment {env_id!r}: {exc}") from None
     except ModuleNotFoundError as exc:

@@ -93,10 +93,13 @@ def warn_if_endless(config: Any, training: bool) -> None:
     ``max_episode_steps``): where its episodes end, and how to cut them."""
     if has_time_limit(config.env_id, config.max_episode_steps):
         return
-    played = "a training episode lasts until the env ends it, and evaluation" if training else "evaluation"
+    if training:
+        played, how = "a training episode lasts until the env ends it, and evaluation", "cuts every episode at N steps"
+    else:
+        played, how = "evaluation", "in a run's config cuts them at N steps"
     warnings.warn(
         f"{config.env_id} has no time limit: {played} episodes are cut at {EVAL_STEP_LIMIT:,} steps; "
-        "max_episode_steps=N cuts every episode at N steps",
+        f"`max_episode_steps=N` {how}",
         stacklevel=3,
     )
 
@@ -112,7 +115,7 @@ def _cut_short(env_id: str, playing: np.ndarray) -> None:
     """End the episodes still ``playing`` (in place), saying why."""
     warnings.warn(
         f"{env_id} has no time limit and {np.count_nonzero(playing)} evaluation episode(s) went "
-        f"{EVAL_STEP_LIMIT:,} steps without ending: cut there (max_episode_steps=N cuts every episode at N)",
+        f"{EVAL_STEP_LIMIT:,} steps without ending: cut there (`max_episode_steps=N` cuts every episode at N)",
         stacklevel=3,
     )
     playing[:] = False

@@ -50,10 +50,10 @@ def check_run_dir(run_dir: Path, overwrite: bool, *, resumable: bool = True) -> 
     """
     refuse_file_in_the_way(run_dir, f"run directory {run_dir}")
     if not overwrite and run_dir.is_dir() and any(run_dir.iterdir()):
-        instead = "choose another --run-dir"
+        instead = "choose another `run_dir`"
         if resumable and (run_dir / "checkpoints").is_dir():
-            instead = f"continue it with `dqnkit train --resume {run_dir}`"
-        raise DqnkitError(f"run directory {run_dir} is not empty; {instead} or replace it with --overwrite")
+            instead = f"continue it with `resume({run_dir})`"
+        raise DqnkitError(f"run directory {run_dir} is not empty; {instead} or replace it with `overwrite=True`")
 
 
 def open_run_dir(config: Config, run_dir: Path, overwrite: bool, *, resumable: bool = True) -> RunLock:

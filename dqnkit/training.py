@@ -160,12 +160,12 @@ def resume(
     finished = done >= config.total_steps or (ckpt["loop"]["stopped_early"] and not go_on)
     if total_steps is not None:
         if total_steps <= done:
-            raise ConfigError(f"--steps {total_steps:,} is not above the {done:,} steps this run already has")
+            raise ConfigError(f"`total_steps` {total_steps:,} is not above the {done:,} steps this run already has")
         config = config.replace(total_steps=total_steps)
     elif finished and (run_dir / "summary.json").exists():
         why = "stopped early (its evaluation reached stop_at_return)" if done < config.total_steps else "is complete"
         raise ConfigError(
-            f"{run_dir} {why} at step {done:,}: nothing to resume; --steps N (above {done:,}) trains it further"
+            f"{run_dir} {why} at step {done:,}: nothing to resume; `total_steps` above {done:,} trains it further"
         )
     check_runnable(config)
     with RunLock(run_dir):  # one process at a time trains into a run
@@ -201,6 +201,8 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DqnkitError(f"run directory {run_dir} {'is a file' if run_dir.exists() else 'does not exist'}")
+    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "config.json").is_file():
+        raise DqnkitError(_not_a_run(run_dir))
     ckpt = _load_latest(CheckpointDir(run_dir))
     if "apex" in ckpt and "loop" in required:
         raise CheckpointError(
@@ -212,6 +214,16 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
             what = "resumable dqnkit training" if "loop" in required else "dqnkit"
             raise CheckpointError(f"{run_dir} checkpoint lacks {key!r}: not a {what} checkpoint")
     return ckpt
+
+
+def _not_a_run(path: Path) -> str:
+    """Why ``path`` is not a run directory, naming the runs below it (runs/, an experiment's)."""
+    runs = sorted(c.parent.parent for c in path.glob("**/checkpoints/latest.pt"))
+    what = f"{path} is not a dqnkit run directory (a run's has config.json and checkpoints/)"
+    if not runs:
+        return f"{what}; it holds no run either"
+    more = f" and {len(runs) - 3} more" if len(runs) > 3 else ""
+    return f"{what}; the runs in it: {', '.join(str(r) for r in runs[:3])}{more}"
 
 
 def _load_latest(checkpoints: CheckpointDir) -> dict[str, Any]:
@@ -682,5 +694,5 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but torch sees no CUDA GPU; use --device cpu or auto")
+        raise ConfigError('device cuda requested but torch sees no CUDA GPU; use `device="cpu"` or auto')
     return torch.device(name)

@@ -16,12 +16,14 @@ The evaluation env drops EpisodicLife and ClipReward, so evaluation reports the 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.wrappers import AtariPreprocessing, ClipReward, FrameStackObservation, RecordEpisodeStatistics
 
+from dqnkit.env_ids import gym_make
 from dqnkit.errors import DqnkitError
 
 MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
@@ -115,7 +117,7 @@ def make_atari(
     if render_mode:
         kwargs["render_mode"] = render_mode
     try:
-        env = gym.make(env_id, **kwargs)
+        env = gym_make(env_id, **kwargs)
         env = AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
     except gym.error.DependencyNotInstalled:
         raise DqnkitError(f"{env_id} needs OpenCV for resizing frames: pip install 'dqnkit[atari]'") from None
@@ -135,7 +137,11 @@ def minatar_id(env_id: str) -> str:
     if "-v" in name:
         return env_id
     if name not in MINATAR_GAMES:
-        raise DqnkitError(f"unknown MinAtar game {name!r}; choose one of: {', '.join(MINATAR_GAMES)}")
+        close = difflib.get_close_matches(name, MINATAR_GAMES, n=1) or [
+            g for g in MINATAR_GAMES if g.lower() == name.lower()
+        ]
+        hint = f"did you mean MinAtar/{close[0]}? " if close else ""
+        raise DqnkitError(f"unknown MinAtar game {name!r}; {hint}the games: {', '.join(MINATAR_GAMES)}")
     return f"MinAtar/{name}-v1"
 
 

@@ -107,7 +107,10 @@ def test_a_video_that_cannot_be_written_is_refused_before_any_work(minatar_run, 
     assert not (tmp_path / name).exists()
 
 
-def test_a_video_in_a_new_directory_creates_it(minatar_run, tmp_path):
-    out = tmp_path / "videos" / "new" / "play.gif"  # a traceback after the evaluation, before
-    assert main(["eval", str(minatar_run), "--episodes", "1", "--video", str(out)]) == 0
-    assert out.read_bytes()[:3] == b"GIF"
+def test_a_video_in_a_missing_directory_is_refused_before_any_work(minatar_run, tmp_path, capsys):
+    """A mistyped path silently made a tree of directories; before that, it was a traceback
+    after the evaluation."""
+    out = tmp_path / "videos" / "new" / "play.gif"
+    assert main(["eval", str(minatar_run), "--episodes", "1", "--video", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: --video {out}: directory {out.parent} does not exist (create it first)\n"
+    assert not (tmp_path / "videos").exists()

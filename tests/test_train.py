@@ -137,8 +137,9 @@ def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("keep me")
-    with pytest.raises(DqnkitError, match="not empty; choose another --run-dir or replace it with --overwrite"):
-        train(_cfg(), run)  # no checkpoints: --resume would not work, so it is not suggested
+    # from Python, what Python passes (the command line says --run-dir and --overwrite: test_apex)
+    with pytest.raises(DqnkitError, match="not empty; choose another `run_dir` or replace it with `overwrite=True`"):
+        train(_cfg(), run)  # no checkpoints: resume would not work, so it is not suggested
     assert (run / "precious.txt").read_text() == "keep me"
     train(_cfg(), run, overwrite=True)
     assert not (run / "precious.txt").exists()

@@ -112,7 +112,9 @@ def test_eval_video_max_steps_is_reported_in_text_and_json(tmp_path, capsys):
     assert main(args) == 0  # ...and so does the film, which is then not cut
     assert "cut" not in capsys.readouterr().out and len(_gif(tmp_path / "a.gif")[0]) == 21
     assert main([*args, "--video-max-steps", "5"]) == 0
-    assert "6 frames; cut at 5 steps (--video-max-steps)" in capsys.readouterr().out
+    out = capsys.readouterr().out  # 30 fps is 3 hundredths a frame in a GIF: 33.33 fps
+    assert "6 frames at 33.33 fps, the nearest rate a GIF holds: its frames last whole hundredths" in out
+    assert "cut at 5 steps (--video-max-steps)" in out
 
 
 def test_video_max_steps_without_a_video_is_refused(tmp_path, capsys):

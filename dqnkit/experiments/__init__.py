@@ -349,7 +349,7 @@ def _train_all(work: list[tuple[Config, str, bool]], keys: list[tuple[str, int]]
             finished = next(as_completed(running))
             (variant, seed), (summary, how) = running.pop(finished), finished.result()
             progress(
-                f"{variant}, seed {seed}: eval {summary['eval_return_mean']:.1f}"
+                f"{variant}, seed {seed}: greedy evaluation {summary['eval_return_mean']:.1f}"
                 f"{'' if how == 'trained' else f' ({how} from an earlier start)'} "
                 f"({done} of {len(work)} runs, {time.perf_counter() - start:.0f} s)"
             )
@@ -386,6 +386,14 @@ def _passing_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# What the table's columns measure, where the key alone could be read as something else: the
+# per-run lines printed while the runs train are greedy evaluations, a different number.
+COLUMN_NAMES = {
+    "final_return_mean": "training return, last 100 episodes (mean over seeds)",
+    "final_return_std": "(std over seeds)",
+}
+
+
 def summary_markdown(result: dict[str, Any]) -> str:
     """A Markdown table: one row per variant, one column per reported number."""
     keys = list(dict.fromkeys(k for v in result["variants"].values() for k in v if not k.endswith("per_seed")))
@@ -398,7 +406,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"`{p}`" for p in dict.fromkeys(result.get("presets", {}).values()) or [result["preset"]])
         + ".",
         "",
-        "| variant | " + " | ".join(keys) + " |",
+        "| variant | " + " | ".join(COLUMN_NAMES.get(k, k) for k in keys) + " |",
         "|---" * (len(keys) + 1) + "|",
     ]
     for variant, values in result["variants"].items():

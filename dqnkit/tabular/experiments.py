@@ -113,7 +113,8 @@ def summary_text(summary: dict[str, Any]) -> str:
     settings = f"{summary['episodes']} episodes, alpha {summary['alpha']}"
     if summary["experiment"] == "cliff-walking":
         lines = [f"cliff-walking: {settings}, epsilon {summary['epsilon']}, {summary['seeds']} seeds", ""]
-        lines.append(f"{'method':<16} {'online return, last 100 episodes':>33}   greedy path")
+        last = f"online return, last {min(100, summary['episodes'])} episodes"  # fewer than 100: all of them
+        lines.append(f"{'method':<16} {last:>33}   greedy path")
         for method, r in summary["methods"].items():
             online = f"{r['online_return_last100']:.1f} ± {r['online_return_last100_std']:.1f}"
             lines.append(f"{method:<16} {online:>33}   {r['greedy_path_steps']} steps")
