@@ -232,7 +232,7 @@ class Config:
     )
     video_max_steps: int = _opt(
         0,
-        "Longest film (eval_video, and `dqnkit eval --video`), in env steps: the film ends there if the episode has not. 0: five minutes of playback at the env's frame rate.",
+        "Longest film (eval_video, and dqnkit eval's --video), in env steps: the film ends there if the episode has not. 0: five minutes of playback at the env's frame rate.",
         lo=0,
     )
     log_overestimation: bool = _opt(
