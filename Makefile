@@ -1,12 +1,13 @@
 # `make run` trains the default CartPole agent; `make test` runs the fast test suite and
-# `make test-slow` the long runs (learning to a score, Ray, SB3, the env matrix): CI runs both.
+# `make test-slow` the long runs (learning to a score, Ray, SB3, the env matrix): CI runs both,
+# then `make docs`, which builds the documentation site into site/ (strict: a broken link fails).
 # Each creates .venv if needed and installs torch from constraints.txt first, so pip
 # takes the CPU build instead of resolving a multi-GB CUDA build.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test test-slow lint format install dev clean
+.PHONY: run test test-slow lint format install dev docs clean
 
 # `make run` needs only what training CartPole needs; the test targets add the dev extra
 # (Atari, MinAtar, Box2D, Ray, SB3, video, lint), once, marked by $(VENV)/.dev.
@@ -20,6 +21,11 @@ $(BIN)/dqnkit: pyproject.toml constraints.txt dqnkit/replay/_sumtree.c
 $(VENV)/.dev: $(BIN)/dqnkit
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(VENV)/.dev
+
+# The docs extra (MkDocs, Material, mkdocstrings), once, marked by $(VENV)/.docs.
+$(VENV)/.docs: $(BIN)/dqnkit
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $(VENV)/.docs
 
 install: $(BIN)/dqnkit
 
@@ -36,6 +42,9 @@ test: dev
 test-slow: dev
 	$(BIN)/python -m pytest -q -m slow
 
+docs: $(VENV)/.docs
+	$(BIN)/mkdocs build --strict --site-dir site
+
 lint: dev
 	$(BIN)/ruff check dqnkit tests examples
 	$(BIN)/ruff format --check dqnkit tests examples
@@ -44,4 +53,4 @@ format: dev
 	$(BIN)/ruff format dqnkit tests examples
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

@@ -43,14 +43,14 @@ class Config:
     # --- run ---
     algorithm: str = _opt(
         "dqn",
-        "dqn: replay buffer and target network (with every Rainbow part). pqn: Parallel Q-learning (Gallici et al. 2025): Q(lambda) returns over short rollouts of num_envs envs, several epochs of minibatches on each rollout, then the rollout is dropped; no replay, no target network, LayerNorm keeps it stable.",
+        "dqn: replay buffer and target network, with every Rainbow part. pqn: Parallel Q-learning, Q(lambda) over vector-env rollouts without replay or target network (see docs/algorithms.md).",
         choices=("dqn", "pqn"),
     )
     preset: str = _opt("custom", "Name of the preset this config started from (informational).")
     env_id: str = _opt("CartPole-v1", "Gymnasium environment id (Box or image observations, Discrete actions).")
     max_episode_steps: int = _opt(
         0,
-        "Cut every episode (training, evaluation, films) after this many steps, as a time-limit truncation (gymnasium's TimeLimit, replacing the env's own). 0: the env's own limit; an env without one plays until it ends, and its evaluation episodes are cut at 27,000 steps. Not for Atari, whose games end at 27,000 steps (108,000 frames).",
+        "Cut every episode (training, evaluation, films) at this many steps, a time-limit truncation replacing the env's own. 0: the env's own limit. Not for Atari (see docs/envs.md).",
         lo=0,
     )
     seed: int = _opt(0, "Seed for every random number generator of the run.", lo=0)
@@ -65,37 +65,37 @@ class Config:
     )
     cuda_graph: bool = _opt(
         True,
-        "On CUDA, capture the whole update (forward, loss, backward, clipping, Adam) once as a CUDA graph and replay it, fed by one pinned copy per batch: the same arithmetic without the launch overhead of ~100 small kernels. Acting's forward pass is captured too (except for noisy nets, which redraw their noise every step). Ignored on the CPU.",
+        "On CUDA, capture the update (forward, loss, backward, clipping, Adam) and acting's forward pass as CUDA graphs and replay them (see docs/gpu.md). Ignored on the CPU.",
     )
     frame_gather: str = _opt(
         "auto",
-        "Where a frame replay (stacked 84x84 Atari frames) builds a sampled batch's stacks: host (numpy, then copied to the device) or device (every frame mirrored on the training device, 7 KB per replay row there, so a sample sends only row indices). auto: device on CUDA when the mirror fits in free GPU memory with 2 GB to spare, host otherwise. The same stacks either way.",
+        "Where a frame replay builds sampled stacks: host (numpy, then copied) or device (frames mirrored on the GPU, 7 KB per row). auto: device on CUDA if it fits with 2 GB spare (docs/gpu.md).",
         choices=("auto", "host", "device"),
     )
     vector_env: str = _opt(
         "auto",
-        "How num_envs > 1 gymnasium envs are stepped: sync (one after another in this process), async (in parallel worker processes, gymnasium AsyncVectorEnv with shared memory) or auto (async for ALE ids, whose steps are expensive enough to pay for the processes; sync otherwise: a MinAtar step costs less than a round trip to a worker). ALE ids train in ALE's C++ pool unless this asks for sync or async (see env_backend).",
+        "How num_envs > 1 gymnasium envs step: sync (in this process), async (worker processes) or auto (async for ALE ids, sync otherwise). See env_backend and docs/envs.md.",
         choices=("auto", "sync", "async"),
     )
     env_backend: str = _opt(
         "auto",
-        "Who runs the training envs: gymnasium (dqnkit's wrapper stack, stepped as vector_env says), ale (ALE's own C++ vector env in a thread pool: the gymnasium stack's frames and kind of transitions, faster; it starts a life without the stack's no-op step and presses FIRE at reset its own way; ALE/<Game>-v5 ids only), envpool (envpool's C++ thread pool, pip install envpool envpool-assets; ALE ids only; same transition semantics, envpool's own resize) or auto (ale for ALE ids unless vector_env asks for sync or async, gymnasium otherwise).",
+        "Who runs the training envs: gymnasium (dqnkit's wrappers), ale (ALE's C++ pool), envpool (envpool's pool) or auto (ale for ALE ids, gymnasium otherwise). See docs/envs.md.",
         choices=("auto", "gymnasium", "ale", "envpool"),
     )
     overlap_env_step: bool = _opt(
         False,
-        "Step the envs while the agent learns: after each vector step the next actions are chosen and sent at once, the updates due run while the envs step (in a C++ pool's threads or AsyncVectorEnv's workers), then the step is received. Those actions come from the weights before the step's updates, one batch of updates older than in the serial loop, so runs differ from its runs (with epsilon 1 throughout they are the same, bit for bit). It hides the env step behind learning where both take time (on a GPU the card otherwise waits for the envs); sync envs step when the step is received, and gain nothing.",
+        "Step the envs while the agent learns: actions come from weights one batch of updates older, so runs differ from serial ones. Helps on a GPU with a C++ pool or async envs (docs/gpu.md).",
     )
     num_threads: int = _opt(
         1, "torch.set_num_threads for CPU work (0 leaves torch's default). One is fastest for small MLPs.", lo=0
     )
     flush_denormal: bool = _opt(
         True,
-        "While training, the CPU flushes denormal floats (below 1.2e-38) to zero (torch.set_flush_denormal). Adam's moments decay into denormals wherever a gradient is exactly zero (a dead ReLU unit), and x86 computes with denormals about 100x slower: the rl-zoo CartPole run takes 28 instead of 42 s. Results are the same unless a value that small matters.",
+        "While training, the CPU flushes denormal floats (below 1.2e-38) to zero, which x86 computes ~100x slower; results are unchanged in practice (see docs/benchmarks.md).",
     )
     direct_update: bool = _opt(
         True,
-        "On the CPU, the update of a network of Linear, Conv2d and ReLU layers (the MLP, MinAtar and Nature CNNs, plain, noisy or dueling, any head; not LayerNorm) runs without autograd: the same ATen kernels autograd's backward runs, called directly, so the result is bit-identical at less cost (1.35-1.55x faster per update at CleanRL's CartPole settings, `dqnkit bench speed`). Off, or with any module or parameter hook registered, the update goes through autograd.",
+        "On the CPU, run the update of dqnkit's own networks (not LayerNorm) without autograd, calling the same kernels: bit-identical and faster (see docs/benchmarks.md).",
         only="dqn",
     )
 
@@ -174,7 +174,7 @@ class Config:
     )
     distributional: str = _opt(
         "none",
-        "Value distribution: none (expected Q), c51 (categorical over n_atoms fixed atoms in [v_min, v_max], Bellemare et al.) or qr (n_atoms quantiles, QR-DQN, Dabney et al.). The loss key applies to none only.",
+        "Value distribution: none (expected Q), c51 (categorical over n_atoms atoms in [v_min, v_max]) or qr (n_atoms quantiles, QR-DQN). The loss key applies to none only.",
         choices=("none", "c51", "qr"),
         only="dqn",
     )
@@ -210,7 +210,7 @@ class Config:
     )
     exploration_steps: int = _opt(
         0,
-        "Linear schedule: transitions over which epsilon falls to eps_end; 0 = exploration_fraction * total_steps. Absolute steps keep a run's trajectory independent of --steps, so extending a run changes nothing already learned.",
+        "Linear schedule: transitions over which epsilon falls to eps_end; 0 = exploration_fraction * total_steps. Absolute steps keep a run's trajectory independent of --steps.",
         lo=0,
     )
     eps_decay: float = _opt(
@@ -227,12 +227,12 @@ class Config:
     )
     eval_video: str = _opt(
         "none",
-        "At each evaluation, also film one episode into videos/step_N.gif, or .mp4 (needs dqnkit[video]): from the same start every time (the evaluation's seed), so the films show what the agent learned in between. none: no films.",
+        "At each evaluation, also film one episode into videos/step_N.gif or .mp4 (mp4 needs dqnkit[video]), from the evaluation's seed. none: no films.",
         choices=("none", "gif", "mp4"),
     )
     video_max_steps: int = _opt(
         0,
-        "Longest film (eval_video, and `dqnkit eval --video`), in env steps: the film ends there if the episode has not. 0: five minutes of playback at the env's frame rate.",
+        "Longest film (eval_video, and dqnkit eval's --video), in env steps: the film ends there if the episode has not. 0: five minutes of playback at the env's frame rate.",
         lo=0,
     )
     log_overestimation: bool = _opt(
@@ -246,7 +246,7 @@ class Config:
     keep_checkpoints: int = _opt(3, "Numbered checkpoints to keep besides `latest`.", lo=1)
     replay_checkpoint: str = _opt(
         "incremental",
-        "How checkpoints keep the replay: incremental (each writes only the rows written since the previous one, into chunk files later checkpoints share: keeping 3 costs about one replay on disk), full (each holds the whole replay, as before this version) or none (left out: a resumed run refills the replay from scratch, warns, and says so in summary.json).",
+        "How checkpoints keep the replay: incremental (only rows new since the last one, in shared chunk files), full (the whole replay each time) or none (a resume refills it). See docs/checkpoints.md.",
         choices=("incremental", "full", "none"),
         only="dqn",
     )
