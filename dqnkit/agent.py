@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from dqnkit.config import Config
-from dqnkit.direct_update import DirectUpdate
 from dqnkit.errors import first_line
 from dqnkit.heads import HEADS, HeadInput, batch_loss, discounts
 from dqnkit.networks import MLP, reset_noise
@@ -78,7 +77,7 @@ class QAgent:
     def optimizer(self) -> torch.optim.Optimizer:
         """The optimizer, built at its first use with any state loaded before then. An agent
         that only acts (``load`` for evaluation, an Ape-X actor) never builds one: torch.optim's
-        first optimizer imports ``torch._dynamo``, 0.8 s a process here (measured). A learner's
+        first optimizer imports torch's dynamo compiler, 0.8 s a process here (measured). A learner's
         is built at once by ``build_agent``, before its clock starts."""
         if self._optimizer is None:
             self._optimizer = self._build_optimizer()
@@ -233,11 +232,6 @@ class DQNAgent(QAgent):
         self.target_net = copy.deepcopy(self.q_net).requires_grad_(False)
         self._graph_wanted = self.device.type == "cuda" and config.cuda_graph
         self._graphed: Any = None  # the captured update, built at the first learn()
-        # Optimizer.step's hook-and-profiler wrapper costs tens of µs per call on this CPU,
-        # a large share of a small network's update; call the step it wraps.
-        self._optimizer_step = getattr(torch.optim.Adam.step, "__wrapped__", torch.optim.Adam.step)
-        self._direct_adam = self.device.type == "cpu"
-        self._direct_update = self._direct_update_if_plain()
 
     def _build_optimizer(self) -> torch.optim.Adam:
         # fused: one kernel for all parameters, about 3x faster than the default on CPU (measured)
@@ -286,28 +280,14 @@ class DQNAgent(QAgent):
         if cfg.noisy:  # independent noise for the online and the target network, every update
             reset_noise(self.q_net, self.noise)
             reset_noise(self.target_net, self.noise)
-        if self._direct_update is not None and self._direct_update.applies():
-            loss, priority_B, q_B = self._direct_update.gradients(batch)
-        else:
-            per_sample_B, priority_B, q_B = self._losses(batch)
-            loss = batch_loss(per_sample_B, batch.weights)
-            for p in self._params:  # zero_grad(set_to_none=True), without its profiler wrapper
-                p.grad = None
-            loss.backward()
+        per_sample_B, priority_B, q_B = self._losses(batch)
+        loss = batch_loss(per_sample_B, batch.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         if cfg.max_grad_norm > 0:
-            clip_grad_norm(self._params, cfg.max_grad_norm)
-        if not (self._direct_adam and fused_adam_step(self.optimizer)):
-            self._optimizer_step(self.optimizer)
+            nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm, foreach=True)
+        self.optimizer.step()
         return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
-
-    def _direct_update_if_plain(self) -> DirectUpdate | None:
-        """The update without autograd (:mod:`dqnkit.direct_update`) where the network is one
-        of dqnkit's of plain layers, on the CPU, and ``config.direct_update`` allows it;
-        None elsewhere."""
-        cfg = self.config
-        if not cfg.direct_update or self.device.type != "cpu":
-            return None
-        return DirectUpdate.of(self.q_net, self.target_net, cfg, self.head, self._head_input)
 
     def priorities(self, batch: Batch) -> np.ndarray:
         """The PER priority signal of each transition [B] without learning from it (Ape-X
@@ -352,9 +332,8 @@ class DQNAgent(QAgent):
             if tau == 0:
                 self.target_net.load_state_dict(self.q_net.state_dict())
             else:
-                online = list(self.q_net.parameters())
-                target = list(self.target_net.parameters())
-                torch._foreach_lerp_(target, online, tau)
+                for t_param, o_param in zip(self.target_net.parameters(), self.q_net.parameters()):
+                    t_param.lerp_(o_param, tau)
                 for t_buf, o_buf in zip(self.target_net.buffers(), self.q_net.buffers()):
                     t_buf.copy_(o_buf)
 
@@ -470,52 +449,3 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     for group, mode in zip(optimizer.param_groups, capturable):
         if mode is not None:
             group["capturable"] = mode
-
-
-def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> None:
-    """``nn.utils.clip_grad_norm_``'s arithmetic, op for op (so bit-identical), without its
-    argument handling and wrappers: 60 against 125-140 µs per call at 256x256 here."""
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0))
-
-
-def fused_adam_step(optimizer: torch.optim.Adam) -> bool:
-    """A fused, single-group CPU Adam's step as ``Adam.step`` runs it (``_foreach_add_`` on
-    the step counts, then ``_fused_adam_``, so bit-identical) without its per-call grouping
-    and checks: ~20 against ~40 µs for a small MLP here. Returns False, having changed
-    nothing, where that shortcut does not hold (the first step, which creates the state; a
-    parameter without a gradient; other options): the caller then runs ``optimizer.step``."""
-    if len(optimizer.param_groups) != 1:
-        return False
-    group = optimizer.param_groups[0]
-    if not group["fused"] or group["amsgrad"] or group["maximize"] or group["capturable"]:
-        return False
-    if group["differentiable"] or group.get("decoupled_weight_decay", False):
-        return False
-    params, state = group["params"], optimizer.state
-    grads = [p.grad for p in params]
-    states = [state.get(p) for p in params]
-    if any(g is None for g in grads) or any(not s for s in states):
-        return False
-    steps = [s["step"] for s in states]
-    torch._foreach_add_(steps, 1)
-    beta1, beta2 = group["betas"]
-    torch._fused_adam_(
-        params,
-        grads,
-        [s["exp_avg"] for s in states],
-        [s["exp_avg_sq"] for s in states],
-        [],
-        steps,
-        amsgrad=False,
-        lr=group["lr"],
-        beta1=beta1,
-        beta2=beta2,
-        weight_decay=group["weight_decay"],
-        eps=group["eps"],
-        maximize=False,
-        grad_scale=None,
-        found_inf=None,
-    )
-    return True

@@ -93,11 +93,6 @@ class Config:
         True,
         "While training, the CPU flushes denormal floats (below 1.2e-38) to zero, which x86 computes ~100x slower; results are unchanged in practice (see docs/benchmarks.md).",
     )
-    direct_update: bool = _opt(
-        True,
-        "On the CPU, run the update of dqnkit's own networks (not LayerNorm) without autograd, calling the same kernels: bit-identical and faster (see docs/benchmarks.md).",
-        only="dqn",
-    )
 
     # --- learning ---
     gamma: float = _opt(0.99, "Discount factor, in (0, 1].", lo=0.0, hi=1.0, lo_open=True)
@@ -292,6 +287,10 @@ class Config:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 
+# Keys that older runs' config.json and checkpoints hold and that no longer decide anything:
+# read and dropped, so those runs still load, resume and serve as --config.
+RETIRED = frozenset({"direct_update"})  # the CPU update without autograd: every update uses autograd
+
 # Keys that say where a run runs, how it is watched and when it is saved or stops, not what
 # it learns from step to step: `train --resume` may change them (a run trained on a GPU goes
 # on on a CPU-only machine), and `dqnkit plot` takes runs that differ only in these (and in
@@ -333,6 +332,7 @@ def parse_overrides(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
 def coerce_all(values: dict[str, Any], hint: str = "run `dqnkit presets NAME` to see the keys") -> dict[str, Any]:
     """``values`` converted to their fields' types (:func:`coerce`); the one place a key that
     no config has is refused (``hint`` says where to look)."""
+    values = {key: value for key, value in values.items() if key not in RETIRED}
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; {hint}")

@@ -1,15 +1,11 @@
 """The loss heads of the one agent, and the only place a TD target is computed.
 
-A head is three small functions, picked once from ``config.distributional`` (:data:`HEADS`):
+A head is two small pure functions, picked once from ``config.distributional`` (:data:`HEADS`):
 
 - ``expected(out, support)``: the network's output -> Q [B, A], for acting, evaluation and
   the overestimation probe;
-- ``forward(x)``: a batch's :class:`HeadInput` -> (per-sample loss, PER priority, Q(s, a)),
-  each [B], and what ``backward`` reads; ``Head.loss(x)`` is its first part, which autograd
-  differentiates;
-- ``backward(x, saved, grad_B)``: the gradient of the loss with respect to ``x.out`` from the
-  gradient of each sample's loss, written out as autograd computes it, op for op, for the
-  update without autograd (:mod:`dqnkit.direct_update`; bit-identical, tested).
+- ``loss(x)``: a batch's :class:`HeadInput` -> (per-sample loss, PER priority, Q(s, a)),
+  each [B]; autograd differentiates the loss.
 
 ``none`` is DQN's scalar head (Huber or MSE to ``r + gamma^k Q_target(s', a*)``), ``c51``
 the categorical distribution of Bellemare et al. 2017, ``qr`` the quantiles of Dabney et al.
@@ -43,35 +39,19 @@ class HeadInput(NamedTuple):
 
 
 Losses = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # per-sample loss, priority, Q(s, a): each [B]
-Saved = tuple[torch.Tensor, ...]  # what a head's backward reads from its forward
-
-aten = torch.ops.aten
-_NO_REDUCTION = 0  # torch's Reduction::None, as autograd passes it to the loss backwards
 
 
 class Head(NamedTuple):
-    """A loss head: ``expected(out, support)`` -> Q [B, A], ``forward(HeadInput)`` ->
-    (:data:`Losses`, :data:`Saved`) and ``backward(HeadInput, Saved, dloss_B)`` -> dloss/dout."""
+    """A loss head: ``expected(out, support)`` -> Q [B, A], and ``loss(HeadInput)`` ->
+    (per-sample loss, priority, Q(s, a)), each [B], ``x.out`` carrying the gradient."""
 
     expected: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    forward: Callable[[HeadInput], tuple[Losses, Saved]]
-    backward: Callable[[HeadInput, Saved, torch.Tensor], torch.Tensor]
-
-    def loss(self, x: HeadInput) -> Losses:
-        """(per-sample loss, priority, Q(s, a)), each [B]; ``x.out`` carries the gradient."""
-        return self.forward(x)[0]
+    loss: Callable[[HeadInput], Losses]
 
 
 def batch_loss(per_sample_B: torch.Tensor, weights_B: torch.Tensor) -> torch.Tensor:
     """The loss an update minimises: each sample's loss scaled by its IS weight, averaged."""
     return (weights_B * per_sample_B).mean()
-
-
-def batch_loss_backward(loss: torch.Tensor, weights_B: torch.Tensor) -> torch.Tensor:
-    """dloss/dper_sample [B] as autograd computes it from the seed ``ones_like(loss)``: the
-    mean's ``1 / B``, then the IS weights' ``mul``."""
-    grad_B = torch.ones_like(loss).expand(len(weights_B)) / len(weights_B)
-    return grad_B * weights_B
 
 
 # ----------------------------------------------------------------------------- targets
@@ -144,20 +124,12 @@ def quantile_huber_loss(quantiles_BK: torch.Tensor, targets_BK: torch.Tensor, ka
     """QR-DQN's loss per sample [B] (Dabney et al. 2018, eq. 10): for quantile i at
     ``tau_i = (2i + 1) / 2K`` and every target sample j, ``|tau_i - 1{u_ij < 0}| * L_kappa(u_ij) / kappa``
     with ``u_ij = target_j - quantile_i``; summed over i, averaged over j."""
-    return _quantile_huber(quantiles_BK, targets_BK, kappa)[0]
-
-
-def _quantile_huber(
-    quantiles_BK: torch.Tensor, targets_BK: torch.Tensor, kappa: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`quantile_huber_loss` [B], with ``u`` [B, i, j] and the weights [B, i, j] its
-    backward reads."""
     k = quantiles_BK.shape[1]
     tau_K = (torch.arange(k, device=quantiles_BK.device, dtype=quantiles_BK.dtype) + 0.5) / k
     u_BKK = targets_BK[:, None, :] - quantiles_BK[:, :, None]  # [B, i, j]
     huber = F.huber_loss(u_BKK, torch.zeros_like(u_BKK), reduction="none", delta=kappa)
     weight = (tau_K[None, :, None] - (u_BKK.detach() < 0).float()).abs()
-    return (weight * huber / kappa).mean(dim=2).sum(dim=1), u_BKK.detach(), weight
+    return (weight * huber / kappa).mean(dim=2).sum(dim=1)
 
 
 # ----------------------------------------------------------------------------- none (DQN)
@@ -166,28 +138,17 @@ def q_as_is(out_BA: torch.Tensor, support_K: torch.Tensor) -> torch.Tensor:
     return out_BA
 
 
-# the none head's loss per sample, ``f(q_B, target_B, reduction="none")``, and its backward
+# the none head's loss per sample, ``f(q_B, target_B, reduction="none")``
 _ELEMENTWISE_LOSS = {"huber": F.smooth_l1_loss, "mse": F.mse_loss}
-_ELEMENTWISE_BACKWARD = {
-    "huber": lambda grad, q, target: aten.smooth_l1_loss_backward(grad, q, target, _NO_REDUCTION, 1.0),
-    "mse": lambda grad, q, target: aten.mse_loss_backward(grad, q, target, _NO_REDUCTION),
-}
 
 
-def td_loss(x: HeadInput) -> tuple[Losses, Saved]:
+def td_loss(x: HeadInput) -> Losses:
     """Huber or MSE to the (Double) DQN target; the priority is |TD error|."""
     with torch.no_grad():
         target_B = td_targets(x.rewards_B, x.terminated_B, x.discounts_B, x.next_target, x.next_online)
     q_B = x.out.gather(1, x.actions_B.unsqueeze(1)).squeeze(1)
     per_sample_B = _ELEMENTWISE_LOSS[x.loss](q_B, target_B, reduction="none")
-    return (per_sample_B, (q_B - target_B).detach().abs(), q_B), (q_B.detach(), target_B)
-
-
-def td_loss_backward(x: HeadInput, saved: Saved, grad_B: torch.Tensor) -> torch.Tensor:
-    """dloss/dout [B, A]: the loss's backward, then ``gather``'s (a ``scatter_add_``)."""
-    q_B, target_B = saved
-    grad_B = _ELEMENTWISE_BACKWARD[x.loss](grad_B, q_B, target_B)
-    return torch.zeros_like(x.out).scatter_add_(1, x.actions_B.unsqueeze(1), grad_B.unsqueeze(1))
+    return per_sample_B, (q_B - target_B).detach().abs(), q_B
 
 
 # ----------------------------------------------------------------------------- distributional
@@ -207,22 +168,11 @@ def _next_and_chosen(x: HeadInput, expected: Callable) -> tuple[torch.Tensor, to
         online = None if x.next_online is None else expected(x.next_online, x.support_K)
         best = next_actions(expected(x.next_target, x.support_K), online)
         next_BK = x.next_target[torch.arange(len(best), device=best.device), best]
-    chosen_BK = x.out[_taken(x)]
+    chosen_BK = x.out[torch.arange(len(x.actions_B), device=x.actions_B.device), x.actions_B]
     return next_BK, chosen_BK
 
 
-def _taken(x: HeadInput) -> tuple[torch.Tensor, torch.Tensor]:
-    """The index of each sample's taken action in ``x.out`` [B, A, K]."""
-    return torch.arange(len(x.actions_B), device=x.actions_B.device), x.actions_B
-
-
-def _chosen_backward(x: HeadInput, grad_BK: torch.Tensor) -> torch.Tensor:
-    """dloss/dout [B, A, K] from dloss/dchosen [B, K]: indexing's backward, an accumulating
-    ``index_put`` into zeros."""
-    return aten._index_put_impl_(torch.zeros_like(x.out), list(_taken(x)), grad_BK, True, True)
-
-
-def c51_loss(x: HeadInput) -> tuple[Losses, Saved]:
+def c51_loss(x: HeadInput) -> Losses:
     """Cross-entropy to the projected target distribution; Rainbow's priority is that loss."""
     next_BK, chosen_BK = _next_and_chosen(x, c51_mean)
     with torch.no_grad():
@@ -231,41 +181,20 @@ def c51_loss(x: HeadInput) -> tuple[Losses, Saved]:
     log_p_BK = chosen_BK.log_softmax(dim=1)
     q_B = (log_p_BK.exp() * x.support_K).sum(dim=1)
     per_sample_B = -(target_BK * log_p_BK).sum(dim=1)
-    return (per_sample_B, per_sample_B.detach(), q_B), (target_BK, log_p_BK.detach())
+    return per_sample_B, per_sample_B.detach(), q_B
 
 
-def c51_loss_backward(x: HeadInput, saved: Saved, grad_B: torch.Tensor) -> torch.Tensor:
-    """dloss/dout [B, A, K]: the negation, the sum over atoms, the product with the target,
-    ``log_softmax``'s backward, then indexing's."""
-    target_BK, log_p_BK = saved
-    grad_BK = (-grad_B).unsqueeze(1).expand_as(log_p_BK) * target_BK
-    grad_BK = aten._log_softmax_backward_data(grad_BK, log_p_BK, 1, log_p_BK.dtype)
-    return _chosen_backward(x, grad_BK)
-
-
-def qr_loss(x: HeadInput) -> tuple[Losses, Saved]:
+def qr_loss(x: HeadInput) -> Losses:
     """The quantile Huber loss to the shifted target quantiles; the priority is that loss."""
     next_BK, chosen_BK = _next_and_chosen(x, qr_mean)
     with torch.no_grad():
         target_BK = bootstrap(x.rewards_B, x.terminated_B, x.discounts_B, next_BK)
-    per_sample_B, u_BKK, weight_BKK = _quantile_huber(chosen_BK, target_BK, x.qr_kappa)
-    return (per_sample_B, per_sample_B.detach(), chosen_BK.mean(dim=1)), (u_BKK, weight_BKK)
-
-
-def qr_loss_backward(x: HeadInput, saved: Saved, grad_B: torch.Tensor) -> torch.Tensor:
-    """dloss/dout [B, A, K]: the sum over i and the mean over j spread the gradient, the
-    division by kappa and the weights scale it, Huber's backward, then ``u = target -
-    quantile``'s (a negated sum over j) and indexing's."""
-    u_BKK, weight_BKK = saved
-    k = u_BKK.shape[1]
-    grad_BKK = grad_B.unsqueeze(1).expand(-1, k).unsqueeze(2).expand_as(u_BKK) / k
-    grad_BKK = grad_BKK / x.qr_kappa * weight_BKK
-    grad_BKK = aten.huber_loss_backward(grad_BKK, u_BKK, torch.zeros_like(u_BKK), _NO_REDUCTION, x.qr_kappa)
-    return _chosen_backward(x, (-grad_BKK).sum(2, keepdim=True).squeeze(2))
+    per_sample_B = quantile_huber_loss(chosen_BK, target_BK, x.qr_kappa)
+    return per_sample_B, per_sample_B.detach(), chosen_BK.mean(dim=1)
 
 
 HEADS: dict[str, Head] = {
-    "none": Head(q_as_is, td_loss, td_loss_backward),
-    "c51": Head(c51_mean, c51_loss, c51_loss_backward),
-    "qr": Head(qr_mean, qr_loss, qr_loss_backward),
+    "none": Head(q_as_is, td_loss),
+    "c51": Head(c51_mean, c51_loss),
+    "qr": Head(qr_mean, qr_loss),
 }

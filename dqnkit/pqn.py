@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqnkit import schedules
-from dqnkit.agent import LearnStats, QAgent, clip_grad_norm
+from dqnkit.agent import LearnStats, QAgent
 from dqnkit.config import Config
 
 
@@ -192,7 +192,7 @@ class PQNAgent(QAgent):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.max_grad_norm > 0:
-            clip_grad_norm(self._params, self.config.max_grad_norm)
+            nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm, foreach=True)
         self.optimizer.step()
         self.updates += 1
         return LearnStats(loss.detach(), td_M.detach().abs(), q_M.detach().mean())

@@ -240,50 +240,12 @@ def test_numpy_acting_path_matches_the_network():
     assert (agent.act(obs, 0.0) == agent.q_values(obs).argmax(axis=1)).mean() > 0.99
 
 
-def test_hand_clipping_is_torch_clipping_bit_for_bit():
-    from dqnkit.agent import clip_grad_norm
+def test_an_old_runs_direct_update_key_is_read_and_dropped():
+    """Runs trained while the CPU update could bypass autograd keep ``direct_update`` in their
+    config.json and checkpoints: they still load, resume and serve as --config."""
+    from dqnkit.config import from_dict
 
-    torch.manual_seed(0)
-    a = [torch.nn.Parameter(torch.randn(s)) for s in ((64, 4), (64,), (2, 64))]
-    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    for p, q in zip(a, b):
-        p.grad = torch.randn_like(p) * 10
-        q.grad = p.grad.clone()
-    clip_grad_norm(a, 1.0)
-    torch.nn.utils.clip_grad_norm_(b, 1.0)
-    assert all(torch.equal(p.grad, q.grad) for p, q in zip(a, b))
-    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in a])) <= 1.0 + 1e-5
-
-
-def test_direct_adam_step_is_adams_step_bit_for_bit():
-    from dqnkit.agent import fused_adam_step
-
-    torch.manual_seed(0)
-    a = [torch.nn.Parameter(torch.randn(s)) for s in ((16, 4), (16,), (2, 16))]
-    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
-    opt_a = torch.optim.Adam(a, lr=1e-2, weight_decay=0.01, fused=True)
-    opt_b = torch.optim.Adam(b, lr=1e-2, weight_decay=0.01, fused=True)
-    direct = []
-    for i in range(12):
-        if i == 6:  # a changed learning rate is read at every step
-            for opt in (opt_a, opt_b):
-                opt.param_groups[0]["lr"] = 3e-3
-        for p, q in zip(a, b):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        direct.append(fused_adam_step(opt_a))
-        if not direct[-1]:
-            opt_a.step()
-        opt_b.step()
-    assert direct == [False] + [True] * 11  # the first step creates Adam's state
-    assert all(torch.equal(p, q) for p, q in zip(a, b))
-    for p, q in zip(a, b):
-        assert all(torch.equal(v, opt_b.state[q][k]) for k, v in opt_a.state[p].items())
-    a[1].grad = None  # Adam skips a parameter without a gradient: leave that to Adam.step
-    assert not fused_adam_step(opt_a)
-    a[1].grad = torch.zeros_like(a[1])
-    opt_a.add_param_group({"params": [torch.nn.Parameter(torch.zeros(3))]})  # a user's second group
-    assert not fused_adam_step(opt_a)
+    assert from_dict({"direct_update": True, "lr": 0.01}).lr == 0.01
 
 
 def test_an_agent_loaded_from_another_does_not_share_its_adam_state():

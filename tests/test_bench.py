@@ -67,7 +67,7 @@ def test_bench_speed_runs_both_libraries(tmp_path, capsys):
     assert k["sb3_sps"] > 0 and k["dqnkit_sps"] > 0 and 0 < k["dqnkit_overhead_us_per_step"]
     assert k["raw_env_step_us"] > 0 and k["steps"] == 12_000
     assert [u["preset"] for u in result["updates"]] == [case[0] for case in speed.UPDATE_CASES]
-    assert all(u["identical"] and u["direct_us"] > 0 for u in result["updates"])
+    assert all(u["update_us"] > 0 for u in result["updates"])
     captured = capsys.readouterr()
     out = captured.out
     assert "SB3 DQN, rl-zoo settings" in out and "CleanRL dqn.py defaults" in out and "update (µs" in out
@@ -235,13 +235,11 @@ def test_the_sb3_peer_leaves_no_log_folder_behind(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("case", [0, 4, 5], ids=["mlp", "qr", "minatar-cnn"])
-def test_bench_update_times_both_updates_from_the_same_weights(case):
+def test_bench_times_the_update_of_each_network(case):
     from dqnkit.bench import speed
 
     row = speed.update_us(*speed.UPDATE_CASES[case], updates=3, blocks=1)
-    assert row["identical"] is True  # same batches, same start: the same weights at the end
-    assert row["direct_us"] > 0 and row["autograd_us"] > 0
-    assert row["speedup"] == pytest.approx(row["autograd_us"] / row["direct_us"], rel=0.02)
+    assert row["preset"] == speed.UPDATE_CASES[case][0] and row["update_us"] > 0
 
 
 def test_bench_atari_timer_skips_the_first_call_and_waits_for_the_device():

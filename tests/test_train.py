@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import warnings
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
     assert (run / "precious.txt").read_text() == "keep me"
     train(_cfg(), run, overwrite=True)
     assert not (run / "precious.txt").exists()
-    with pytest.raises(DqnkitError, match=f"not empty; continue it with `dqnkit train --resume {run}`"):
+    with pytest.raises(DqnkitError, match=re.escape(f"not empty; continue it with `resume({run})`")):
         train(_cfg(), run)
 
 

@@ -173,8 +173,7 @@ def update_ms(device: torch.device, mode: str = "eager", updates: int = 200) -> 
     ``"setup_s"``: the warm-up's seconds (capture, or compilation)."""
     if mode not in UPDATE_MODES or (mode == "cuda_graph" and device.type != "cuda"):
         raise ValueError(f"mode must be one of {UPDATE_MODES} (cuda_graph on CUDA only), got {mode!r} on {device}")
-    # the compiled step is the autograd one (on the CPU the direct update would replace it)
-    cfg = presets.get("atari", cuda_graph=mode == "cuda_graph", direct_update=mode != "compile", device=device.type)
+    cfg = presets.get("atari", cuda_graph=mode == "cuda_graph", device=device.type)
     agent = build_agent(cfg, (4, 84, 84), 4)
     if mode == "compile":
         agent._step = torch.compile(agent._step, mode="reduce-overhead")

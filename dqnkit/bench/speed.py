@@ -11,10 +11,8 @@
    steps/s (SB3's ``learn()``; dqnkit's loop rate, ``summary.json``'s ``sps``), and dqnkit's
    overhead per env step, ``(loop time - time inside learn) / steps``, against a bare
    ``env.step`` of CartPole timed in the same process.
-4. The update itself: microseconds per ``agent.learn`` with the update written out
-   (:mod:`dqnkit.direct_update`) and through autograd, for the CleanRL, rl-zoo, Rainbow, C51,
-   QR-DQN and MinAtar presets' networks: two agents from the same weights take the same random batches
-   in alternating blocks, and must end with the same weights (``identical``).
+4. The update itself: microseconds per ``agent.learn`` (the fastest of a few blocks of
+   random batches) for the CleanRL, rl-zoo, Rainbow, C51, QR-DQN and MinAtar presets' networks.
 
 Needs ``pip install 'dqnkit[bench]'`` (stable-baselines3 is never a runtime dependency).
 """
@@ -138,29 +136,18 @@ def _dqnkit_cleanrl(steps: int, seed: int, tmp: Path) -> dict[str, float]:
 def update_us(
     preset: str, obs_shape: tuple[int, ...], n_actions: int, updates: int = 200, blocks: int = 5
 ) -> dict[str, Any]:
-    """Part 4 for one preset: the fastest block's µs per update with and without autograd."""
-    agents = {}
-    for direct in (True, False):
-        torch.manual_seed(0)
-        agents[direct] = build_agent(presets.get(preset, direct_update=direct), obs_shape, n_actions)
-    assert agents[True]._direct_update is not None, f"{preset}'s network has no direct update"
-    batches = random_batches(obs_shape, n_actions, agents[True].config.batch_size, updates)
-    best = {True: float("inf"), False: float("inf")}
+    """Part 4 for one preset: the fastest block's µs per update."""
+    torch.manual_seed(0)
+    agent = build_agent(presets.get(preset), obs_shape, n_actions)
+    batches = random_batches(obs_shape, n_actions, agent.config.batch_size, updates)
+    best = float("inf")
     with flush_denormals(True):
         for _ in range(blocks):
-            for direct, agent in agents.items():
-                start = time.perf_counter()
-                for batch in batches:
-                    agent.learn(batch)
-                best[direct] = min(best[direct], (time.perf_counter() - start) / updates * 1e6)
-    same = all(torch.equal(p, q) for p, q in zip(agents[True].q_net.parameters(), agents[False].q_net.parameters()))
-    return {
-        "preset": preset,
-        "direct_us": round(best[True], 1),
-        "autograd_us": round(best[False], 1),
-        "speedup": round(best[False] / best[True], 2),
-        "identical": same,
-    }
+            start = time.perf_counter()
+            for batch in batches:
+                agent.learn(batch)
+            best = min(best, (time.perf_counter() - start) / updates * 1e6)
+    return {"preset": preset, "update_us": round(best, 1)}
 
 
 def run(
@@ -249,9 +236,6 @@ def _print(r: dict[str, Any]) -> None:
         f"dqnkit cartpole preset: {c['solved']}/{len(c['runs'])} seeds solved, median {c['median_wall_s']:.1f} s "
         f"= {c['median_vs_sb3_zoo']:.2f} of SB3-zoo's {r['steps']}-step time"
     )
-    print(f"{'update (µs, tight loop)':<34} {'direct':>8} {'autograd':>9} {'speedup':>8} {'same weights':>13}")
+    print(f"{'update (µs, tight loop)':<34} {'µs':>8}")
     for u in r["updates"]:
-        print(
-            f"{u['preset']:<34} {u['direct_us']:>8.0f} {u['autograd_us']:>9.0f} {u['speedup']:>7.2f}x "
-            f"{str(u['identical']):>13}"
-        )
+        print(f"{u['preset']:<34} {u['update_us']:>8.0f}")
