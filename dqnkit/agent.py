@@ -196,7 +196,8 @@ class QAgent:
         from dqnkit.cuda_graph import GraphedAct  # CUDA-only code stays out of CPU imports
 
         try:
-            self._graphed_acts[len(batch)] = graphed = GraphedAct(self, batch)
+            q_values = lambda obs: self._expected(self.q_net(obs))  # noqa: E731
+            self._graphed_acts[len(batch)] = graphed = GraphedAct(q_values, self.device, batch)
             return graphed
         except RuntimeError as exc:
             self._act_graph_wanted = False
@@ -261,10 +262,12 @@ class DQNAgent(QAgent):
     def _capture(self, batch: Batch) -> None:
         """Build the graphed update; where capture fails (an old driver, an op that cannot be
         captured), say so once and keep updating eagerly: same results, only slower."""
-        from dqnkit.cuda_graph import GraphedUpdate  # CUDA-only code stays out of CPU imports
+        from dqnkit.cuda_graph import GraphedUpdate, Learner  # CUDA-only code stays out of CPU imports
 
+        noise = self.noise if self.config.noisy else None
+        learner = Learner(self._step, (self.q_net, self.target_net), self.optimizer, noise, self.device)
         try:
-            self._graphed = GraphedUpdate(self, batch)
+            self._graphed = GraphedUpdate(learner, batch)
         except RuntimeError as exc:
             self._graph_wanted, self._graphed = False, None
             warnings.warn(

@@ -8,10 +8,12 @@ one launch.
 
 How :class:`GraphedUpdate` keeps the arithmetic of the eager update:
 
-- It captures :meth:`DQNAgent._step`, the function the eager path runs, on static device
-  buffers. Noisy layers draw inside the graph from the agent's own generator (registered
-  with the graph, so each replay draws fresh noise and advances it); Adam is built
-  ``capturable`` so its step count lives on the device.
+- It captures the update step it is handed (``DQNAgent``'s, the function the eager path
+  runs) on static device buffers, and knows only what it is handed: the step, the networks
+  and optimizer whose state a warm-up changes, and the noise generator. Noisy layers draw
+  inside the graph from the agent's own generator (registered with the graph, so each
+  replay draws fresh noise and advances it); Adam is built ``capturable`` so its step count
+  lives on the device.
 - Capturing needs a few warm-up updates first (cuBLAS/cuDNN pick their kernels and
   allocate workspaces); the networks, the optimizer and the noise generator are put back
   exactly as they were afterwards, so warming up changes nothing that is learned.
@@ -26,29 +28,41 @@ How :class:`GraphedUpdate` keeps the arithmetic of the eager update:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from dqnkit.replay.uniform import Batch
-
-if TYPE_CHECKING:
-    from dqnkit.agent import DQNAgent, LearnStats, QAgent
 
 _SMALL = ("actions", "rewards", "terminated", "horizons", "weights")  # packed as rows of one float64 [5, B]
 _WARMUP = 3  # eager updates before capture, as in PyTorch's whole-network capture example
 
 
-class GraphedUpdate:
-    """``agent._step`` captured for batches of ``len(example.actions)`` transitions."""
+class Learner(NamedTuple):
+    """What a captured update needs of the agent that owns it: its update ``step`` (a batch
+    of device tensors -> a NamedTuple of tensors), the ``networks`` and ``optimizer`` whose
+    state the warm-up updates change and put back, and the ``noise`` generator that noisy
+    layers draw from inside the graph (None: no noisy layers)."""
 
-    def __init__(self, agent: DQNAgent, example: Batch) -> None:
-        self.agent = agent
+    step: Callable[[Batch], Any]
+    networks: Sequence[nn.Module]
+    optimizer: torch.optim.Optimizer
+    noise: torch.Generator | None
+    device: torch.device
+
+
+class GraphedUpdate:
+    """``learner.step`` captured for batches of ``len(example.actions)`` transitions."""
+
+    def __init__(self, learner: Learner, example: Batch) -> None:
+        self.learner = learner
         self.batch_size = b = len(example.actions)
         obs = torch.as_tensor(example.obs[:1])  # numpy, or stacks a replay gathered on the device
         dtype = obs.dtype
-        device = agent.device
+        device = learner.device
         self._obs_dev = torch.empty((2 * b, *obs.shape[1:]), dtype=dtype, device=device)  # obs, then next_obs
         self._small_dev = torch.empty((len(_SMALL), b), dtype=torch.float64, device=device)
         self._obs_host = [torch.empty(self._obs_dev.shape, dtype=dtype).pin_memory() for _ in range(2)]
@@ -58,7 +72,7 @@ class GraphedUpdate:
         self._copy_in(example)
         self.graph, self._out = self._capture()
 
-    def __call__(self, batch: Batch) -> LearnStats:
+    def __call__(self, batch: Batch) -> Any:
         """Queue one update on ``batch``; returns without waiting for the GPU."""
         self._copy_in(batch)
         self.graph.replay()
@@ -84,7 +98,7 @@ class GraphedUpdate:
         self._copied[slot].record()
 
     def _static_batch(self) -> Batch:
-        """The device buffers as the batch of tensors ``_step`` takes (conversions are captured too)."""
+        """The device buffers as the batch of tensors the step takes (conversions are captured too)."""
         b, small = self.batch_size, self._small_dev
         return Batch(
             self._obs_dev[:b],
@@ -98,24 +112,23 @@ class GraphedUpdate:
         )
 
     def _capture(self) -> tuple[torch.cuda.CUDAGraph, Any]:
-        agent = self.agent
-        saved = _Saved(agent)
+        learner = self.learner
+        saved = _Saved(learner)
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(_WARMUP):
-                    agent._step(self._static_batch())
+                    learner.step(self._static_batch())
             torch.cuda.current_stream().wait_stream(side)
         finally:
             saved.restore()
         graph = torch.cuda.CUDAGraph()
-        if agent.config.noisy:
-            graph.register_generator_state(agent.noise)
-        for p in agent._params:
-            p.grad = None
+        if learner.noise is not None:
+            graph.register_generator_state(learner.noise)
+        learner.optimizer.zero_grad(set_to_none=True)
         with torch.cuda.graph(graph):
-            out = agent._step(self._static_batch())
+            out = learner.step(self._static_batch())
         return graph, out
 
 
@@ -123,21 +136,21 @@ class _Saved:
     """The state warm-up updates change, copied so that it can be put back in place (the
     tensors must stay the same objects: the graph records their addresses)."""
 
-    def __init__(self, agent: DQNAgent) -> None:
-        self.agent = agent
-        self.nets = [{k: v.clone() for k, v in net.state_dict().items()} for net in (agent.q_net, agent.target_net)]
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+        self.nets = [{k: v.clone() for k, v in net.state_dict().items()} for net in learner.networks]
         self.optim = {
             id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-            for p, state in agent.optimizer.state.items()
+            for p, state in learner.optimizer.state.items()
         }
-        self.noise = agent.noise.get_state()
+        self.noise = None if learner.noise is None else learner.noise.get_state()
 
     def restore(self) -> None:
-        agent = self.agent
+        learner = self.learner
         torch.cuda.synchronize()
-        for net, state in zip((agent.q_net, agent.target_net), self.nets):
+        for net, state in zip(learner.networks, self.nets):
             net.load_state_dict(state)  # copies into the existing tensors
-        for p, state in agent.optimizer.state.items():
+        for p, state in learner.optimizer.state.items():
             before = self.optim.get(id(p))
             for key, value in state.items():
                 if not torch.is_tensor(value):
@@ -146,13 +159,14 @@ class _Saved:
                     value.zero_()
                 else:
                     value.copy_(before[key])
-        agent.noise.set_state(self.noise)
-        for p in agent._params:
-            p.grad = None
+        if learner.noise is not None:
+            learner.noise.set_state(self.noise)
+        learner.optimizer.zero_grad(set_to_none=True)
 
 
 class GraphedAct:
-    """The greedy actions of ``agent.q_net`` for batches of ``len(example)`` observations,
+    """The greedy actions of ``q_values`` (observations on the device -> Q [B, A], the
+    agent's forward pass) for batches of ``len(example)`` observations,
     captured once: acting runs the Q-network's forward pass every env step, and eagerly that
     is a dozen small kernel launches, plus the copy of every Q-value back to the host. Here it
     is one pinned copy in, one graph replay and ``B`` action indices back.
@@ -162,16 +176,16 @@ class GraphedAct:
     eagerly: their noise is redrawn before every acting step, outside any graph.
     """
 
-    def __init__(self, agent: QAgent, example: np.ndarray) -> None:
-        self.agent = agent
+    def __init__(self, q_values: Callable[[torch.Tensor], torch.Tensor], device: torch.device, example: np.ndarray):
+        self.q_values = q_values
         self.batch_size = len(example)
         obs = torch.from_numpy(np.ascontiguousarray(example))
         self._obs_host = torch.empty_like(obs).pin_memory()
-        self._obs_dev = obs.to(agent.device)
+        self._obs_dev = obs.to(device)
         self._actions_host = torch.empty(self.batch_size, dtype=torch.int64).pin_memory()
         self.graph, self._q, self._actions = self._capture()
         with torch.no_grad():  # the graph must compute what the eager forward pass computes
-            eager = agent._expected(agent.q_net(self._obs_dev))
+            eager = q_values(self._obs_dev)
         self.graph.replay()
         # loose: should cuDNN pick another kernel, TF32 rounds differently; a broken graph is far off
         if not torch.allclose(self._q, eager, rtol=1e-2, atol=1e-3):
@@ -188,15 +202,14 @@ class GraphedAct:
         return self._actions_host.numpy().copy()
 
     def _capture(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
-        agent = self.agent
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.no_grad():
             for _ in range(_WARMUP):  # a forward pass changes no state: nothing to put back
-                agent._expected(agent.q_net(self._obs_dev))
+                self.q_values(self._obs_dev)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(graph):
-            q = agent._expected(agent.q_net(self._obs_dev))
+            q = self.q_values(self._obs_dev)
             actions = q.argmax(dim=1)
         return graph, q, actions

@@ -275,7 +275,7 @@ def test_a_failed_capture_of_acting_warns_once_and_acts_eagerly(monkeypatch):
 
     attempts = []
 
-    def fail(self, agent, example):
+    def fail(self, q_values, device, example):
         attempts.append(len(example))
         raise RuntimeError("operation not permitted when stream is capturing\ndetails")
 

@@ -14,19 +14,21 @@ RNG, so a run gathers the same stacks either way (tests compare them).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from dqnkit.replay.frames import FrameReplay
+# The replay is a FrameReplay, which owns this mirror (``keep_frames_on``) and imports this
+# module: read here through its public ring (``capacity``, ``frame_shape``, ``frames``,
+# ``rows_since``, ``write_mark``), not imported back.
+FrameRing = Any
 
 
 class DeviceFrames:
     """Every frame of ``replay`` as one uint8 tensor [capacity, H, W] on ``device``."""
 
-    def __init__(self, replay: FrameReplay, device: torch.device | str) -> None:
+    def __init__(self, replay: FrameRing, device: torch.device | str) -> None:
         self.device = torch.device(device)
         self.frames = torch.zeros((replay.capacity, *replay.frame_shape), dtype=torch.uint8, device=self.device)
         self._mark: np.ndarray | None = None  # rows per env uploaded so far; None: upload the whole ring
@@ -35,12 +37,12 @@ class DeviceFrames:
         """The host ring was replaced wholesale (a checkpoint loaded): upload all of it next time."""
         self._mark = None
 
-    def stacks(self, replay: FrameReplay, rows: np.ndarray) -> torch.Tensor:
+    def stacks(self, replay: FrameRing, rows: np.ndarray) -> torch.Tensor:
         """The frames at flat rows ``rows`` [B, stack] -> [B, stack, H, W] uint8 on the device."""
         self._sync(replay)
         return self.frames[self._upload(rows)]
 
-    def _sync(self, replay: FrameReplay) -> None:
+    def _sync(self, replay: FrameRing) -> None:
         """Upload the rows written since the last sync (each once: ``rows_since`` counts per env)."""
         host = replay.frames.reshape(replay.capacity, *replay.frame_shape)
         if self._mark is None:
