@@ -183,6 +183,7 @@ def test_resume_mid_rollout_is_bit_identical(tmp_path):
     assert np.array_equal(load(tmp_path / "resumed").q_values(probe), load(tmp_path / "straight").q_values(probe))
 
 
+@pytest.mark.slow  # learning to a score
 def test_pqn_learns_cartpole_and_its_run_loads_for_evaluation(tmp_path):
     summary = train(presets.get("pqn-cartpole", total_steps=40_000, seed=0), tmp_path / "run")
     # random play scores about 22; seeds 0-5 gave 155-388 here at 40k steps: a wide margin
