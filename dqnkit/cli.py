@@ -18,6 +18,7 @@ import select
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -87,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--video-max-steps", type=_steps, metavar="N",
                     help="end the film after N steps if the episode has not ended (default: the run's "
                     "video_max_steps; 0 there: five minutes of playback)")  # fmt: skip
+
+    ex = sub.add_parser("export", help="a run's Q-network as an ONNX (or TorchScript) file, checked against the agent")
+    ex.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    ex.add_argument("--out", type=Path, metavar="FILE",
+                    help="the file to write (default RUN_DIR/policy.onnx, or policy.pt for torchscript)")  # fmt: skip
+    ex.add_argument("--checkpoint", metavar="step_N.pt",
+                    help="one of the run's checkpoints (default: the latest)")  # fmt: skip
+    ex.add_argument("--format", dest="fmt", choices=("onnx", "torchscript"), default="onnx",
+                    help="onnx (for onnxruntime; needs dqnkit[export]) or torchscript (torch.jit.load)")  # fmt: skip
+    ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     plot = sub.add_parser("plot", help="the learning curves of several runs in one PNG (seeds of a variant together)")
     plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
@@ -189,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.command is None:
                 raise DqnkitError(
-                    "missing command: train, eval, plot, presets, experiment, tabular, bench or apex "
+                    "missing command: train, eval, export, plot, presets, experiment, tabular, bench or apex "
                     "(see `dqnkit --help`)"
                 )
             return COMMANDS[args.command](args)
@@ -500,6 +511,41 @@ def _prepare_video(path: Path) -> None:
         raise DqnkitError(f"--video {path}: directory {path.parent} does not exist (create it first)")
 
 
+def _export(args: argparse.Namespace) -> int:
+    from dqnkit.export import FORMATS, require_onnx
+
+    suffix = FORMATS[args.fmt]
+    out = args.out or args.run_dir / f"policy{suffix}"
+    if out.suffix.lower() != suffix:
+        raise DqnkitError(f"--format {args.fmt} writes a {suffix} file, not {out.name!r}")
+    if out.exists() and not args.overwrite:
+        raise DqnkitError(f"{out} exists; choose another --out or pass --overwrite")
+    if args.fmt == "onnx":
+        require_onnx()
+    refuse_file_in_the_way(out.parent, f"--out {out}")
+    from dqnkit.training import find_checkpoint
+
+    find_checkpoint(args.run_dir, args.checkpoint)  # a run without it is refused before torch is imported
+    from dqnkit.export import ExportMismatch, export
+    from dqnkit.training import load
+
+    agent = load(args.run_dir, device="cpu", checkpoint=args.checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        result = export(agent, out, args.fmt)
+    except ExportMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    shape = ", ".join(map(str, agent.obs_shape))
+    print(
+        f"wrote {out} ({args.fmt}, {out.stat().st_size / 2**20:.2f} MB, {time.perf_counter() - start:.1f} s): "
+        f"{agent.config.env_id} observations [B, {shape}] -> Q-values [B, {agent.n_actions}]"
+    )
+    print(f"checked: {result.summary()}")
+    return 0
+
+
 def _presets(args: argparse.Namespace) -> int:
     from dqnkit import presets
 
@@ -664,6 +710,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": _bench,
     "experiment": _experiment,
     "apex": _apex,
+    "export": _export,
 }
 
 

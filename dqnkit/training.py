@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -192,18 +193,18 @@ def check_runnable(config: Config) -> None:
 RESUMABLE = ("config", "agent", "replay", "loop", "envs")  # what `train --resume` needs
 
 
-def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) -> dict[str, Any]:
-    """The latest checkpoint of a run, loaded safely; exit-2 errors for anything wrong.
+def load_checkpoint(
+    run_dir: str | Path, required: tuple[str, ...] = RESUMABLE, checkpoint: str | Path | None = None
+) -> dict[str, Any]:
+    """The latest checkpoint of a run (or the one :func:`find_checkpoint` finds for
+    ``checkpoint``), loaded safely; exit-2 errors for anything wrong.
 
     ``required``: the keys the caller needs; an agent alone (``config``, ``agent``) is in every
     dqnkit checkpoint, Ape-X's included, and a resumable one holds :data:`RESUMABLE`.
     """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DqnkitError(f"run directory {run_dir} {'is a file' if run_dir.exists() else 'does not exist'}")
-    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "config.json").is_file():
-        raise DqnkitError(_not_a_run(run_dir))
-    ckpt = _load_latest(CheckpointDir(run_dir))
+    path = find_checkpoint(run_dir, checkpoint)
+    ckpt = _load_latest(CheckpointDir(run_dir)) if checkpoint is None else safe_load(path)
     if "apex" in ckpt and "loop" in required:
         raise CheckpointError(
             f"{run_dir} is an Ape-X run: its checkpoints hold the learner, not the actors' episodes or the "
@@ -214,6 +215,35 @@ def load_checkpoint(run_dir: str | Path, required: tuple[str, ...] = RESUMABLE) 
             what = "resumable dqnkit training" if "loop" in required else "dqnkit"
             raise CheckpointError(f"{run_dir} checkpoint lacks {key!r}: not a {what} checkpoint")
     return ckpt
+
+
+def find_checkpoint(run_dir: str | Path, name: str | Path | None = None) -> Path:
+    """The checkpoint file of a run that ``name`` names, without reading it: None or
+    ``latest.pt`` the latest, ``step_N.pt`` the one of step N (with or without the zeros of
+    its file name), another file of its ``checkpoints/``, or a path to a file. Anything else
+    is an exit-2 error naming the run's checkpoints."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DqnkitError(f"run directory {run_dir} {'is a file' if run_dir.exists() else 'does not exist'}")
+    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "config.json").is_file():
+        raise DqnkitError(_not_a_run(run_dir))
+    checkpoints = CheckpointDir(run_dir)
+    if name is None or str(name) == checkpoints.latest.name:
+        if not checkpoints.latest.is_file() and (run_dir / "config.json").is_file():
+            raise CheckpointError(
+                f"{run_dir} has no checkpoint: it stopped before its first; train it anew with "
+                f"`dqnkit train --config {run_dir / 'config.json'} --run-dir {run_dir} --overwrite`"
+            )
+        return checkpoints.latest
+    for path in (checkpoints.dir / name, Path(name)):
+        if path.is_file():
+            return path
+    step = re.fullmatch(r"step_(\d+)\.pt", Path(name).name)
+    for path in checkpoints.numbered():
+        if step is not None and int(path.stem.split("_")[1]) == int(step.group(1)):
+            return path
+    kept = ", ".join(p.name for p in checkpoints.numbered()) or "none"
+    raise CheckpointError(f"{run_dir} has no checkpoint {name} (its checkpoints: {kept}, and latest.pt)")
 
 
 def _not_a_run(path: Path) -> str:
@@ -228,13 +258,8 @@ def _not_a_run(path: Path) -> str:
 
 def _load_latest(checkpoints: CheckpointDir) -> dict[str, Any]:
     """``latest.pt``, or where it does not load (a disk's fault: saves are atomic), an error
-    naming the newest earlier checkpoint that does, and how to make it the latest."""
-    run_dir = checkpoints.dir.parent
-    if not checkpoints.latest.is_file() and (run_dir / "config.json").is_file():
-        raise CheckpointError(
-            f"{run_dir} has no checkpoint: it stopped before its first; train it anew with "
-            f"`dqnkit train --config {run_dir / 'config.json'} --run-dir {run_dir} --overwrite`"
-        )
+    naming the newest earlier checkpoint that does, and how to make it the latest. (A run
+    without a checkpoint was refused by :func:`find_checkpoint`.)"""
     try:
         return safe_load(checkpoints.latest)
     except CheckpointError as exc:
@@ -400,13 +425,14 @@ def build_agent(
     return agent
 
 
-def load(run_dir: str | Path, device: str = "auto") -> DQNAgent | PQNAgent:
+def load(run_dir: str | Path, device: str = "auto", checkpoint: str | Path | None = None) -> DQNAgent | PQNAgent:
     """The trained agent of a run (its latest checkpoint): ``agent.act(obs, greedy=True)``.
 
     ``device`` is where it runs here (``auto``: cuda if this machine has it), whatever device
-    it was trained on: a run trained on a GPU loads on a CPU-only machine.
+    it was trained on: a run trained on a GPU loads on a CPU-only machine. ``checkpoint``:
+    another of the run's checkpoints, e.g. ``step_5000.pt`` (see :func:`find_checkpoint`).
     """
-    ckpt = load_checkpoint(run_dir, required=("config", "agent"))
+    ckpt = load_checkpoint(run_dir, required=("config", "agent"), checkpoint=checkpoint)
     config = from_dict(ckpt["config"]).replace(device=device)
     if "spaces" in ckpt:  # no env is built: loading an Atari agent needs no ROM
         obs_shape, n_actions = tuple(ckpt["spaces"]["obs_shape"]), int(ckpt["spaces"]["n_actions"])
