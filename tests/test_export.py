@@ -36,6 +36,10 @@ NETWORKS = {
     "nature-cnn": ("atari", {"env_id": "ALE/Breakout-v5"}),
 }
 NEEDS = {"minatar-cnn": "minatar", "nature-cnn": "ale_py"}
+# An ONNX export takes ~2 s (the torch.export-based exporter): the fast suite exports one
+# MLP and one CNN head, the slow one every other network.
+FAST_ONNX = ("mlp", "c51", "nature-cnn")
+ONNX_CASES = [name if name in FAST_ONNX else pytest.param(name, marks=pytest.mark.slow) for name in NETWORKS]
 
 
 def untrained_agent(name: str):
@@ -57,7 +61,7 @@ def run_dir(tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("name", NETWORKS)
+@pytest.mark.parametrize("name", ONNX_CASES)
 def test_every_network_and_head_exports_to_onnx_and_matches_the_agent(name, tmp_path):
     agent = untrained_agent(name)
     result = export(agent, tmp_path / "policy.onnx")
