@@ -144,6 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; e.g. frame_gather=host)",
     )
 
+    tune = sub.add_parser(
+        "tune",
+        help="hyperparameter search on Optuna: TPE, median pruning, every trial a run (needs dqnkit[tune])",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="the same command started again continues the study (see docs/tune.md)",
+    )
+    tune.add_argument("--preset", default=None, help="starting config (`dqnkit presets`; default: --env's family)")
+    tune.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
+    tune.add_argument("--trials", type=int, default=40, help="trials in the study in total, over all workers (40)")
+    tune.add_argument("--jobs", type=int, default=1, help="trials side by side on this machine, in processes (1)")
+    tune.add_argument("--steps", type=_steps, help="each trial's budget in env steps (default: the preset's)")
+    tune.add_argument("--storage", metavar="URL",
+                      help="Optuna storage: postgresql://... for many machines (default: SQLite in --out)")  # fmt: skip
+    tune.add_argument("--study", help="study name in --storage (default: the preset's name)")
+    tune.add_argument("--space", type=Path, metavar="FILE.json", help="search space (default: the algorithm's own)")
+    tune.add_argument("--out", type=Path, help="where the trials' runs and the results go (default runs/tune-PRESET)")
+    tune.add_argument("--confirm", type=int, default=5, metavar="K",
+                      help="train best and preset on K fresh seeds, compared by IQM (5; 0 skips)")  # fmt: skip
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config key every trial keeps, not searched (repeatable)")  # fmt: skip
+    tune.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the trials' torch device (default auto)")
+    tune.set_defaults(config=None, seed=None)
+
     tab = sub.add_parser("tabular", help="tabular TD exercises: cliff-walking, random-walk")
     tab.add_argument("name", choices=("cliff-walking", "random-walk"))
     tab.add_argument("--episodes", type=int, help="episodes per seed (default 500 / 10)")
@@ -200,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if args.command is None:
                 raise DqnkitError(
-                    "missing command: train, eval, export, plot, presets, experiment, tabular, bench or apex "
+                    "missing command: train, eval, export, plot, presets, experiment, tune, tabular, bench or apex "
                     "(see `dqnkit --help`)"
                 )
             return COMMANDS[args.command](args)
@@ -620,6 +643,46 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0 if result else 1
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from dqnkit import tune
+
+    tune.require_optuna()  # before anything: without it nothing below can run
+    check_range("--trials", args.trials, 1, tune.CONFIRM_SEED)
+    check_range("--jobs", args.jobs, 1, None)
+    check_range("--confirm", args.confirm, 0, None)
+    config = _config(args)
+    if config.eval_every == 0:  # the pruner and the objective need evaluations along the way
+        config = config.replace(eval_every=max(1, config.total_steps // 10))
+    space = None if args.space is None else tune.read_space(args.space, config.algorithm)
+    out = args.out or Path("runs") / f"tune-{config.preset}"
+    storage = args.storage or tune.default_storage(out)
+    study = tune.Study(config, storage, args.study or config.preset, out, args.trials, space)
+    result = tune.run(study, args.jobs)
+    counts = result["trials"]
+    print(f"study {study.name}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed")
+    if "best_trial" not in result:
+        print("no trial completed: no best config")
+        return 1
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["best_params"].items())
+    print(f"best: trial {result['best_trial']}, objective {result['best_value']:.2f} ({params})")
+    print(f"run directory: {result['best_run_dir']}; config: {result['best_config']}; plot: {result['plot']}")
+    if args.confirm:
+        from dqnkit.stats import Interval, describe
+
+        confirmed = tune.confirm(study, args.confirm, args.jobs)
+        for name in ("tuned", "preset"):
+            row = confirmed[name]
+            solved = f", solved {row['solved']}/{args.confirm}" if "solved" in row else ""
+            print(
+                f"{name}: objective IQM {describe(Interval(*row['objective_iqm_ci95']))}, final evaluation IQM "
+                f"{describe(Interval(*row['final_eval_iqm_ci95']))}, median steps {row['steps_median']:,.0f}{solved}"
+            )
+        p = Interval(*confirmed["probability_of_improvement_ci95"])
+        print(f"P(tuned > preset) {describe(p, 2)}; {out / 'confirm.json'}, {out / 'confirm.png'}")
+    print(f"next: dqnkit train --config {result['best_config']}   or   {tune.dashboard_line(storage)}")
+    return 0
+
+
 # The options each bench takes besides --out: one table, so that an option given to a bench
 # that ignores it is refused before any work starts, with where it applies.
 BENCH_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -711,6 +774,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "experiment": _experiment,
     "apex": _apex,
     "export": _export,
+    "tune": _tune,
 }
 
 

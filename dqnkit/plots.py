@@ -199,3 +199,18 @@ def versus(panels: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray, np.nda
     fig.tight_layout()
     fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=8, ncol=2)
     return _save(fig, out_png)
+
+
+def intervals(values: dict[str, dict[str, list[float]]], out_png: str | Path, title: str = "") -> Path:
+    """One panel per measure: each variant's estimate with its interval (``[value, low, high]``)."""
+    measures = list(next(iter(values.values())))
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.5 * len(measures), 0.6 * len(values) + 1.8), squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        for row, by_measure in enumerate(values.values()):
+            value, low, high = by_measure[measure]
+            ax.errorbar([value], [row], xerr=[[value - low], [high - value]], fmt="o", capsize=4)
+        ax.set_yticks(range(len(values)), list(values))
+        ax.set_title(measure)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, out_png)

@@ -22,8 +22,9 @@ import math
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,19 @@ class Parts:
 
 # ----------------------------------------------------------------------------- public API
 def train(
-    config: Config, run_dir: str | Path | None = None, *, overwrite: bool = False, progress: bool = False
+    config: Config,
+    run_dir: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train from scratch into ``run_dir``; returns the summary (also in summary.json).
 
     Refuses a non-empty ``run_dir`` unless ``overwrite`` (which deletes it first).
+    ``on_eval(step, mean_return)`` is called after each greedy evaluation is logged; an
+    exception it raises stops the run there (``dqnkit tune`` prunes a trial so), keeping
+    the metrics logged and the last checkpoint.
     """
     check_env_id(config.env_id)  # bad input is refused before the disk is touched
     check_runnable(config)
@@ -126,7 +135,7 @@ def train(
             raise
         with _envs_closed(parts):
             _reset_envs(parts)
-            return _run(parts, run_dir, progress)
+            return _run(parts, run_dir, progress, on_eval)
 
 
 def resume(
@@ -568,27 +577,31 @@ def _close_envs(parts: Parts) -> None:
     parts.envs.close()
 
 
-def _run(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
+OnEval = Callable[[int, float], None] | None  # train()'s on_eval: (step, mean return) after each evaluation
+
+
+def _run(parts: Parts, run_dir: Path, progress: bool, on_eval: OnEval = None) -> dict[str, Any]:
     with flush_denormals(parts.config.flush_denormal):
-        return _loop(parts, run_dir, progress)
+        return _loop(parts, run_dir, progress, on_eval)
 
 
-def _loop(parts: Parts, run_dir: Path, progress: bool) -> dict[str, Any]:
+def _loop(parts: Parts, run_dir: Path, progress: bool, on_eval: OnEval) -> dict[str, Any]:
     loop = parts.loop
     monitor = RunMonitor(parts.config, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
+    evaluate = partial(_evaluate, parts, monitor, on_eval)
     try:
-        return _steps(parts, monitor, run_dir)
+        return _steps(parts, monitor, run_dir, evaluate)
     except BaseException:
         monitor.abandon()
         raise
 
 
-def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path) -> dict[str, Any]:
+def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path, evaluate: Callable[[], None]) -> dict[str, Any]:
     cfg, agent, loop = parts.config, parts.agent, parts.loop
     learn_due = _pqn_updates if cfg.algorithm == "pqn" else _dqn_updates
     try:
         if loop.eval_due:  # a stop abandoned it before the checkpoint: played now, at its step
-            _evaluate(parts, monitor)
+            evaluate()
         while loop.step < cfg.total_steps and not loop.stopped_early and not monitor.interrupted:
             if loop.step >= parts.save_deadline:  # the next step could overwrite rows being saved
                 monitor.wait_saved()
@@ -615,12 +628,12 @@ def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path) -> dict[str, Any]:
 
             loop.eval_due = loop.eval_due or crossed(prev, loop.step, cfg.eval_every) > 0
             if loop.eval_due:
-                _evaluate(parts, monitor)
+                evaluate()
             if crossed(prev, loop.step, cfg.checkpoint_interval) and loop.step < cfg.total_steps:
                 _save(parts, monitor)
         sps = monitor.steps_per_second(loop.step)  # the loop's own rate, before the final evaluation and checkpoint
         if cfg.final_eval and loop.eval_step != loop.step and not monitor.interrupted:
-            _evaluate(parts, monitor)  # a stop abandons it too: the resumed run plays it
+            evaluate()  # a stop abandons it too: the resumed run plays it
     finally:
         monitor.close()
     if monitor.interrupted:
@@ -675,9 +688,9 @@ def _learn_once(parts: Parts) -> None:
     record_learning_stats(loop, stats)
 
 
-def _evaluate(parts: Parts, monitor: RunMonitor) -> None:
+def _evaluate(parts: Parts, monitor: RunMonitor, on_eval: OnEval = None) -> None:
     """The evaluation due at this step; one that a stop abandons stays due (``eval_due``):
-    the checkpoint says so, and the resumed run plays it first."""
+    the checkpoint says so, and the resumed run plays it first. ``on_eval`` hears of it last."""
     loop = parts.loop
     result = monitor.evaluate(parts.agent, loop.step, loop.episodes)
     if result is None:
@@ -685,6 +698,8 @@ def _evaluate(parts: Parts, monitor: RunMonitor) -> None:
     loop.eval_mean, loop.eval_std = result
     loop.eval_step, loop.eval_due = loop.step, False
     loop.stopped_early = loop.stopped_early or monitor.reached_goal(loop.eval_mean)
+    if on_eval is not None:
+        on_eval(loop.step, loop.eval_mean)
 
 
 def _save(parts: Parts, monitor: RunMonitor) -> None:

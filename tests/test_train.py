@@ -134,6 +134,26 @@ def test_tensorboard_mirrors_the_metrics_and_adds_steps_per_second(tmp_path, mon
     assert "| lr | `0.001` |" in config.tensor_proto.string_val[0].decode()
 
 
+def test_on_eval_hears_every_evaluation_and_may_stop_the_run(tmp_path):
+    heard = []
+    train(_cfg(), tmp_path / "all", on_eval=lambda step, mean: heard.append((step, mean)))
+    rows = read_metrics(tmp_path / "all" / "metrics.csv")
+    assert heard == [(int(r["step"]), float(r["return"])) for r in rows if r["kind"] == "eval"]
+    assert [step for step, _ in heard] == [300, 600]
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, mean):
+        raise Stop(step)
+
+    with pytest.raises(Stop):
+        train(_cfg(), tmp_path / "stopped", on_eval=stop)
+    rows = read_metrics(tmp_path / "stopped" / "metrics.csv")
+    assert [int(r["step"]) for r in rows if r["kind"] == "eval"] == [300]  # logged before the hook stopped it
+    assert not (tmp_path / "stopped" / "summary.json").exists()
+
+
 def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

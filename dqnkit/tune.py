@@ -1,0 +1,596 @@
+"""``dqnkit tune``: hyperparameter search on Optuna (TPE sampler, median pruner), as
+rl-baselines3-zoo's ``--optimize`` and CleanRL's tuner do it.
+
+Every trial is an ordinary dqnkit run under ``OUT/trials/`` (config.json, metrics.csv,
+checkpoints, TensorBoard): ``dqnkit plot``, ``eval`` and ``train --resume`` work on it.
+
+The study lives in a storage (an SQLite file in ``OUT`` by default, or a PostgreSQL URL that
+several machines share). Its trials are made up front, as a queue of ``trials`` waiting
+trials, and each worker takes the next one atomically (a waiting trial goes to running for
+one worker only): no trial runs twice, and the study stops at ``trials`` in total however
+many workers take part. A trial that fails (Ctrl-C, SIGTERM) is replaced by a new waiting
+one when the same command starts again.
+
+The objective is the area under the trial's greedy evaluation curve: the mean of its
+evaluations over its budget, an early stop at ``stop_at_return`` holding its last value
+to the end of the budget (:func:`objective_value`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing
+import signal
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dqnkit.config import FIELDS, Config, check_range
+from dqnkit.errors import ConfigError, DqnkitError, Interrupted, NonFiniteError
+from dqnkit.files import RunLock, atomic_write_text, make_dir
+
+OBJECTIVE = (
+    "mean of the trial's greedy evaluations over its budget (the area under its evaluation curve); "
+    "a trial stopped early at stop_at_return keeps its last evaluation to the end of the budget"
+)
+PIP_LINE = "pip install 'dqnkit[tune]'"
+# keys the study sets itself: a --space may not search them
+NOT_SEARCHED = ("algorithm", "preset", "env_id", "seed", "total_steps", "device")
+CONFIRM_SEED = 100_000  # confirmation runs use seeds from here; trial n trains with seed n
+
+
+def require_optuna() -> Any:
+    """The optuna module, or a one-line error (exit 2) saying how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise DqnkitError(f"dqnkit tune needs Optuna: {PIP_LINE}") from None
+    return optuna
+
+
+# ----------------------------------------------------------------------------- search spaces
+# A space is a dict: config key -> {"low", "high", "log"?, "step"?} or {"choices": [...]}.
+# The default spaces also draw a few keys together (dqn_space, pqn_space).
+Space = dict[str, dict[str, Any]]
+
+
+def _dqn_params(trial: Any, base: Config) -> dict[str, Any]:
+    """DQN's default space, after rl-baselines3-zoo's ``sample_dqn_params``."""
+    s = {
+        "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
+        "gamma": trial.suggest_categorical("gamma", [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]),
+        "batch_size": trial.suggest_categorical("batch_size", [16, 32, 64, 128, 256]),
+        "buffer_size": trial.suggest_categorical("buffer_size", [10_000, 50_000, 100_000, 1_000_000]),
+        "n_step": trial.suggest_categorical("n_step", [1, 3, 5]),
+        "double": trial.suggest_categorical("double", [False, True]),
+        "dueling": trial.suggest_categorical("dueling", [False, True]),
+        "prioritized": trial.suggest_categorical("prioritized", [False, True]),
+    }
+    train_freq = trial.suggest_categorical("train_freq", [1, 4, 8, 16, 64])
+    subsample = trial.suggest_categorical("subsample_steps", [1, 2, 4, 8])  # gradient_steps = train_freq / this
+    s.update(train_freq=train_freq, gradient_steps=max(train_freq // subsample, 1))
+    if trial.suggest_categorical("target", ["hard", "soft"]) == "hard":
+        s.update(
+            tau=0.0, target_update_interval=trial.suggest_categorical("target_update_interval", [64, 250, 1000, 5000])
+        )
+    else:
+        s.update(tau=trial.suggest_float("tau", 1e-3, 0.1, log=True), target_update_interval=1)
+    if s["prioritized"]:
+        s["per_alpha"] = trial.suggest_float("per_alpha", 0.4, 0.8)
+    if not base.noisy:  # noisy nets explore on their own: no epsilon to tune
+        s.update(
+            eps_schedule="linear",
+            exploration_steps=0,
+            exploration_fraction=trial.suggest_float("exploration_fraction", 0.05, 0.5),
+            eps_end=trial.suggest_float("eps_end", 0.0, 0.2),
+        )
+    width = trial.suggest_categorical("net_width", [64, 128, 256])
+    s["hidden_sizes"] = (width,) * trial.suggest_int("net_depth", 1, 3)
+    return s
+
+
+def _pqn_params(trial: Any, base: Config) -> dict[str, Any]:
+    """PQN's default space: learning rate, lambda, the rollout's shape and its passes."""
+    return {
+        "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+        "q_lambda": trial.suggest_float("q_lambda", 0.0, 0.95),
+        "num_envs": trial.suggest_categorical("num_envs", [4, 8, 16, 32, 64]),
+        "rollout_steps": trial.suggest_categorical("rollout_steps", [16, 32, 64, 128]),
+        "num_minibatches": trial.suggest_categorical("num_minibatches", [1, 2, 4, 8]),
+        "update_epochs": trial.suggest_categorical("update_epochs", [1, 2, 4, 8]),
+    }
+
+
+DEFAULT_SPACES: dict[str, Callable[[Any, Config], dict[str, Any]]] = {"dqn": _dqn_params, "pqn": _pqn_params}
+
+
+def read_space(path: Path, algorithm: str = "dqn") -> Space:
+    """A ``--space`` file, checked: every key a config key of a type and range it can take."""
+    try:
+        space = json.loads(path.read_text())
+    except OSError as exc:
+        raise DqnkitError(f"--space {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise DqnkitError(f"--space {path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    try:
+        check_space(space, algorithm)
+    except DqnkitError as exc:
+        raise DqnkitError(f"--space {path}: {exc}") from None
+    return space
+
+
+def check_space(space: Any, algorithm: str = "dqn") -> None:
+    """Refuse (ConfigError) a space that is not an object of ``algorithm``'s config keys,
+    each with a non-empty range or list of choices of its field's type."""
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(
+            'expected a JSON object of config keys, e.g. {"lr": {"low": 1e-5, "high": 1e-2, "log": true}}'
+        )
+    for key, spec in space.items():
+        if key not in FIELDS:
+            raise ConfigError(f"unknown config key {key!r} (see `dqnkit presets NAME` for the keys)")
+        if key in NOT_SEARCHED:
+            raise ConfigError(f"{key} is set by the study itself, not searched (--preset, --env, --steps)")
+        only = FIELDS[key].metadata.get("only")
+        if only is not None and only != algorithm:
+            raise ConfigError(f"{key} is a {only} key: algorithm={algorithm} does not use it")
+        if not isinstance(spec, dict):
+            raise ConfigError(f'{key}: expected {{"low": .., "high": ..}} or {{"choices": [..]}}, got {spec!r}')
+        extra = sorted(set(spec) - {"low", "high", "log", "step", "choices"})
+        if extra:
+            raise ConfigError(f"{key}: unknown entry {extra[0]!r} (low, high, log, step or choices)")
+        if "choices" in spec:
+            _check_choices(key, spec)
+        else:
+            _check_interval(key, spec)
+
+
+def _check_choices(key: str, spec: dict[str, Any]) -> None:
+    choices = spec["choices"]
+    if set(spec) != {"choices"}:
+        raise ConfigError(f"{key}: choices go alone, without low, high, log or step")
+    if not isinstance(choices, list) or not choices:
+        raise ConfigError(f"{key}: choices must be a non-empty list, got {choices!r}")
+    for value in choices:
+        _check_value(key, value)
+
+
+def _check_interval(key: str, spec: dict[str, Any]) -> None:
+    kind = FIELDS[key].type
+    if kind not in ("int", "float", "float | None"):
+        raise ConfigError(f"{key} is a {kind}: give it choices, not a range")
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{key}: a range needs both low and high")
+    low, high = spec["low"], spec["high"]
+    for value in (low, high):
+        _check_value(key, value)
+    if not low < high:
+        raise ConfigError(f"{key}: the range [{low}, {high}] is empty (low must be below high)")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{key}: log must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise ConfigError(f"{key}: a log range must start above 0, got low {low}")
+    if step is not None:
+        if log:
+            raise ConfigError(f"{key}: a range takes log or step, not both")
+        _check_value(key, step)
+        if step <= 0:
+            raise ConfigError(f"{key}: step must be positive, got {step}")
+
+
+def _check_value(key: str, value: Any) -> None:
+    """``value`` as JSON gives it must already be of the field's type (no strings for numbers)
+    and inside the field's range."""
+    kind, meta = FIELDS[key].type, FIELDS[key].metadata
+    fits = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "float | None": value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)),
+        "str": isinstance(value, str),
+        "tuple[int, ...]": isinstance(value, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+    }[kind]
+    if not fits:
+        raise ConfigError(f"{key}: {value!r} is not a {kind}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: {value!r} is not finite")
+        check_range(key, value, meta.get("lo"), meta.get("hi"), bool(meta.get("lo_open")))
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
+
+
+def _space_params(space: Space) -> Callable[[Any, Config], dict[str, Any]]:
+    """The sampling function of a user's (checked) space."""
+
+    def sample(trial: Any, base: Config) -> dict[str, Any]:
+        values = {}
+        for key, spec in space.items():
+            if "choices" in spec:
+                # optuna's categorical choices are scalars: lists (hidden_sizes) go by their index
+                if any(isinstance(c, list) for c in spec["choices"]):
+                    index = trial.suggest_categorical(key, [json.dumps(c) for c in spec["choices"]])
+                    values[key] = tuple(json.loads(index))
+                else:
+                    values[key] = trial.suggest_categorical(key, spec["choices"])
+            elif FIELDS[key].type == "int":
+                values[key] = trial.suggest_int(
+                    key, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step", 1)
+                )
+            else:
+                values[key] = trial.suggest_float(
+                    key, spec["low"], spec["high"], log=spec.get("log", False), step=spec.get("step")
+                )
+        return values
+
+    return sample
+
+
+# ----------------------------------------------------------------------------- the objective
+def objective_value(evals: list[float], total_steps: int, eval_every: int) -> float:
+    """The mean of a trial's evaluations over its budget: the ``n`` a full run plays (one
+    every ``eval_every`` steps, and a final one at ``total_steps`` off that grid), the
+    missing ones of a run stopped early taking its last value (it reached its goal)."""
+    full = total_steps // eval_every + (1 if total_steps % eval_every else 0) if eval_every else 1
+    held = evals + [evals[-1]] * max(0, full - len(evals))
+    return float(sum(held) / len(held))
+
+
+# ----------------------------------------------------------------------------- the study
+@dataclass(frozen=True)
+class Study:
+    """What every worker of one study needs, picklable for its processes."""
+
+    base: Config  # the starting config, budget and evaluation cadence included
+    storage: str
+    name: str
+    out: Path
+    trials: int
+    space: Space | None  # None: the algorithm's default space
+
+    def attrs(self) -> dict[str, Any]:
+        """The study's user attributes: what it optimises, so that a restart can check it is the same."""
+        return {
+            "objective": OBJECTIVE,
+            "preset": self.base.preset,
+            "env_id": self.base.env_id,
+            "total_steps": self.base.total_steps,
+            "base_config": self.base.to_dict(),
+            "space": self.space if self.space is not None else f"default {self.base.algorithm} space",
+        }
+
+
+def default_storage(out: Path) -> str:
+    """The SQLite file in ``out`` that holds a study by default."""
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def _open_storage(url: str) -> Any:
+    optuna = require_optuna()
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as exc:  # a URL that names no database, a driver missing, a server down
+        raise DqnkitError(f"--storage {url}: {str(exc).splitlines()[0]}") from None
+
+
+def _load(study: Study) -> tuple[Any, Any]:
+    """(optuna study, storage) with the TPE sampler and the median pruner."""
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _open_storage(study.storage)
+    sampler = optuna.samplers.TPESampler(n_startup_trials=5, constant_liar=True)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=study.base.total_steps // 3)
+    return optuna.load_study(study_name=study.name, storage=storage, sampler=sampler, pruner=pruner), storage
+
+
+@contextlib.contextmanager
+def _setup_lock(study: Study, storage: Any) -> Iterator[None]:
+    """One worker at a time makes a study's queue: PostgreSQL's advisory lock (the SQLite
+    file is in ``out``, which the command holds locked for its processes alone)."""
+    if not study.storage.startswith("postgres"):
+        yield
+        return
+    from sqlalchemy import text
+
+    key = zlib.crc32(f"dqnkit-tune/{study.name}".encode())
+    with storage.engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
+def prepare(study: Study) -> None:
+    """Create the study or check that the stored one is this one; mark the trials a killed
+    process left running as failed (SQLite: no other process can be running them); fill the
+    queue up to ``trials`` trials that are done, running or waiting."""
+    optuna = require_optuna()
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _open_storage(study.storage)
+    with _setup_lock(study, storage):
+        made = optuna.create_study(storage=storage, study_name=study.name, direction="maximize", load_if_exists=True)
+        attrs = study.attrs()
+        if not made.user_attrs:
+            for key, value in attrs.items():
+                made.set_user_attr(key, value)
+        else:
+            differ = [k for k, v in attrs.items() if made.user_attrs.get(k) != json.loads(json.dumps(v))]
+            if differ:
+                raise DqnkitError(
+                    f"study {study.name!r} in {study.storage} was started with another {differ[0]}; "
+                    "continue it with the command that started it, or choose another --study or --out"
+                )
+        if not study.storage.startswith("postgres"):
+            study_id = storage.get_study_id_from_name(study.name)
+            for trial in made.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                storage.set_trial_state_values(
+                    storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), TrialState.FAIL
+                )
+        live = made.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+        )
+        for _ in range(study.trials - len(live)):
+            made.enqueue_trial({}, skip_if_exists=False)
+
+
+def _next_trial(optuna_study: Any, storage: Any) -> Any:
+    """Take the next waiting trial (None: the queue is empty). ``set_trial_state_values``
+    moves a waiting trial to running for one caller only: two workers never share one."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(optuna_study.study_name)
+    for frozen in optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+                return optuna.Trial(optuna_study, trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    return out / "trials" / f"trial-{number:04d}"
+
+
+def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
+    """Train one trial's run and tell the study how it ended; a line to say so."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from dqnkit.training import train
+
+    base, run_dir, evals = study.base, trial_dir(study.out, trial.number), []
+    sample = DEFAULT_SPACES[base.algorithm] if study.space is None else _space_params(study.space)
+    start = time.perf_counter()
+
+    def on_eval(step: int, mean: float) -> None:
+        evals.append(mean)
+        trial.report(objective_value(evals, step, base.eval_every), step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step:,}")
+
+    try:
+        overrides = sample(trial, base)
+        config = base.replace(**overrides, seed=trial.number)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("overrides", json.loads(json.dumps(overrides)))
+        summary = train(config, run_dir, overwrite=True, on_eval=on_eval)
+    except optuna.TrialPruned as exc:
+        optuna_study.tell(trial, state=TrialState.PRUNED)
+        return f"trial {trial.number}: {exc} ({time.perf_counter() - start:.0f} s)"
+    except (NonFiniteError, ConfigError) as exc:  # a diverged trial, or a sample the config refuses: pruned
+        trial.set_user_attr("pruned_because", str(exc))
+        optuna_study.tell(trial, state=TrialState.PRUNED)
+        return f"trial {trial.number}: pruned: {exc}"
+    except BaseException:  # Ctrl-C, SIGTERM (the run saved a checkpoint), or a bug: failed, not complete
+        optuna_study.tell(trial, state=TrialState.FAIL)
+        raise
+    value = objective_value(evals, base.total_steps, base.eval_every) if evals else float("nan")
+    trial.set_user_attr("steps", summary["steps"])
+    trial.set_user_attr("stopped_early", summary["stopped_early"])
+    trial.set_user_attr("final_eval", summary["eval_return_mean"])
+    if not math.isfinite(value):
+        optuna_study.tell(trial, state=TrialState.PRUNED)
+        return f"trial {trial.number}: no evaluation: pruned"
+    optuna_study.tell(trial, value)
+    early = ", stopped early at stop_at_return" if summary["stopped_early"] else ""
+    return f"trial {trial.number}: {value:.1f} ({summary['steps']:,} steps{early}, {time.perf_counter() - start:.0f} s)"
+
+
+def work(study: Study, stop: Any = None) -> None:
+    """One worker: take waiting trials and train them until the queue is empty (or ``stop`` is set)."""
+    optuna_study, storage = _load(study)
+    while stop is None or not stop.is_set():
+        trial = _next_trial(optuna_study, storage)
+        if trial is None:
+            return
+        print(f"  .. {run_trial(study, optuna_study, trial)}", file=sys.stderr, flush=True)
+
+
+_stop_event: Any = None
+
+
+def _start_worker(stop: Any) -> None:
+    from dqnkit.experiments import _start_training_process
+
+    global _stop_event
+    _stop_event = stop
+    _start_training_process()
+
+
+def _work_in_process(study: Study) -> None:
+    work(study, _stop_event)
+
+
+def run(study: Study, jobs: int = 1) -> dict[str, Any]:
+    """Prepare the study, train its waiting trials in ``jobs`` processes (this one if 1),
+    then write ``best.json`` and ``tune.png``; returns what the end of the run says."""
+    make_dir(study.out, f"tune directory {study.out}")
+    lock = RunLock(study.out, what="tune directory") if study.storage.startswith("sqlite") else None
+    try:
+        prepare(study)
+        try:
+            if jobs == 1:
+                work(study)
+            else:
+                _work_in_processes(study, jobs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(
+                "interrupted; the trials in progress saved a checkpoint and are marked failed: the same command "
+                "continues the study",
+                getattr(exc, "signum", signal.SIGINT),
+            ) from None
+        return report(study)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _work_in_processes(study: Study, jobs: int) -> None:
+    from dqnkit.experiments import _passing_sigterm
+
+    spawn = multiprocessing.get_context("spawn")
+    stop = spawn.Event()
+    with ProcessPoolExecutor(jobs, mp_context=spawn, initializer=_start_worker, initargs=(stop,)) as pool:
+        with _passing_sigterm():
+            futures = [pool.submit(_work_in_process, study) for _ in range(jobs)]
+            try:
+                wait(futures)
+            except KeyboardInterrupt:
+                stop.set()  # workers between trials take no new one
+                wait(futures)
+                raise
+        for future in futures:
+            future.result()
+
+
+def report(study: Study) -> dict[str, Any]:
+    """``best.json`` (a ``--config`` file of the best trial) and ``tune.png``; the best trial."""
+    optuna_study, _ = _load(study)
+    from optuna.trial import TrialState
+
+    done = optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    counts = {
+        state.name.lower(): len(optuna_study.get_trials(deepcopy=False, states=(state,)))
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
+    result: dict[str, Any] = {"study": study.name, "storage": study.storage, "trials": counts}
+    if not done:
+        return result
+    best = optuna_study.best_trial
+    config = study.base.replace(**best.user_attrs["overrides"])
+    atomic_write_text(study.out / "best.json", config.to_json())
+    result.update(
+        best_trial=best.number,
+        best_value=best.value,
+        best_params=best.params,
+        best_run_dir=best.user_attrs["run_dir"],
+        best_config=str(study.out / "best.json"),
+        plot=str(plot_study(optuna_study, study.out / "tune.png")),
+    )
+    return result
+
+
+def plot_study(optuna_study: Any, out_png: Path) -> Path:
+    """Optuna's optimization history and parameter importances side by side (the
+    importances where two trials or more completed with different parameters)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import optuna
+
+    panels = []
+    for draw in (
+        optuna.visualization.matplotlib.plot_optimization_history,
+        optuna.visualization.matplotlib.plot_param_importances,
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna's "experimental" warning
+                ax = draw(optuna_study)
+        except Exception:  # too few completed trials for importances
+            continue
+        ax.figure.set_size_inches(7, 4.5)
+        ax.figure.tight_layout()
+        ax.figure.canvas.draw()
+        panels.append(np.asarray(ax.figure.canvas.buffer_rgba()))
+        plt.close(ax.figure)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, image in zip(axes[0], panels):
+        ax.imshow(image)
+        ax.axis("off")
+    fig.tight_layout(pad=0)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def confirm(study: Study, seeds: int, jobs: int) -> dict[str, Any]:
+    """Train ``best.json`` and the starting config on ``seeds`` seeds no trial used; compare
+    them by IQM with 95% stratified bootstrap CIs and the probability of improvement
+    (``confirm.json``, ``confirm.png``)."""
+    import numpy as np
+
+    from dqnkit import plots
+    from dqnkit.config import from_dict
+    from dqnkit.experiments import _train_all
+    from dqnkit.logger import read_metrics
+    from dqnkit.stats import improvement_ci, iqm_ci
+
+    configs = {"tuned": from_dict(json.loads((study.out / "best.json").read_text())), "preset": study.base}
+    keys = [(name, CONFIRM_SEED + i) for i in range(seeds) for name in configs]
+    work = [(configs[n].replace(seed=s), str(study.out / "confirm" / f"{n}-s{s}"), False) for n, s in keys]
+    _train_all(work, keys, max(1, min(jobs, len(work))))
+    scores: dict[str, dict[str, list[float]]] = {n: {"objective": [], "final_eval": [], "steps": []} for n in configs}
+    for (name, _), (_, run_dir, _) in zip(keys, work):
+        rows = read_metrics(Path(run_dir) / "metrics.csv")
+        evals = [float(r["return"]) for r in rows if r["kind"] == "eval"]
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        scores[name]["objective"].append(objective_value(evals, study.base.total_steps, study.base.eval_every))
+        scores[name]["final_eval"].append(summary["eval_return_mean"])
+        scores[name]["steps"].append(summary["steps"])
+    result: dict[str, Any] = {"seeds": [s for n, s in keys if n == "tuned"], "objective": OBJECTIVE}
+    for name, values in scores.items():
+        result[name] = {
+            **{f"{m}_per_seed": v for m, v in values.items()},
+            "steps_median": float(np.median(values["steps"])),
+            **{f"{m}_iqm_ci95": list(iqm_ci(np.array(values[m]))) for m in ("objective", "final_eval")},
+        }
+        if study.base.stop_at_return is not None:
+            result[name]["solved"] = int(sum(v >= study.base.stop_at_return for v in values["final_eval"]))
+    tuned, preset = np.array(scores["tuned"]["objective"]), np.array(scores["preset"]["objective"])
+    result["probability_of_improvement_ci95"] = list(improvement_ci(tuned, preset))
+    atomic_write_text(study.out / "confirm.json", json.dumps(result, indent=2) + "\n")
+    plots.intervals(
+        {n: {m: result[n][f"{m}_iqm_ci95"] for m in ("objective", "final_eval")} for n in configs},
+        study.out / "confirm.png",
+        title=f"{study.base.preset} on {study.base.env_id}: IQM and 95% stratified bootstrap CI, {seeds} fresh seeds",
+    )
+    return result
+
+
+def dashboard_line(storage: str) -> str:
+    """The command that shows a study in Optuna's dashboard."""
+    return f"optuna-dashboard {storage}"
+
+
+__all__ = ["OBJECTIVE", "Study", "check_space", "objective_value", "prepare", "read_space", "report", "run", "work"]

@@ -1,0 +1,149 @@
+"""`dqnkit tune`: spaces refused before any work, the objective's closed form, and small
+studies of a few 400-step CartPole trials (each an ordinary run) that stop on Ctrl-C and
+continue when the same command starts again."""
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+
+from dqnkit import tune
+from dqnkit.cli import main
+from dqnkit.errors import ConfigError
+from dqnkit.files import RunLock
+
+optuna = pytest.importorskip("optuna")
+
+TINY = ["--set", "eval_every=200", "--set", "eval_episodes=2", "--set", "learning_starts=100"]
+
+
+def _tune(out, *extra):
+    return main(["tune", "--preset", "cartpole", "--steps", "400", "--out", str(out), "--confirm", "0", *TINY, *extra])
+
+
+def _trials(out, name="cartpole"):
+    study = optuna.load_study(study_name=name, storage=tune.default_storage(out))
+    return study, {t.number: t.state.name for t in study.get_trials()}
+
+
+# ----------------------------------------------------------------------------- refused before any work
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"learning_rate": {"low": 1e-4, "high": 1e-2}}, "unknown config key 'learning_rate'"),
+        ({"lr": {"low": 1e-2, "high": 1e-4}}, "range [0.01, 0.0001] is empty"),
+        ({"lr": {"low": 1e-3, "high": 1e-3}}, "is empty"),
+        ({"batch_size": {"low": 16.5, "high": 64}}, "16.5 is not a int"),
+        ({"lr": {"low": "1e-4", "high": 1e-2}}, "'1e-4' is not a float"),
+        ({"double": {"choices": [True, "no"]}}, "'no' is not a bool"),
+        ({"double": {"low": 0, "high": 1}}, "give it choices"),
+        ({"lr": {"choices": []}}, "non-empty list"),
+        ({"gamma": {"low": 0.9, "high": 1.5}}, "must be <= 1"),
+        ({"lr": {"low": 0, "high": 1e-2, "log": True}}, "must be > 0"),
+        ({"seed": {"low": 0, "high": 9}}, "set by the study itself"),
+        ({"q_lambda": {"low": 0.1, "high": 0.9}}, "is a pqn key"),
+        ([1, 2], "expected a JSON object"),
+    ],
+)
+def test_a_bad_space_exits_2_in_one_line_before_any_work(tmp_path, capsys, space, message):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    assert _tune(tmp_path / "out", "--space", str(path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --space {path}: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_good_space_passes():
+    tune.check_space(
+        {
+            "lr": {"low": 1e-5, "high": 1e-2, "log": True},
+            "batch_size": {"low": 16, "high": 128, "step": 16},
+            "hidden_sizes": {"choices": [[64], [64, 64]]},
+            "double": {"choices": [True, False]},
+        }
+    )
+    with pytest.raises(ConfigError):
+        tune.check_space({"lr": {"low": 1e-4, "high": 1e-2, "log": True, "step": 1e-4}})
+
+
+def test_without_optuna_tune_exits_2_with_the_pip_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    assert _tune(tmp_path / "out") == 2
+    assert "pip install 'dqnkit[tune]'" in capsys.readouterr().err
+
+
+def test_bad_numbers_exit_2(tmp_path, capsys):
+    assert _tune(tmp_path / "out", "--trials", "0") == 2
+    assert _tune(tmp_path / "out", "--jobs", "0") == 2
+    assert _tune(tmp_path / "out", "--confirm", "-1") == 2
+
+
+def test_a_second_process_on_the_same_out_is_refused(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    with RunLock(tmp_path / "out"):
+        assert _tune(tmp_path / "out") == 2
+    assert "in use by another dqnkit process" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the objective
+def test_the_objective_is_the_mean_over_the_budget_an_early_stop_holding_its_last_value():
+    assert tune.objective_value([1.0, 2.0, 3.0], 3000, 1000) == 2.0
+    assert tune.objective_value([10.0, 20.0], 2500, 1000) == 50 / 3  # the final one at 2500 missing: held
+    assert tune.objective_value([10.0, 20.0, 30.0], 2500, 1000) == 20.0
+    assert tune.objective_value([100.0, 500.0], 5000, 1000) == (100 + 500 * 4) / 5  # stopped early at step 2000
+    assert tune.objective_value([7.0], 5000, 0) == 7.0  # eval_every=0: the final evaluation alone
+
+
+# ----------------------------------------------------------------------------- studies
+def test_a_study_of_runs_its_best_json_trains_and_the_same_command_continues_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _tune(out, "--trials", "3") == 0
+    printed = capsys.readouterr().out
+    assert "best: trial" in printed and f"optuna-dashboard {tune.default_storage(out)}" in printed
+    study, states = _trials(out)
+    assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE"}
+    assert study.user_attrs["objective"] == tune.OBJECTIVE and study.user_attrs["total_steps"] == 400
+    for number in range(3):  # each trial an ordinary run, with its own seed
+        run = out / "trials" / f"trial-{number:04d}"
+        for name in ("config.json", "metrics.csv", "summary.json", "checkpoints/latest.pt"):
+            assert (run / name).is_file()
+        assert json.loads((run / "config.json").read_text())["seed"] == number
+    assert (out / "tune.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(out / "trials"), "--out", str(tmp_path / "trials.png")]) == 0
+
+    best = json.loads((out / "best.json").read_text())
+    assert best["total_steps"] == 400 and best["preset"] == "cartpole"
+    run = tmp_path / "from-best"
+    assert main(["train", "--config", str(out / "best.json"), "--run-dir", str(run), "--quiet"]) == 0
+    assert (run / "summary.json").is_file()
+
+    assert _tune(out, "--trials", "4") == 0  # the same command, a larger budget: one more trial
+    assert _trials(out)[1] == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE", 3: "COMPLETE"}
+    assert _tune(out, "--trials", "4", "--steps", "600") == 2  # another budget: not this study
+    assert "was started with another total_steps" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_the_trial_marks_it_failed_and_the_same_command_continues(tmp_path, monkeypatch, capsys):
+    from dqnkit import training
+
+    real_train, calls = training.train, []
+
+    def interrupted_second_trial(config, run_dir, **kwargs):
+        calls.append(run_dir)
+        if len(calls) == 2:  # Ctrl-C at the trial's first evaluation
+            hook = kwargs["on_eval"]
+            kwargs["on_eval"] = lambda step, mean: (hook(step, mean), os.kill(os.getpid(), signal.SIGINT))
+        return real_train(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(training, "train", interrupted_second_trial)
+    out = tmp_path / "out"
+    assert _tune(out, "--trials", "3") == 130
+    assert "the same command continues the study" in capsys.readouterr().err
+    assert _trials(out)[1] == {0: "COMPLETE", 1: "FAIL", 2: "WAITING"}
+    assert (out / "trials" / "trial-0001" / "checkpoints" / "latest.pt").is_file()  # saved: --resume continues it
+
+    assert _tune(out, "--trials", "3") == 0
+    assert _trials(out)[1] == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}  # 3 done in total
