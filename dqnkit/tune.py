@@ -364,6 +364,7 @@ def _next_trial(optuna_study: Any, storage: Any) -> Any:
 
 
 def trial_dir(out: Path, number: int) -> Path:
+    """The run directory of trial ``number`` of the study in ``out``."""
     return out / "trials" / f"trial-{number:04d}"
 
 

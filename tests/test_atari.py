@@ -165,6 +165,7 @@ def test_short_minatar_run_through_the_cli(tmp_path):
     assert summary["steps"] == 1500 and summary["updates"] == 1001
 
 
+@pytest.mark.slow  # ~15-35 s: the fast suite keeps the shorter tests of the same code
 def test_stacks_gathered_on_the_device_train_the_same_agent(tmp_path):
     """frame_gather=device (the CUDA default; here the mirror is on the CPU) learns exactly what
     the host gather learns, through PER and 3-step returns, and again after a resume from an

@@ -200,6 +200,7 @@ def test_bench_atari_train_compares_sb3_and_times_every_update_mode(tmp_path, ca
     assert "dqnkit with frame_gather=device" in printed
 
 
+@pytest.mark.slow  # ~15-35 s: the fast suite keeps the shorter tests of the same code
 def test_bench_checkpoint_compares_full_and_incremental(tmp_path, capsys):
     out = tmp_path / "checkpoint.json"
     assert main(["bench", "checkpoint", "--capacities", "20000", "--out", str(out)]) == 0

@@ -105,6 +105,7 @@ def test_a_run_writes_only_new_rows_and_keeps_only_referenced_chunks(tmp_path):
     assert len(load_replay(run)) == SETTINGS["buffer_size"]
 
 
+@pytest.mark.slow  # ~15-35 s: the fast suite keeps the shorter tests of the same code
 def test_incremental_full_and_none_resume(tmp_path):
     cfg = presets.get("cartpole-rainbow", **SETTINGS, per_beta_steps=3000)  # beta: independent of --steps
     probe = np.random.default_rng(0).standard_normal((32, 4)).astype(np.float32)
