@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import json
 import math
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Any, NamedTuple
 
 from dqnkit.config import check_range
 from dqnkit.errors import DqnkitError, Interrupted
-from dqnkit.files import json_text, make_dir, refuse_file_in_the_way
+from dqnkit.files import json_text, make_dir, read_json_file, refuse_file_in_the_way
 
 # dqnkit.experiments imports matplotlib: the parser names them without importing it (a test
 # keeps this list equal to experiments.EXPERIMENTS)
@@ -401,12 +400,7 @@ def _config_file(path: Path | None) -> dict[str, Any]:
 
     if path is None:
         return {}
-    try:
-        values = json.loads(path.read_text())
-    except OSError as exc:
-        raise DqnkitError(f"--config {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise DqnkitError(f"--config {path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    values = read_json_file(path, f"--config {path}")
     if not isinstance(values, dict):
         raise DqnkitError(f"--config {path}: expected a JSON object of config keys, got a {type(values).__name__}")
     try:

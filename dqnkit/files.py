@@ -40,6 +40,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def read_json_file(path: Path, what: str) -> Any:
+    """The JSON in ``path``; a file that cannot be read or is not JSON is a one-line
+    DqnkitError that starts with ``what`` (the flag that named it, e.g. ``--config FILE``)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise DqnkitError(f"{what}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise DqnkitError(f"{what}: not JSON ({exc.msg}, line {exc.lineno})") from None
+
+
 def make_dir(path: Path, what: str) -> None:
     """``mkdir -p path``; where a file stands in the way, a one-line error (exit 2) that
     names it and ``what`` needs the directory (e.g. ``--out runs/x.png``), not a traceback."""

@@ -34,7 +34,7 @@ from typing import Any
 
 from dqnkit.config import FIELDS, Config, check_range
 from dqnkit.errors import ConfigError, DqnkitError, Interrupted, NonFiniteError
-from dqnkit.files import RunLock, atomic_write_text, make_dir
+from dqnkit.files import RunLock, atomic_write_text, make_dir, read_json_file
 
 OBJECTIVE = (
     "mean of the trial's greedy evaluations over its budget (the area under its evaluation curve); "
@@ -113,12 +113,7 @@ DEFAULT_SPACES: dict[str, Callable[[Any, Config], dict[str, Any]]] = {"dqn": _dq
 
 def read_space(path: Path, algorithm: str = "dqn") -> Space:
     """A ``--space`` file, checked: every key a config key of a type and range it can take."""
-    try:
-        space = json.loads(path.read_text())
-    except OSError as exc:
-        raise DqnkitError(f"--space {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise DqnkitError(f"--space {path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    space = read_json_file(path, f"--space {path}")
     try:
         check_space(space, algorithm)
     except DqnkitError as exc:
