@@ -39,7 +39,7 @@ def test_experiment_runs_and_writes_its_files(name, tmp_path, capsys):
     # pqn-vs-dqn's MinAtar DQN starts learning at 5000 steps
     result = experiments.run(name, tmp_path, seeds=2, steps=6000 if name == "pqn-vs-dqn" else 1500, jobs=2)
     # a line on stderr as each run finishes: every variant and seed once, counted
-    pattern = re.compile(r"  \.\. (\S+), seed (\d): eval -?[\d.]+ \((\d+) of (\d+) runs, \d+ s\)")
+    pattern = re.compile(r"  \.\. (\S+), seed (\d): greedy evaluation -?[\d.]+ \((\d+) of (\d+) runs, \d+ s\)")
     said = [pattern.fullmatch(line) for line in capsys.readouterr().err.splitlines() if line.startswith("  .. ")]
     variants = experiments.EXPERIMENTS[name].variants
     assert sorted((m[1], int(m[2])) for m in said) == sorted((v, s) for v in variants for s in range(2))
@@ -95,7 +95,7 @@ def test_ctrl_c_or_sigterm_stops_an_experiment_that_the_same_command_continues(t
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert "hard-1000, seed 0: eval" in again.stderr and again.stderr.count("(resumed from an earlier start)") == 1
+    assert "hard-1000, seed 0: greedy evaluation" in again.stderr and again.stderr.count("(resumed from an earlier start)") == 1
     assert json.loads((out / "results.json").read_text())["steps"] == 20_000
 
 
