@@ -95,7 +95,8 @@ def test_ctrl_c_or_sigterm_stops_an_experiment_that_the_same_command_continues(t
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert "hard-1000, seed 0: greedy evaluation" in again.stderr and again.stderr.count("(resumed from an earlier start)") == 1
+    assert "hard-1000, seed 0: greedy evaluation" in again.stderr
+    assert again.stderr.count("(resumed from an earlier start)") == 1
     assert json.loads((out / "results.json").read_text())["steps"] == 20_000
 
 
