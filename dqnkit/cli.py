@@ -503,17 +503,37 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _film(agent: Any, args: argparse.Namespace, epsilon: float) -> Any:
-    """``eval --video``: one episode filmed; Ctrl-C or SIGTERM says what became of the file."""
+    """``eval --video``: one episode filmed. Ctrl-C or SIGTERM ends the film between two steps,
+    so the encoder closes it as a valid file (cut inside ffmpeg's write, an MP4 is unplayable);
+    a second signal stops at once, and a film that cannot be closed is removed."""
     from dqnkit.evaluate import record_video
 
     max_steps = args.video_max_steps or agent.config.video_max_steps
+    asked: list[int] = []
+
+    def ask(signum: int, frame: Any) -> None:
+        if asked:  # the second: at once
+            raise Interrupted("stopped at once", signum)
+        asked.append(signum)
+
+    here = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, ask) for s in (signal.SIGINT, signal.SIGTERM)} if here else {}
     try:
-        return record_video(agent, agent.config.env_id, args.video, args.seed, epsilon, max_steps)
+        video = record_video(agent, agent.config.env_id, args.video, args.seed, epsilon, max_steps, lambda: bool(asked))
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
         kept = "holds the frames filmed before it" if Path(args.video).exists() else "was not written"
-        raise Interrupted(f"{how}; the video {args.video} {kept}", signum) from None
+        raise _film_stopped(getattr(exc, "signum", signal.SIGINT), f"the video {args.video} {kept}") from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if asked:
+        raise _film_stopped(asked[0], f"the video {args.video} holds the {video.frames:,} frames filmed before it")
+    return video
+
+
+def _film_stopped(signum: int, what: str) -> Interrupted:
+    how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return Interrupted(f"{how}; {what}", signum)
 
 
 def _prepare_video(path: Path) -> None:

@@ -74,7 +74,7 @@ def evaluate(
                 discount[active] *= gamma
                 playing[active] = ~ended[active]
                 steps += 1
-                if stop is not None and stop():
+                if stop is not None and playing.any() and stop():
                     raise EvaluationStopped(f"stopped after {steps:,} steps")
                 if steps == envs.step_limit and playing.any():
                     _cut_short(env_id, playing)
@@ -96,7 +96,7 @@ def warn_if_endless(config: Any, training: bool) -> None:
     if training:
         played, how = "a training episode lasts until the env ends it, and evaluation", "cuts every episode at N steps"
     else:
-        played, how = "evaluation", "in a run's config cuts them at N steps"
+        played, how = "evaluation", "in the config of a run trained with it cuts them at N steps"
     warnings.warn(
         f"{config.env_id} has no time limit: {played} episodes are cut at {EVAL_STEP_LIMIT:,} steps; "
         f"`max_episode_steps=N` {how}",
@@ -230,7 +230,11 @@ def record_video(
         except BaseException:
             _close_or_remove(writer, path)
             raise
-        writer.close()
+        try:
+            writer.close()
+        except BaseException:
+            remove_partial(path)
+            raise
     finally:
         env.close()
     return Video(path, steps + 1, fps, episode_return, cut=not done)

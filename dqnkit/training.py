@@ -257,7 +257,9 @@ def find_checkpoint(run_dir: str | Path, name: str | Path | None = None) -> Path
 
 def _not_a_run(path: Path) -> str:
     """Why ``path`` is not a run directory, naming the runs below it (runs/, an experiment's)."""
-    runs = sorted(c.parent.parent for c in path.glob("**/checkpoints/latest.pt"))
+    # three levels down at most (runs/, an experiment's runs/NAME): not a walk of a whole home directory
+    found = (path.glob("/".join(["*"] * depth + ["checkpoints", "latest.pt"])) for depth in range(1, 4))
+    runs = sorted(c.parent.parent for pattern in found for c in pattern)
     what = f"{path} is not a dqnkit run directory (a run's has config.json and checkpoints/)"
     if not runs:
         return f"{what}; it holds no run either"

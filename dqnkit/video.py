@@ -109,12 +109,20 @@ class _Mp4Writer:
         # H.264 needs even sides only; imageio's default (multiples of 16) would stretch
         # Atari's 210 rows to 224 and warn about it on every video.
         self._writer: Any = imageio.get_writer(path, mode="I", fps=fps, macro_block_size=2)
+        self._broken = False
 
     def append(self, frame: np.ndarray) -> None:
-        self._writer.append_data(frame)
+        try:
+            self._writer.append_data(frame)
+        except BaseException:  # cut mid-write (a second Ctrl-C): imageio kills ffmpeg, the file is not playable
+            self._broken = True
+            raise
 
     def close(self) -> None:
+        """Finish the file; raises where a write was cut short (the caller removes the file)."""
         self._writer.close()
+        if self._broken:
+            raise OSError("the film's encoder was stopped mid-frame")
 
 
 class GifWriter:
@@ -140,31 +148,47 @@ class GifWriter:
         if still and self._held_cs + self._centiseconds <= _MAX_CENTISECONDS:
             self._held_cs += self._centiseconds
             return
-        self._write_held()
+        if self._held is not None:
+            self._write_held()
         self._held, self._held_cs = np.array(frame, np.uint8, copy=True), self._centiseconds
 
     def close(self) -> None:
-        """Write the held frame and the trailer: the file is a valid GIF however many frames it has."""
+        """Write the held frame and the trailer: the file is a valid GIF however many frames it
+        has. Raises where no frame was written (the caller removes the file)."""
         try:
-            self._write_held()
+            if self._held is not None:
+                self._write_held()
+            if self._shown is None:
+                raise ValueError("a GIF needs at least one frame")
             self._file.write(b";")
         finally:
             self._file.close()
 
     def _write_held(self) -> None:
+        """Write the held frame whole, or not at all: a frame cut short (Ctrl-C inside the
+        encoder) is cut off the file, which then ends after the last whole frame."""
+        end = self._file.tell()
+        try:
+            self._write_held_frame()
+        except BaseException:
+            self._file.truncate(end)
+            self._file.seek(end)
+            self._held = None
+            raise
+
+    def _write_held_frame(self) -> None:
         frame = self._held
-        if frame is None:
-            return
-        if self._shown is None:
+        assert frame is not None
+        if self._shown is None:  # the first frame: the header, then the whole frame
             self._file.write(_gif_header(frame.shape[1], frame.shape[0]))
-            self._shown = np.zeros_like(frame)
-            top, left, bottom, right = 0, 0, frame.shape[0], frame.shape[1]
+            self._write_frame(frame, (0, 0), self._held_cs * 10)
+            self._shown = frame.copy()
         elif frame.shape != self._shown.shape:
             raise ValueError(f"a GIF's frames share one size: {frame.shape} after {self._shown.shape}")
         else:
             top, left, bottom, right = _changed_box(self._shown, frame)
-        self._write_frame(frame[top:bottom, left:right], (left, top), self._held_cs * 10)
-        self._shown[top:bottom, left:right] = frame[top:bottom, left:right]
+            self._write_frame(frame[top:bottom, left:right], (left, top), self._held_cs * 10)
+            self._shown[top:bottom, left:right] = frame[top:bottom, left:right]
         self._held = None
 
     def _write_frame(self, pixels: np.ndarray, offset: tuple[int, int], duration_ms: int) -> None:

@@ -66,6 +66,37 @@ def test_a_still_stretch_is_one_frame_whose_duration_grows(tmp_path):
     assert max(durations) <= 655_350 and np.array_equal(shown[-1], moved)
 
 
+def test_a_gif_frame_cut_short_is_cut_off_and_the_file_stays_valid(tmp_path, monkeypatch):
+    """Ctrl-C inside the encoder: the file ends after the last whole frame."""
+    import dqnkit.video
+
+    frames = [np.full((6, 8, 3), shade, np.uint8) for shade in (10, 90, 170)]
+    writer, real, calls = GifWriter(tmp_path / "a.gif", fps=10), dqnkit.video.GifWriter._write_frame, []
+
+    def write(self, *args):
+        calls.append(1)
+        real(self, *args)
+        if len(calls) == 2:
+            self._file.write(b"half a frame")
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(dqnkit.video.GifWriter, "_write_frame", write)
+    with pytest.raises(KeyboardInterrupt):
+        for frame in frames:
+            writer.append(frame)
+    monkeypatch.undo()
+    writer.close()
+    shown, _ = _gif(tmp_path / "a.gif")
+    assert len(shown) == 1 and np.array_equal(shown[0], frames[0])
+
+
+def test_a_gif_without_a_frame_is_not_left_behind(tmp_path):
+    from dqnkit.evaluate import _close_or_remove
+
+    _close_or_remove(GifWriter(tmp_path / "a.gif", fps=10), tmp_path / "a.gif")
+    assert not (tmp_path / "a.gif").exists()
+
+
 # ------------------------------------------------------------------ films of an episode
 def test_a_film_is_cut_at_max_steps_and_says_so(tmp_path):
     agent = build(_cfg(env_id=ENDLESS)).agent
