@@ -8,7 +8,6 @@ Exit codes: 0 ok, 2 bad input (one line ``error: ...`` on stderr, no traceback),
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import math
 import os
@@ -19,13 +18,13 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from dqnkit.config import check_range
-from dqnkit.errors import DqnkitError, Interrupted
+from dqnkit.errors import DqnkitError, Interrupted, sigterm_raises
 from dqnkit.files import json_text, make_dir, read_json_file, refuse_file_in_the_way
 
 # dqnkit.experiments imports matplotlib: the parser names them without importing it (a test
@@ -213,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     2 bad input; 130 or 143 interrupted by SIGINT or SIGTERM)."""
     args = None
     try:
-        with _sigterm_as_interrupt():
+        # SIGTERM (`kill`, `timeout`, a scheduler) stops any command as Ctrl-C does, closing
+        # what is open on the way out; a run's own handler takes both over to save first.
+        # (Without it, where SDL had started, SDL caught SIGTERM and the process went on.)
+        with sigterm_raises():
             args = build_parser().parse_args(argv)
             if args.version:
                 from dqnkit import __version__
@@ -241,28 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # a run saved first (errors.Interrupted), or Ctrl-C elsewhere
         print(f"\n{str(exc) or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, `timeout`, a scheduler, `docker stop`) stops any command as Ctrl-C does:
-    a KeyboardInterrupt (errors.Interrupted, exit 143) raised where the program is, which
-    closes what is open on the way out (a film keeps the frames filmed so far). A run's own
-    handler takes both signals over while it trains, to save first. Without this, the
-    default action killed the process with nothing closed, and where SDL (pygame) had
-    started it caught SIGTERM and the process went on."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers (an embedding; a test's thread)
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise Interrupted("stopped by SIGTERM", signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # The library's errors name what a Python caller passes (`overwrite=True`); the command line

@@ -4,6 +4,14 @@ The CLI turns a :class:`DqnkitError` into a one-line ``error: ...`` and exit cod
 anything else is a bug and exits 1 with a traceback.
 """
 
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
 
 class DqnkitError(Exception):
     """Bad input: a config value, an env, a run directory or a checkpoint we refuse."""
@@ -28,6 +36,28 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_raises(before: Callable[[], None] | None = None) -> Iterator[None]:
+    """Inside the block, SIGTERM raises :class:`Interrupted` where the program is, as Ctrl-C
+    raises KeyboardInterrupt (``before()`` runs first: an experiment passes the signal on
+    to its training processes); the previous handler comes back after. Only the main thread
+    may set handlers: elsewhere (an embedding, a test's thread) the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        if before is not None:
+            before()
+        raise Interrupted("stopped by SIGTERM", signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def first_line(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dqnkit import plots, presets
 from dqnkit.bench import progress
 from dqnkit.config import Config
-from dqnkit.errors import Interrupted
+from dqnkit.errors import Interrupted, sigterm_raises
 from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir
 from dqnkit.logger import read_metrics
 
@@ -368,22 +368,16 @@ def _start_training_process() -> None:
     tqdm.set_lock(threading.RLock())
 
 
-@contextlib.contextmanager
-def _passing_sigterm() -> Iterator[None]:
+def _passing_sigterm() -> contextlib.AbstractContextManager[None]:
     """SIGTERM to the experiment (``kill PID``, a scheduler's preemption) goes on to its
     training processes, whose runs save and stop as on Ctrl-C; the experiment then stops as
     on Ctrl-C. Without it the experiment died at once and its runs trained on, orphaned."""
 
-    def stop(signum: int, frame: Any) -> None:
+    def pass_on() -> None:
         for child in multiprocessing.active_children():
             os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
-        raise Interrupted("terminated", signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return sigterm_raises(before=pass_on)
 
 
 # What the table's columns measure, where the key alone could be read as something else: the
