@@ -190,9 +190,12 @@ def test_a_killed_actor_is_restarted_and_the_run_completes(tmp_path, ray_install
 
 
 @pytest.mark.slow
-def test_bench_apex_reports_collection_and_learner(tmp_path, capsys, ray_installed):
+def test_bench_apex_reports_collection_and_learner(tmp_path, capsys, ray_installed, monkeypatch):
     from dqnkit.bench import apex as bench
 
+    # a cluster named by the environment (or by a `ray start` left behind on the machine) is
+    # not joined: without --ray-address a run starts its own (ray.init refused num_cpus in CI)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     result = bench.run(steps=1500, actors=(1,), out=tmp_path / "apex.json")
     assert json.loads((tmp_path / "apex.json").read_text()) == result
     row = result["rows"][0]

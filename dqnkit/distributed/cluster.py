@@ -31,7 +31,9 @@ def connect(ray: Any, address: str | None, local_cpus: int, timeout_s: float = 1
     one at ``address`` (``auto`` or host:port), giving up after about ``timeout_s`` seconds."""
     quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
     if not address:
-        ray.init(num_cpus=local_cpus, include_dashboard=False, **quiet)
+        # "local": a Ray of this run's own. Without it ray.init joins whatever cluster
+        # /tmp/ray/ray_current_cluster or RAY_ADDRESS names, and then refuses num_cpus.
+        ray.init(address="local", num_cpus=local_cpus, include_dashboard=False, **quiet)
         return
     if address != "auto":
         _probe(address, timeout_s)
