@@ -53,9 +53,11 @@ class DQN:
 
     # ------------------------------------------------------------------ when
     def epsilon(self, step: int, updates: int) -> float:
+        """Exploration rate after ``step`` steps and ``updates`` updates (:func:`epsilon`)."""
         return epsilon(self.config, step, updates)
 
     def evaluation_due(self, prev: int, now: int) -> bool:
+        """A greedy evaluation every ``eval_every`` steps (never for 0)."""
         return crossed(prev, now, self.config.eval_every) > 0
 
     def checkpoint_due(self, prev: int, now: int) -> bool:
@@ -89,6 +91,7 @@ class DQN:
 
     # ------------------------------------------------------------------ what
     def storage(self, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> Storage:
+        """Where transitions go: the replay :func:`build_replay` builds."""
         return build_replay(self.config, obs_shape, obs_dtype)
 
     def learn(self, agent: DQNAgent, replay: Storage, prev: int, now: int, hold: int = 0) -> Iterator[LearnStats]:
@@ -115,9 +118,11 @@ class PQN(DQN):
     agent_class: type[PQNAgent] = PQNAgent
 
     def storage(self, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> Storage:
+        """Where transitions go: a rollout of ``rollout_steps`` x ``num_envs``."""
         return Rollout(self.config.rollout_steps, self.config.num_envs, obs_shape, obs_dtype)
 
     def learn(self, agent: PQNAgent, rollout: Storage, prev: int, now: int, hold: int = 0) -> Iterator[LearnStats]:
+        """The rollout's learning, once it is full; then the rollout starts again."""
         if rollout.full:
             yield agent.learn_rollout(rollout)
             rollout.clear()
