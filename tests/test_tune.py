@@ -207,3 +207,11 @@ def test_two_workers_on_one_postgresql_study_finish_exactly_trials_in_total(tmp_
     assert sorted(int(line.split()[2].rstrip(":")) for line in said) == list(range(6))  # each run once
     runs = [p.name for w in "ab" for p in (tmp_path / w / "trials").iterdir()]
     assert len(runs) == len(set(runs)) and set(runs) <= {f"trial-{n:04d}" for n in range(6)}
+
+
+def test_a_postgresql_storage_that_cannot_be_reached_exits_2_in_one_line(tmp_path, capsys):
+    pytest.importorskip("psycopg", reason="needs psycopg (the dev extra)")
+    url = f"postgresql://nobody@/optuna?host={tmp_path / 'no-server'}"
+    assert _tune(tmp_path / "out", "--storage", url) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --storage {url}: ") and err.count("\n") == 1, err
