@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dqnkit.logger import iter_metrics  # noqa: E402
+from dqnkit.stats import iqm_band  # noqa: E402
+
+BAND = "line: IQM over seeds, band: its 95% stratified bootstrap CI"
 
 
 def running_mean(x: np.ndarray, window: int = 100) -> np.ndarray:
@@ -148,16 +151,27 @@ def _save(fig: plt.Figure, out_png: str | Path) -> Path:
 
 
 def band_curves(grid: np.ndarray, curves: dict[str, np.ndarray], out_png: str | Path, title: str = "") -> Path:
-    """Per variant: the mean over seeds of the 100-episode running mean, with a min-max band."""
+    """Per variant: the IQM over seeds of the 100-episode running mean, with its pointwise 95%
+    stratified bootstrap CI as a band (:func:`dqnkit.stats.iqm_band`). ``curves[name]`` is
+    ``[seeds, len(grid)]``; a seed without an episode (all NaN) is left out."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for name, runs in curves.items():  # runs: [K, len(grid)]
-        (line,) = ax.plot(grid, np.nanmean(runs, 0), lw=2, label=f"{name} (mean of {len(runs)} seeds)")
-        ax.fill_between(grid, np.nanmin(runs, 0), np.nanmax(runs, 0), color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="environment steps", ylabel="return (100-episode running mean)", title=title)
+    for name, runs in curves.items():
+        _iqm_line(ax, grid, runs[~np.isnan(runs).all(axis=1)], name, lw=2)
+    ax.set(xlabel="environment steps", ylabel="return (100-episode running mean)", title=f"{title}\n{BAND}")
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     return _save(fig, out_png)
+
+
+def _iqm_line(ax: plt.Axes, x: np.ndarray, runs: np.ndarray, name: str, **line: object) -> plt.Line2D | None:
+    """The IQM of ``runs`` ``[seeds, len(x)]`` with its 95% CI band; None without a run."""
+    if len(runs) == 0:
+        return None
+    iqm_x, low_x, high_x = iqm_band(runs)
+    (drawn,) = ax.plot(x, iqm_x, label=f"{name} (IQM of {len(runs)} seed{'s' * (len(runs) != 1)})", **line)
+    ax.fill_between(x, low_x, high_x, color=drawn.get_color(), alpha=0.2, lw=0)
+    return drawn
 
 
 def overestimation(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], out_png: str | Path) -> Path:
@@ -174,10 +188,11 @@ def overestimation(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
 
 
 def versus(panels: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]], out_png: str | Path) -> Path:
-    """One row per env: the 100-episode running mean of each run against environment steps
-    (left) and against training wall seconds (right), one colour per variant in every row,
-    and one legend below. ``panels[env][variant]`` lists each seed's (steps, wall seconds,
-    returns) per episode."""
+    """One row per env: the 100-episode running mean against environment steps (left) and
+    against training wall seconds (right), one colour per variant in every row, and one
+    legend below. Per variant, each run is a thin line and their IQM a thick one, with its
+    95% stratified bootstrap CI as a band (:func:`seeds_on_grid`). ``panels[env][variant]``
+    lists each seed's (steps, wall seconds, returns) per episode."""
     names = list(dict.fromkeys(name for variants in panels.values() for name in variants))
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
@@ -185,20 +200,34 @@ def versus(panels: dict[str, dict[str, list[tuple[np.ndarray, np.ndarray, np.nda
     handles = {}
     for (env, variants), row in zip(panels.items(), axes):
         for variant, seeds in variants.items():
-            drawn = sum(len(returns) > 0 for *_, returns in seeds)  # a run without an episode has no curve
-            label = f"{variant} ({drawn} seed{'s' * (drawn != 1)})"
-            for steps, wall, returns in seeds:
-                smooth = running_mean(returns)
-                row[0].plot(steps, smooth, color=colors[variant], lw=1.4, alpha=0.8)
-                (handles[label],) = row[1].plot(wall, smooth, color=colors[variant], lw=1.4, alpha=0.8)
+            seeds = [seed for seed in seeds if len(seed[2])]  # a run without an episode has no curve
+            for axis, ax in enumerate(row):
+                for seed in seeds:
+                    ax.plot(seed[axis], running_mean(seed[2]), color=colors[variant], lw=0.7, alpha=0.3)
+                x, runs = seeds_on_grid([(seed[axis], seed[2]) for seed in seeds])
+                line = _iqm_line(ax, x, runs, variant, color=colors[variant], lw=2)
+                if line is not None:
+                    handles[line.get_label()] = line
         row[0].set(xlabel="environment steps", ylabel="return (100-episode running mean)", title=env)
         row[0].xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
         row[1].set(xlabel="training wall seconds", title=env)
         for ax in row:
             ax.grid(alpha=0.3)
+    fig.suptitle(BAND, fontsize=9)
     fig.tight_layout()
     fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=8, ncol=2)
     return _save(fig, out_png)
+
+
+def seeds_on_grid(seeds: list[tuple[np.ndarray, np.ndarray]], points: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """(x, ``[seeds, points]``): each seed's 100-episode running mean of (x, return) per
+    episode, read off a grid from the earliest first episode to the latest last one. A seed
+    holds its first value before its first episode and its last value after its last (a run
+    stopped early at its goal keeps it, as the tune objective counts it)."""
+    if not seeds:
+        return np.zeros(0), np.zeros((0, 0))
+    grid = np.linspace(min(x[0] for x, _ in seeds), max(x[-1] for x, _ in seeds), points)
+    return grid, np.array([np.interp(grid, x, running_mean(returns)) for x, returns in seeds])
 
 
 def intervals(values: dict[str, dict[str, list[float]]], out_png: str | Path, title: str = "") -> Path:

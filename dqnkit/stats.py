@@ -62,6 +62,20 @@ def iqm_ci(scores: np.ndarray, confidence: float = 0.95, reps: int = 2000, seed:
     return Interval(iqm(scores_RT), float(low), float(high))
 
 
+def iqm_band(curves_RG: np.ndarray, confidence: float = 0.95, reps: int = 2000, seed: int = 0) -> np.ndarray:
+    """Pointwise :func:`iqm_ci` of curves ``[runs, points]``, as ``[3, points]`` rows of
+    (IQM, low, high): the line and shaded band of a plot. All points share one set of
+    resampled runs, the draws :func:`iqm_ci` makes for one point, so column ``g`` equals
+    ``iqm_ci(curves_RG[:, g])`` exactly."""
+    curves_RG = np.asarray(curves_RG, dtype=float)
+    runs, points = curves_RG.shape
+    picks_BR = np.random.default_rng(seed).integers(0, runs, size=(reps, runs))
+    samples_GBR = curves_RG.T[:, picks_BR]  # each point's bootstrap samples of its runs
+    estimates_GB = _iqm(samples_GBR.reshape(points * reps, runs)).reshape(points, reps)
+    low_G, high_G = np.quantile(estimates_GB, [(1 - confidence) / 2, (1 + confidence) / 2], axis=1)
+    return np.stack([_iqm(curves_RG.T), low_G, high_G])
+
+
 def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
     """P(X > Y): the chance that a run of ``x`` scores above a run of ``y`` on the same task
     (ties count a half), averaged over tasks. ``x`` and ``y``: ``[runs, tasks]``, the same

@@ -8,8 +8,8 @@ The study lives in a storage (an SQLite file in ``OUT`` by default, or a Postgre
 several machines share). Its trials are made up front, as a queue of ``trials`` waiting
 trials, and each worker takes the next one atomically (a waiting trial goes to running for
 one worker only): no trial runs twice, and the study stops at ``trials`` in total however
-many workers take part. A trial that fails (Ctrl-C, SIGTERM) is replaced by a new waiting
-one when the same command starts again.
+many workers take part. A trial that fails (Ctrl-C, SIGTERM) is run again when the same
+command starts again: a new waiting trial with its parameters and its seed (:func:`prepare`).
 
 The objective is the area under the trial's greedy evaluation curve: the mean of its
 evaluations over its budget, an early stop at ``stop_at_return`` holding its last value
@@ -22,7 +22,9 @@ import contextlib
 import json
 import math
 import multiprocessing
+import os
 import signal
+import socket
 import sys
 import time
 import zlib
@@ -269,13 +271,28 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'study.db').resolve()}"
 
 
+def driver_url(url: str) -> str:
+    """``url`` with a PostgreSQL driver that is installed: SQLAlchemy reads a plain
+    ``postgresql://`` as psycopg2, so where only psycopg (3) is installed it is named."""
+    import importlib.util
+
+    plain = url.startswith(("postgresql://", "postgres://"))
+    if plain and importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
 def _open_storage(url: str) -> Any:
     optuna = require_optuna()
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs)
     except Exception as exc:  # a URL that names no database, a driver missing, a server down
-        raise DqnkitError(f"--storage {url}: {str(exc).splitlines()[0]}") from None
+        raise _storage_error(url, exc) from None
+
+
+def _storage_error(url: str, exc: Exception) -> DqnkitError:
+    return DqnkitError(f"--storage {url}: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
 
 
 def _load(study: Study) -> tuple[Any, Any]:
@@ -289,33 +306,43 @@ def _load(study: Study) -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def _setup_lock(study: Study, storage: Any) -> Iterator[None]:
-    """One worker at a time makes a study's queue: PostgreSQL's advisory lock (the SQLite
-    file is in ``out``, which the command holds locked for its processes alone)."""
+def _setup_lock(study: Study) -> Iterator[None]:
+    """One worker at a time makes a study's tables and queue: PostgreSQL's advisory lock,
+    taken on a connection of its own before Optuna creates its tables (two workers creating
+    them at once collide: "duplicate key value violates unique constraint
+    pg_type_typname_nsp_index"). The SQLite file is in ``out``, which the command holds
+    locked for its processes alone."""
     if not study.storage.startswith("postgres"):
         yield
         return
-    from sqlalchemy import text
+    from sqlalchemy import create_engine, pool, text
 
     key = zlib.crc32(f"dqnkit-tune/{study.name}".encode())
-    with storage.engine.connect() as conn:
+    try:
+        engine = create_engine(driver_url(study.storage), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+        conn = engine.connect()
+    except Exception as exc:  # a driver missing, a server down
+        raise _storage_error(study.storage, exc) from None
+    with conn:
         conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
         try:
             yield
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    engine.dispose()
 
 
 def prepare(study: Study) -> None:
     """Create the study or check that the stored one is this one; mark the trials a killed
     process left running as failed (SQLite: no other process can be running them); fill the
-    queue up to ``trials`` trials that are done, running or waiting."""
+    queue up to ``trials`` trials that are done, running or waiting: first a rerun of each
+    failed trial (:func:`_rerun_failed`), then new trials."""
     optuna = require_optuna()
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _open_storage(study.storage)
-    with _setup_lock(study, storage):
+    with _setup_lock(study):
+        storage = _open_storage(study.storage)
         made = optuna.create_study(storage=storage, study_name=study.name, direction="maximize", load_if_exists=True)
         attrs = study.attrs()
         if not made.user_attrs:
@@ -337,8 +364,24 @@ def prepare(study: Study) -> None:
         live = made.get_trials(
             deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
         )
-        for _ in range(study.trials - len(live)):
+        missing = study.trials - len(live) - _rerun_failed(made, study.trials - len(live))
+        for _ in range(missing):
             made.enqueue_trial({}, skip_if_exists=False)
+
+
+def _rerun_failed(optuna_study: Any, room: int) -> int:
+    """Queue (up to ``room``) a rerun of each failed trial that has none yet: a waiting trial
+    with its parameters (Optuna's fixed params) and its seed, so that the point the sampler
+    chose is measured after all; ``rerun_of`` names the failed trial. Returns how many."""
+    from optuna.trial import TrialState
+
+    trials = optuna_study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs.get("rerun_of") for t in trials}
+    todo = [t for t in trials if t.state == TrialState.FAIL and t.number not in rerun][: max(room, 0)]
+    for failed in todo:
+        seed = failed.user_attrs.get("seed", failed.number)
+        optuna_study.enqueue_trial(failed.params, {"rerun_of": failed.number, "seed": seed}, skip_if_exists=False)
+    return len(todo)
 
 
 def _next_trial(optuna_study: Any, storage: Any) -> Any:
@@ -382,7 +425,10 @@ def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
 
     try:
         overrides = sample(trial, base)
-        config = base.replace(**overrides, seed=trial.number)
+        seed = trial.user_attrs.get("seed", trial.number)  # a rerun keeps the failed trial's seed
+        config = base.replace(**overrides, seed=seed)
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine and process ran it
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("overrides", json.loads(json.dumps(overrides)))
         summary = train(config, run_dir, overwrite=True, on_eval=on_eval)

@@ -3,9 +3,10 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from dqnkit import presets, train
+from dqnkit import plots, presets, stats, train
 from dqnkit.cli import main
 from dqnkit.compare import variant_names
 
@@ -96,3 +97,27 @@ def test_plot_refuses_what_it_cannot_draw_before_drawing(runs, tmp_path, monkeyp
     err = capsys.readouterr().err
     assert fragment in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_draws_each_variants_iqm_with_its_ci_band(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.setdefault("fig", fig))
+    rng = np.random.default_rng(1)
+    seeds = [
+        (np.cumsum(rng.integers(5, 20, 30)) * 1.0, np.arange(1, 31) * (i + 1.0), rng.normal(size=30)) for i in range(3)
+    ]
+    plots.versus({"Env": {"v": seeds, "empty": [(np.zeros(0),) * 3]}}, tmp_path / "x.png")
+    for axis, ax in enumerate(drawn["fig"].axes):  # against steps, against wall seconds
+        x, runs = plots.seeds_on_grid([(seed[axis], seed[2]) for seed in seeds])
+        want = stats.iqm_band(runs)
+        (thick,) = [line for line in ax.lines if line.get_label() == "v (IQM of 3 seeds)"]
+        assert np.array_equal(thick.get_xdata(), x) and np.array_equal(thick.get_ydata(), want[0])
+        (band,) = ax.collections  # the run without an episode has no band
+        assert {tuple(v) for v in band.get_paths()[0].vertices} == {(a, b) for row in want[1:] for a, b in zip(x, row)}
+
+
+def test_seeds_on_grid_spans_every_run_and_holds_each_runs_ends():
+    x, runs = plots.seeds_on_grid([(np.array([10.0, 20.0]), np.array([1.0, 3.0])), (np.array([5.0]), np.array([7.0]))])
+    assert x[0] == 5.0 and x[-1] == 20.0 and runs.shape == (2, 200)
+    assert runs[0, 0] == 1.0 and runs[0, -1] == 2.0  # the running mean of 1, 3 at its last episode
+    assert set(runs[1]) == {7.0}

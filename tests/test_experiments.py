@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from dqnkit import experiments, presets
+from dqnkit import experiments, plots, presets, stats
 from dqnkit.cli import main
 
 
@@ -33,6 +33,32 @@ def test_on_grid_reads_the_running_mean_at_steps():
     assert np.allclose(experiments.on_grid(rows, np.array([10, 20, 30])), [10.0, 15.0, 20.0])
 
 
+def test_a_number_over_seeds_is_their_iqm_with_its_bootstrap_ci():
+    per_seed = [3.0, 100.0, 5.0, 4.0, -50.0]
+    got = experiments.over_seeds("final_return", per_seed)
+    ci = stats.iqm_ci(np.array(per_seed))
+    assert got == {"final_return_iqm": 4.0, "final_return_ci95": [ci.low, ci.high], "final_return_per_seed": per_seed}
+    assert ci.value == stats.iqm(per_seed) == 4.0  # the outliers cut, unlike a mean (12.4)
+    result = {"experiment": "x", "description": "d", "preset": "p", "steps": 10, "seeds": 5}
+    table = experiments.summary_markdown({**result, "variants": {"a": {**got, "steps_median": 7.0}}})
+    assert "IQM over seeds [95% stratified bootstrap CI]" in table
+    assert "| variant | training return, last 100 episodes: IQM [95% CI] | steps_median |" in table
+    assert f"| a | 4.00 [{ci.low:.2f}, {ci.high:.2f}] | 7.00 |" in table
+
+
+def test_the_band_plot_draws_the_iqm_and_its_ci(tmp_path, monkeypatch):
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out: drawn.setdefault("fig", fig))
+    grid, runs = np.arange(6.0), np.random.default_rng(0).normal(size=(4, 6))
+    no_episode = np.full((1, 6), np.nan)
+    plots.band_curves(grid, {"v": np.concatenate([runs, no_episode])}, tmp_path / "x.png")
+    ax = drawn["fig"].axes[0]
+    want = stats.iqm_band(runs)
+    assert np.array_equal(ax.lines[0].get_ydata(), want[0]) and ax.lines[0].get_label() == "v (IQM of 4 seeds)"
+    corners = {tuple(v) for v in ax.collections[0].get_paths()[0].vertices}  # fill_between's polygon
+    assert corners == {(x, y) for row in want[1:] for x, y in zip(grid, row)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
 def test_experiment_runs_and_writes_its_files(name, tmp_path, capsys):
@@ -47,9 +73,10 @@ def test_experiment_runs_and_writes_its_files(name, tmp_path, capsys):
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(result)) and on_disk["experiment"] == name
     assert set(on_disk["variants"]) == set(experiments.EXPERIMENTS[name].variants)
-    for stats in on_disk["variants"].values():
-        assert len(stats["final_return_per_seed"]) == 2 and stats["final_return_mean"] > 0
-        assert stats["final_return_std"] >= 0
+    for measures in on_disk["variants"].values():
+        assert len(measures["final_return_per_seed"]) == 2 and measures["final_return_iqm"] > 0
+        low, high = measures["final_return_ci95"]
+        assert low <= measures["final_return_iqm"] <= high
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     if name == "pqn-vs-dqn":
         assert all(v["wall_s_median"] > 0 for v in on_disk["variants"].values())
@@ -57,9 +84,9 @@ def test_experiment_runs_and_writes_its_files(name, tmp_path, capsys):
     assert "| variant |" in (tmp_path / "summary.md").read_text()
     if name == "overestimation":
         assert (tmp_path / "overestimation.png").exists()
-        assert all("bias_mean" in v for v in on_disk["variants"].values())
+        assert all("bias_iqm" in v for v in on_disk["variants"].values())
     if name == "soft-vs-hard":
-        assert all("collapses_mean" in v for v in on_disk["variants"].values())
+        assert all("collapses_iqm" in v for v in on_disk["variants"].values())
 
 
 @pytest.mark.slow

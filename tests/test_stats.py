@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from dqnkit.stats import Interval, describe, improvement_ci, iqm, iqm_ci, probability_of_improvement
+from dqnkit.stats import Interval, describe, improvement_ci, iqm, iqm_band, iqm_ci, probability_of_improvement
 
 
 def test_iqm_of_known_arrays():
@@ -84,3 +84,11 @@ def test_improvement_ci_is_the_percentile_interval_of_the_exact_bootstrap():
 
 def test_describe():
     assert describe(Interval(412.34, 380.0, 450.25)) == "412.3 [380.0, 450.2]"
+
+
+def test_iqm_band_is_iqm_ci_at_every_point():
+    curves_RG = np.random.default_rng(4).normal(size=(5, 7))
+    band = iqm_band(curves_RG, reps=300, seed=2)
+    assert band.shape == (3, 7)
+    for g in range(7):  # the same draws as one point's interval: equal, not just close
+        assert tuple(band[:, g]) == tuple(iqm_ci(curves_RG[:, g], reps=300, seed=2))

@@ -146,4 +146,72 @@ def test_ctrl_c_saves_the_trial_marks_it_failed_and_the_same_command_continues(t
     assert (out / "trials" / "trial-0001" / "checkpoints" / "latest.pt").is_file()  # saved: --resume continues it
 
     assert _tune(out, "--trials", "3") == 0
-    assert _trials(out)[1] == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}  # 3 done in total
+    study, states = _trials(out)
+    assert states == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "COMPLETE"}  # 3 done in total
+    failed, rerun = study.trials[1], study.trials[3]  # trial 1's point is measured after all, with its seed
+    assert rerun.params == failed.params and rerun.user_attrs["rerun_of"] == 1 and rerun.user_attrs["seed"] == 1
+    assert json.loads((out / "trials" / "trial-0003" / "config.json").read_text())["seed"] == 1
+    assert _tune(out, "--trials", "3") == 0  # a failed trial is run again once, not at every start
+    assert len(_trials(out)[1]) == 4
+
+
+@pytest.mark.slow  # two spawned processes import torch, then train 1,000 steps each: 25-50 s here
+def test_jobs_2_trains_two_trials_side_by_side_in_two_processes(tmp_path):
+    out = tmp_path / "out"
+    assert _tune(out, "--trials", "2", "--jobs", "2", "--steps", "1000") == 0
+    study, states = _trials(out)
+    assert states == {0: "COMPLETE", 1: "COMPLETE"}
+    first, second = study.trials
+    workers = {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials}
+    assert len(workers) == 2 and str(os.getpid()) not in workers  # two processes, neither this one
+    assert first.datetime_start < second.datetime_complete and second.datetime_start < first.datetime_complete
+    for number in (0, 1):
+        run = out / "trials" / f"trial-{number:04d}"
+        assert json.loads((run / "config.json").read_text())["seed"] == number and (run / "summary.json").is_file()
+
+
+# ----------------------------------------------------------------------------- many workers, one PostgreSQL
+@pytest.fixture
+def postgresql(tmp_path):
+    """The URL of a real PostgreSQL server in ``tmp_path`` (pgserver's own binaries), stopped after."""
+    pgserver = pytest.importorskip("pgserver", reason="the PostgreSQL test needs pgserver (the dev extra)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL test needs psycopg (the dev extra)")
+    try:
+        server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    except Exception as exc:  # no server could start here: a skip that says why, not a pass
+        pytest.skip(f"pgserver could not start PostgreSQL: {exc}")
+    yield server.get_uri()
+    server.cleanup()
+
+
+@pytest.mark.slow  # two workers import torch and train 6 trials of 400 steps: about 40 s here
+def test_two_workers_on_one_postgresql_study_finish_exactly_trials_in_total(tmp_path, postgresql):
+    import subprocess
+
+    def command(worker):
+        storage = ["--storage", postgresql, "--study", "shared", "--trials", "6", "--steps", "400"]
+        out = ["--out", str(tmp_path / worker), "--confirm", "0"]
+        return [sys.executable, "-m", "dqnkit", "tune", "--preset", "cartpole", *storage, *out, *TINY]
+
+    # started together: both make the study's queue at once (the advisory lock lets one at a time)
+    workers = [subprocess.Popen(command(w), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in "ab"]
+    ends = [worker.communicate(timeout=600) for worker in workers]
+    for worker, (_, err) in zip(workers, ends):
+        assert worker.returncode == 0, err
+    study = optuna.load_study(study_name="shared", storage=tune._open_storage(postgresql))
+    trials = study.get_trials()
+    assert [t.number for t in trials] == list(range(6))  # none lost, none added
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}  # the median pruner may stop some
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both took part
+    said = [line for _, err in ends for line in err.splitlines() if line.startswith("  .. trial ")]
+    assert sorted(int(line.split()[2].rstrip(":")) for line in said) == list(range(6))  # each run once
+    runs = [p.name for w in "ab" for p in (tmp_path / w / "trials").iterdir()]
+    assert len(runs) == len(set(runs)) and set(runs) <= {f"trial-{n:04d}" for n in range(6)}
+
+
+def test_a_postgresql_storage_that_cannot_be_reached_exits_2_in_one_line(tmp_path, capsys):
+    pytest.importorskip("psycopg", reason="needs psycopg (the dev extra)")
+    url = f"postgresql://nobody@/optuna?host={tmp_path / 'no-server'}"
+    assert _tune(tmp_path / "out", "--storage", url) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --storage {url}: ") and err.count("\n") == 1, err

@@ -4,6 +4,9 @@ An experiment is a base preset, a few named variants (config overrides) and a wa
 the runs. Every variant x seed is an ordinary dqnkit run under ``OUT/runs/`` (so each can be
 inspected, evaluated or resumed on its own), trained in parallel processes; then the runs'
 metrics.csv files are turned into plots, ``results.json`` and ``summary.md``.
+Every number over seeds is their interquartile mean (IQM) with a 95% stratified bootstrap
+confidence interval (:func:`over_seeds`), as Agarwal et al. (NeurIPS 2021) recommend for
+few seeds; medians stay medians.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dqnkit.config import Config
 from dqnkit.errors import Interrupted, sigterm_raises
 from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir
 from dqnkit.logger import read_metrics
+from dqnkit.stats import iqm_ci
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,14 @@ class Experiment:
 
 
 # ---------------------------------------------------------------------------- metrics
+def over_seeds(name: str, values: Iterable[float]) -> dict[str, Any]:
+    """``name``'s per-seed ``values`` as results.json keeps them: ``NAME_iqm``, ``NAME_ci95``
+    (the 95% stratified bootstrap interval of the IQM) and ``NAME_per_seed``."""
+    per_seed = [float(v) for v in values]
+    ci = iqm_ci(np.array(per_seed))
+    return {f"{name}_iqm": ci.value, f"{name}_ci95": [ci.low, ci.high], f"{name}_per_seed": per_seed}
+
+
 def episodes(rows: list[dict[str, str]]) -> tuple[np.ndarray, np.ndarray]:
     """(end step, return) of every training episode of one run."""
     ep = [r for r in rows if r["kind"] == "episode"]
@@ -87,8 +99,8 @@ def _stability(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: in
     grid = np.linspace(steps * 2 / 3, steps, 100)
     return {
         v: {
-            "late_running_mean_std": float(np.mean([np.nanstd(on_grid(r, grid)) for r in rs])),
-            "collapses_mean": float(np.mean([collapses(r) for r in rs])),
+            **over_seeds("late_running_mean_std", [np.nanstd(on_grid(r, grid)) for r in rs]),
+            **over_seeds("collapses", [collapses(r) for r in rs]),
         }
         for v, rs in runs.items()
     }
@@ -104,10 +116,9 @@ def _overestimation(runs: dict[str, list[list[dict[str, str]]]], out: Path, step
         real = np.array([[float(r["q_real"]) for r in e] for e in evals])
         late = at >= steps / 2
         result[variant] = {
-            "bias_mean": float((pred - real)[:, late].mean()),
-            "bias_std": float((pred - real)[:, late].mean(axis=1).std()),
-            "q_pred_final": float(pred[:, -1].mean()),
-            "q_real_final": float(real[:, -1].mean()),
+            **over_seeds("bias", (pred - real)[:, late].mean(axis=1)),  # each seed's mean bias late in training
+            **over_seeds("q_pred_final", pred[:, -1]),
+            **over_seeds("q_real_final", real[:, -1]),
         }
         curves[variant] = (at, pred, real)
     plots.overestimation(curves, out / "overestimation.png")
@@ -127,7 +138,7 @@ def _pqn_vs_dqn(runs: dict[str, list[list[dict[str, str]]]], out: Path, steps: i
         result[variant] = {
             "wall_s_median": float(np.median([s["wall_s"] for s in summaries])),
             "steps_median": float(np.median([s["steps"] for s in summaries])),
-            "eval_return_mean": float(np.mean(evals)),
+            **over_seeds("eval_return", evals),
             **({"solved": float(sum(e >= goal for e in evals))} if goal is not None else {}),
         }
         panel = panels.setdefault(summaries[0]["env_id"], {})
@@ -311,14 +322,7 @@ def _run(name: str, out: Path, seeds: int, steps: int | None, jobs: int | None, 
         grid = np.linspace(0, total, 200)
         curves = {v: np.array([on_grid(r, grid) for r in rs]) for v, rs in rows.items()}
         plots.band_curves(grid, curves, out / f"{name}.png", title=exp.description)
-    variants = {
-        v: {
-            "final_return_mean": float(np.mean(finals := [final_return(r) for r in rs])),
-            "final_return_std": float(np.std(finals)),
-            "final_return_per_seed": finals,
-        }
-        for v, rs in rows.items()
-    }
+    variants = {v: over_seeds("final_return", [final_return(r) for r in rs]) for v, rs in rows.items()}
     for v, extra in (exp.extra(rows, out, total) if exp.extra else {}).items():
         variants[v].update(extra)
     result = {
@@ -383,14 +387,35 @@ def _passing_sigterm() -> contextlib.AbstractContextManager[None]:
 # What the table's columns measure, where the key alone could be read as something else: the
 # per-run lines printed while the runs train are greedy evaluations, a different number.
 COLUMN_NAMES = {
-    "final_return_mean": "training return, last 100 episodes (mean over seeds)",
-    "final_return_std": "(std over seeds)",
+    "final_return_iqm": "training return, last 100 episodes",
+    "eval_return_iqm": "final greedy evaluation",
+    "late_running_mean_std_iqm": "std of the running mean, last third",
+    "bias_iqm": "predicted minus realised Q(s0), second half",
 }
+STATISTIC = "IQM over seeds [95% stratified bootstrap CI]"
+
+
+def _cell(values: dict[str, Any], key: str) -> str:
+    """A key's number, with its interval where it is an IQM over seeds."""
+    if key not in values:  # a measure some variants lack
+        return "-"
+    if key.endswith("_iqm"):
+        low, high = values[key.removesuffix("_iqm") + "_ci95"]
+        return f"{values[key]:.2f} [{low:.2f}, {high:.2f}]"
+    return f"{values[key]:.2f}"
+
+
+def _column(key: str) -> str:
+    if key.endswith("_iqm"):
+        return f"{COLUMN_NAMES.get(key, key.removesuffix('_iqm'))}: IQM [95% CI]"
+    return key
 
 
 def summary_markdown(result: dict[str, Any]) -> str:
-    """A Markdown table: one row per variant, one column per reported number."""
-    keys = list(dict.fromkeys(k for v in result["variants"].values() for k in v if not k.endswith("per_seed")))
+    """A Markdown table: one row per variant, one column per reported number; a number over
+    seeds is shown as its IQM with its 95% CI in brackets."""
+    skip = ("_per_seed", "_ci95")
+    keys = list(dict.fromkeys(k for v in result["variants"].values() for k in v if not k.endswith(skip)))
     lines = [
         f"# {result['experiment']}",
         "",
@@ -398,12 +423,11 @@ def summary_markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['seeds']} seed{'s' * (result['seeds'] != 1)} x {result['steps']:,} steps, "
         + ", ".join(f"`{p}`" for p in dict.fromkeys(result.get("presets", {}).values()) or [result["preset"]])
-        + ".",
+        + f". Over seeds: the {STATISTIC}.",
         "",
-        "| variant | " + " | ".join(COLUMN_NAMES.get(k, k) for k in keys) + " |",
+        "| variant | " + " | ".join(_column(k) for k in keys) + " |",
         "|---" * (len(keys) + 1) + "|",
     ]
     for variant, values in result["variants"].items():
-        cells = (f"{values[k]:.2f}" if k in values else "-" for k in keys)  # a measure some variants lack
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant} | " + " | ".join(_cell(values, k) for k in keys) + " |")
     return "\n".join(lines) + "\n"
