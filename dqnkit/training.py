@@ -37,10 +37,10 @@ from dqnkit.atari_pool import import_envpool
 from dqnkit.checkpoint import CheckpointDir, FullReplay, replay_saver, safe_load
 from dqnkit.config import RUN_SETTINGS, Config, from_dict
 from dqnkit.envs import (
+    EnvMaker,
     check_env_id,
     finished_episodes,
     get_env_states,
-    make_vec_env,
     recv_step,
     send_step,
     set_env_state,
@@ -123,7 +123,7 @@ def train(
     exception it raises stops the run there (``dqnkit tune`` prunes a trial so), keeping
     the metrics logged and the last checkpoint.
     """
-    check_env_id(config.env_id)  # bad input is refused before the disk is touched
+    check_env_id(EnvMaker.from_config(config))  # bad input is refused before the disk is touched
     check_runnable(config)
     warn_if_endless(config, training=True)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
@@ -298,15 +298,7 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    envs = make_vec_env(
-        config.env_id,
-        config.num_envs,
-        config.repeat_action_probability,
-        config.vector_env,
-        config.env_backend,
-        config.seed,
-        config.max_episode_steps,
-    )
+    envs = EnvMaker.from_config(config).make_vec(config.num_envs, config.seed)
     if config.overlap_env_step and not steps_apart(envs):
         warnings.warn(
             f"overlap_env_step: {config.env_id}'s envs step in this process (sync), so nothing overlaps; "
@@ -345,7 +337,7 @@ def _replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> 
     per = dict(alpha=config.per_alpha, beta=config.per_beta, eps=config.per_eps)
     steps = dict(num_envs=config.num_envs, n_step=config.n_step, gamma=config.gamma)
     seed = config.seed + 1
-    if stores_frames(obs_shape, obs_dtype):
+    if stores_frames(obs_shape, obs_dtype, config):
         if config.prioritized:
             return PrioritizedFrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **steps, **per)
         return FrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **steps)
@@ -404,9 +396,10 @@ def gathers_on_device(config: Config, replay: FrameReplay, device: torch.device)
     return False
 
 
-def stores_frames(obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> bool:
-    """Stacked uint8 84x84 frames [S, H, W]: the replay keeps each frame once (FrameReplay)."""
-    return len(obs_shape) == 3 and obs_shape[0] > 1 and np.dtype(obs_dtype) == np.uint8 and obs_shape[1:] == (84, 84)
+def stores_frames(obs_shape: tuple[int, ...], obs_dtype: np.dtype, config: Config) -> bool:
+    """Stacked uint8 frames [S, H, W] (Atari's, the pixel path's): the replay keeps each
+    frame once (FrameReplay). See :meth:`dqnkit.envs.EnvMaker.stores_frames`."""
+    return EnvMaker.from_config(config).stores_frames(obs_shape, obs_dtype)
 
 
 def build_agent(
@@ -448,7 +441,7 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str | Path | Non
     if "spaces" in ckpt:  # no env is built: loading an Atari agent needs no ROM
         obs_shape, n_actions = tuple(ckpt["spaces"]["obs_shape"]), int(ckpt["spaces"]["n_actions"])
     else:  # older checkpoints did not record them: ask the env
-        obs_shape, _, n_actions = check_env_id(config.env_id)
+        obs_shape, _, n_actions = check_env_id(EnvMaker.from_config(config))
     agent = build_agent(config, obs_shape, n_actions, learns=False)
     with _fitting_checkpoint():
         agent.load_state_dict(ckpt["agent"])
@@ -463,7 +456,7 @@ def load_replay(run_dir: str | Path) -> UniformReplay | FrameReplay:
     config = from_dict(ckpt["config"])
     if config.algorithm == "pqn":
         raise DqnkitError(f"{run_dir} is a pqn run: pqn learns from short rollouts and keeps no replay")
-    obs_shape, obs_dtype, _ = check_env_id(config.env_id)
+    obs_shape, obs_dtype, _ = check_env_id(EnvMaker.from_config(config))
     replay = build_replay(config, obs_shape, obs_dtype)
     with _fitting_checkpoint():
         replay_saver(config.replay_checkpoint, run_dir).restore(replay, ckpt["replay"])
