@@ -16,7 +16,8 @@ from dqnkit import presets  # noqa: E402
 from dqnkit.config import Config  # noqa: E402
 
 if TYPE_CHECKING:
-    from dqnkit.training import load, resume, train
+    from dqnkit.build import load
+    from dqnkit.training import resume, train
 
 __all__ = ["Config", "__version__", "load", "presets", "resume", "train"]
 
@@ -24,10 +25,14 @@ __all__ = ["Config", "__version__", "load", "presets", "resume", "train"]
 def __getattr__(name: str) -> Any:
     """``train``, ``load`` and ``resume`` import torch (about 1 s): imported at first use, so
     that ``dqnkit --help`` and a bad command line answer at once."""
-    if name in ("load", "resume", "train"):
+    if name in ("resume", "train"):
         from dqnkit import training
 
         return getattr(training, name)
+    if name == "load":
+        from dqnkit.build import load
+
+        return load
     raise AttributeError(f"module 'dqnkit' has no attribute {name!r}")
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dqnkit.errors import CheckpointError
+from dqnkit.errors import CheckpointError, DqnkitError
 from dqnkit.files import atomic_write, fsync_dir
 
 FORMAT_VERSION = 1
@@ -276,3 +276,96 @@ def _chunk_ids(owner: np.ndarray) -> set[int]:
 def replay_saver(mode: str, run_dir: str | Path) -> FullReplay:
     """How checkpoints keep the replay: ``incremental`` (chunks), ``full`` or ``none``."""
     return {"incremental": lambda: ReplayChunks(run_dir), "full": FullReplay, "none": NoReplay}[mode]()
+
+
+# ----------------------------------------------------------------------------- a run's checkpoints
+RESUMABLE = ("config", "agent", "replay", "loop", "envs")  # what `train --resume` needs
+
+
+def load_checkpoint(
+    run_dir: str | Path, required: tuple[str, ...] = RESUMABLE, checkpoint: str | Path | None = None
+) -> dict[str, Any]:
+    """The latest checkpoint of a run (or the one :func:`find_checkpoint` finds for
+    ``checkpoint``), loaded safely; exit-2 errors for anything wrong.
+
+    ``required``: the keys the caller needs; an agent alone (``config``, ``agent``) is in every
+    dqnkit checkpoint, Ape-X's included, and a resumable one holds :data:`RESUMABLE`.
+    """
+    run_dir = Path(run_dir)
+    path = find_checkpoint(run_dir, checkpoint)
+    ckpt = _load_latest(CheckpointDir(run_dir)) if checkpoint is None else safe_load(path)
+    if "apex" in ckpt and "loop" in required:
+        raise CheckpointError(
+            f"{run_dir} is an Ape-X run: its checkpoints hold the learner, not the actors' episodes or the "
+            f"replay, so it cannot resume (`dqnkit eval {run_dir}` and dqnkit.load read it)"
+        )
+    for key in required:
+        if key not in ckpt:
+            what = "resumable dqnkit training" if "loop" in required else "dqnkit"
+            raise CheckpointError(f"{run_dir} checkpoint lacks {key!r}: not a {what} checkpoint")
+    return ckpt
+
+
+def find_checkpoint(run_dir: str | Path, name: str | Path | None = None) -> Path:
+    """The checkpoint file of a run that ``name`` names, without reading it: None or
+    ``latest.pt`` the latest, ``step_N.pt`` the one of step N (with or without the zeros of
+    its file name), another file of its ``checkpoints/``, or a path to a file. Anything else
+    is an exit-2 error naming the run's checkpoints."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DqnkitError(f"run directory {run_dir} {'is a file' if run_dir.exists() else 'does not exist'}")
+    if not (run_dir / "checkpoints").is_dir() and not (run_dir / "config.json").is_file():
+        raise DqnkitError(_not_a_run(run_dir))
+    checkpoints = CheckpointDir(run_dir)
+    if name is None or str(name) == checkpoints.latest.name:
+        if not checkpoints.latest.is_file() and (run_dir / "config.json").is_file():
+            raise CheckpointError(
+                f"{run_dir} has no checkpoint: it stopped before its first; train it anew with "
+                f"`dqnkit train --config {run_dir / 'config.json'} --run-dir {run_dir} --overwrite`"
+            )
+        return checkpoints.latest
+    for path in (checkpoints.dir / name, Path(name)):
+        if path.is_file():
+            return path
+    step = re.fullmatch(r"step_(\d+)\.pt", Path(name).name)
+    for path in checkpoints.numbered():
+        if step is not None and int(path.stem.split("_")[1]) == int(step.group(1)):
+            return path
+    kept = ", ".join(p.name for p in checkpoints.numbered()) or "none"
+    raise CheckpointError(f"{run_dir} has no checkpoint {name} (its checkpoints: {kept}, and latest.pt)")
+
+
+def _not_a_run(path: Path) -> str:
+    """Why ``path`` is not a run directory, naming the runs below it (runs/, an experiment's)."""
+    # three levels down at most (runs/, an experiment's runs/NAME): not a walk of a whole home directory
+    found = (path.glob("/".join(["*"] * depth + ["checkpoints", "latest.pt"])) for depth in range(1, 4))
+    runs = sorted(c.parent.parent for pattern in found for c in pattern)
+    what = f"{path} is not a dqnkit run directory (a run's has config.json and checkpoints/)"
+    if not runs:
+        return f"{what}; it holds no run either"
+    more = f" and {len(runs) - 3} more" if len(runs) > 3 else ""
+    return f"{what}; the runs in it: {', '.join(str(r) for r in runs[:3])}{more}"
+
+
+def _load_latest(checkpoints: CheckpointDir) -> dict[str, Any]:
+    """``latest.pt``, or where it does not load (a disk's fault: saves are atomic), an error
+    naming the newest earlier checkpoint that does, and how to make it the latest. (A run
+    without a checkpoint was refused by :func:`find_checkpoint`.)"""
+    try:
+        return safe_load(checkpoints.latest)
+    except CheckpointError as exc:
+        if not checkpoints.latest.is_file():
+            raise
+        latest = checkpoints.latest.stat()
+        for path in reversed(checkpoints.numbered()):
+            if path.stat().st_ino == latest.st_ino:  # latest.pt is a hard link to the newest
+                continue
+            try:
+                safe_load(path)
+            except CheckpointError:
+                continue
+            raise CheckpointError(
+                f"{exc}; an earlier checkpoint loads: `ln -f {path} {checkpoints.latest}` makes it the one "
+                "eval and --resume read"
+            ) from None
+        raise CheckpointError(f"{exc}, and no earlier checkpoint of the run loads") from None

@@ -446,8 +446,8 @@ def _resource(spec: str) -> tuple[str, float]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from dqnkit.build import load
     from dqnkit.evaluate import evaluate, warn_if_endless
-    from dqnkit.training import load
     from dqnkit.video import VIDEO_FORMATS
 
     if args.episodes < 1:
@@ -555,11 +555,11 @@ def _export(args: argparse.Namespace) -> int:
     if args.fmt == "onnx":
         require_onnx()
     refuse_file_in_the_way(out.parent, f"--out {out}")
-    from dqnkit.training import find_checkpoint
+    from dqnkit.checkpoint import find_checkpoint
 
     find_checkpoint(args.run_dir, args.checkpoint)  # a run without it is refused before torch is imported
+    from dqnkit.build import load
     from dqnkit.export import ExportMismatch, export
-    from dqnkit.training import load
 
     agent = load(args.run_dir, device="cpu", checkpoint=args.checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)

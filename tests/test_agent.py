@@ -227,7 +227,7 @@ def test_nature_cnn_is_chosen_for_frames():
 def test_numpy_acting_path_matches_the_network():
     """Acting uses a numpy copy-free view of a plain MLP; it must follow the live weights."""
     from dqnkit import presets
-    from dqnkit.training import build_agent
+    from dqnkit.build import build_agent
 
     agent = build_agent(presets.get("cartpole-zoo"), (4,), 2)
     assert agent._numpy_layers

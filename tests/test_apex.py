@@ -41,9 +41,9 @@ def test_actor_priorities_bootstrap_from_the_published_network():
     # would then measure |Q(s, a)|, not the TD error of the learner's network
     import numpy as np
 
+    from dqnkit.build import build_agent
     from dqnkit.distributed.apex import load_weights, published_weights
     from dqnkit.replay.uniform import Batch
-    from dqnkit.training import build_agent
 
     cfg = presets.get("cartpole")
     learner, actor = build_agent(cfg, (4,), 2), build_agent(cfg.replace(seed=1000), (4,), 2)

@@ -117,7 +117,7 @@ def test_a_corrupt_latest_checkpoint_names_the_earlier_one_that_loads(tmp_path):
     error names the newest earlier checkpoint that loads, and its command makes the run go on."""
     import os
 
-    from dqnkit.training import load_checkpoint
+    from dqnkit.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     train(presets.get("cartpole", **{**TINY, "checkpoint_every": 100}), run)
@@ -138,7 +138,7 @@ def test_a_corrupt_latest_checkpoint_names_the_earlier_one_that_loads(tmp_path):
 
 
 def test_a_run_stopped_before_its_first_checkpoint_says_how_to_start_it_again(tmp_path):
-    from dqnkit.training import load_checkpoint
+    from dqnkit.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     run.mkdir()

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from dqnkit import presets
+from dqnkit.build import build_agent
 from dqnkit.cli import main
 from dqnkit.envs import check_env_id
-from dqnkit.training import build_agent, train
+from dqnkit.training import train
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

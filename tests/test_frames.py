@@ -254,7 +254,7 @@ def test_stacks_gathered_on_the_device_equal_the_host_ones(cls):
 def test_frames_go_on_the_gpu_by_default_when_they_fit(monkeypatch):
     torch = pytest.importorskip("torch")
     from dqnkit import Config
-    from dqnkit.training import gathers_on_device
+    from dqnkit.build import gathers_on_device
 
     replay = FrameReplay(1000, (84, 84), 4)  # 7 MB of frames
     cuda, gib = torch.device("cuda"), 2**30

@@ -9,8 +9,9 @@ import pytest
 
 from dqnkit import load, presets, resume, train
 from dqnkit.agent import DQNAgent
+from dqnkit.build import load_replay
+from dqnkit.checkpoint import load_checkpoint
 from dqnkit.monitor import RunMonitor
-from dqnkit.training import load_checkpoint, load_replay
 
 # sync envs step when received, so overlapping them gains nothing (and says so): the tests
 # use them anyway, where the loop's order is what they check

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dqnkit import Config, load, presets, resume, train
+from dqnkit.build import build_agent
 from dqnkit.errors import ConfigError, DqnkitError
 from dqnkit.pqn import PQNAgent, Rollout, lambda_returns
-from dqnkit.training import build_agent
 
 GAMMA = 0.9
 
@@ -200,7 +200,7 @@ def test_layer_norm_networks_act_the_same_in_numpy_and_torch():
 
 
 def test_load_replay_of_a_pqn_run_says_it_keeps_none(tmp_path):
-    from dqnkit.training import load_replay
+    from dqnkit.build import load_replay
 
     train(presets.get("pqn-cartpole", **{**SMALL, "total_steps": 256, "eval_every": 0}), tmp_path / "run")
     with pytest.raises(DqnkitError, match="pqn run: pqn learns from short rollouts and keeps no replay"):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from dqnkit import presets, resume, train
-from dqnkit.checkpoint import CheckpointDir, ReplayChunks, atomic_save, safe_load
+from dqnkit.build import load_replay
+from dqnkit.checkpoint import CheckpointDir, ReplayChunks, atomic_save, load_checkpoint, safe_load
 from dqnkit.errors import CheckpointError
 from dqnkit.replay import FrameReplay, PrioritizedFrameReplay, PrioritizedReplay, UniformReplay
-from dqnkit.training import load_checkpoint, load_replay
 
 SETTINGS = dict(
     total_steps=3000,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from dqnkit import Config, load, presets, resume, train
+from dqnkit.checkpoint import load_checkpoint
 from dqnkit.errors import NonFiniteError
 from dqnkit.logger import read_metrics
-from dqnkit.training import load_checkpoint
 
 SETTINGS = dict(
     total_steps=4000,

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from dqnkit import load, presets, resume, train
+from dqnkit.checkpoint import load_checkpoint
 from dqnkit.cli import main
 from dqnkit.errors import Interrupted
 from dqnkit.evaluate import _GymEpisodes
 from dqnkit.logger import read_metrics
-from dqnkit.training import load_checkpoint
 
 TINY = dict(total_steps=600, learning_starts=100, batch_size=16, buffer_size=1000, hidden_sizes=(16,), device="cpu")
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from dqnkit import Config, load, presets, resume, train
+from dqnkit.algorithms import crossed, epsilon
+from dqnkit.build import build, load_replay
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError
 from dqnkit.logger import read_metrics
-from dqnkit.training import build, crossed, epsilon, load_replay
 
 TINY = dict(
     total_steps=600,
@@ -253,14 +254,14 @@ def test_an_env_that_fails_to_close_after_an_error_does_not_hide_it(tmp_path, mo
 
 
 def test_a_replay_larger_than_the_available_memory_is_warned_about(tmp_path, monkeypatch):
-    import dqnkit.training
+    import dqnkit.build
 
-    monkeypatch.setattr(dqnkit.training, "available_memory", lambda: 1024)  # 1 KB left
+    monkeypatch.setattr(dqnkit.build, "available_memory", lambda: 1024)  # 1 KB left
     needs = r"the replay needs \d+\.\d KB once full \(buffer_size 1,000\) and this machine has 1.0 KB available"
     with pytest.warns(UserWarning, match=needs):
         train(_cfg(), tmp_path / "run")  # allocated (its pages come as it fills), so the run starts
     monkeypatch.undo()
-    assert dqnkit.training.available_memory() > 0  # this machine's MemAvailable
+    assert dqnkit.build.available_memory() > 0  # this machine's MemAvailable
 
 
 @pytest.mark.parametrize("env_id, size", [("FrozenLake-v1", 16), ("Blackjack-v1", 32 + 11 + 2)])
@@ -318,10 +319,10 @@ def test_train_then_resume_equals_one_long_run(tmp_path):
 
 
 def test_load_returns_a_working_agent_without_building_an_env(tmp_path, monkeypatch):
-    import dqnkit.training
+    import dqnkit.build
 
     train(_cfg(), tmp_path / "run")
-    monkeypatch.setattr(dqnkit.training, "check_env_id", lambda env_id: pytest.fail("load() built an env"))
+    monkeypatch.setattr(dqnkit.build, "check_env_id", lambda env_id: pytest.fail("load() built an env"))
     agent = load(tmp_path / "run")
     obs = np.zeros((5, 4), np.float32)
     assert agent.q_values(obs).shape == (5, 2)

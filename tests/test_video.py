@@ -15,11 +15,11 @@ import pytest
 from PIL import Image, ImageSequence
 
 from dqnkit import Config, presets, train
+from dqnkit.build import build
 from dqnkit.cli import main
 from dqnkit.errors import ConfigError
 from dqnkit.evaluate import evaluate, record_video, warn_if_endless
 from dqnkit.logger import read_metrics
-from dqnkit.training import build
 from dqnkit.video import GifWriter, default_max_steps
 
 ENDLESS = "dqnkit-test/Endless-v0"  # tests/conftest.py: no time limit, never ends, 200x300 frames
@@ -186,7 +186,7 @@ import re, sys
 import conftest  # registers dqnkit-test/Endless-v0
 from dqnkit import presets
 from dqnkit.evaluate import record_video
-from dqnkit.training import build
+from dqnkit.build import build
 cfg = presets.get("cartpole", env_id="dqnkit-test/Endless-v0", hidden_sizes=(8,), device="cpu")
 video = record_video(build(cfg).agent, cfg.env_id, sys.argv[1], max_steps=27_000)
 peak_kb = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1])

@@ -28,10 +28,10 @@ import torch
 
 from dqnkit import presets
 from dqnkit.bench import report
+from dqnkit.build import build_agent, resolve_device
 from dqnkit.envs import make_vec_env
 from dqnkit.evaluate import evaluate
 from dqnkit.replay import FrameReplay
-from dqnkit.training import build_agent, resolve_device
 
 ENV_ID = "ALE/Breakout-v5"
 

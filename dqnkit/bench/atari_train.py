@@ -33,9 +33,10 @@ import torch
 
 from dqnkit import presets
 from dqnkit.bench import progress, quiet_sb3, random_batches, report
+from dqnkit.build import build_agent, resolve_device
 from dqnkit.config import parse_overrides
 from dqnkit.errors import DqnkitError, first_line
-from dqnkit.training import build_agent, resolve_device, train
+from dqnkit.training import train
 
 ENV_ID = "ALE/Breakout-v5"
 

@@ -29,8 +29,9 @@ import torch
 
 from dqnkit import presets
 from dqnkit.bench import progress, quiet_sb3, random_batches, report
+from dqnkit.build import build_agent
 from dqnkit.errors import DqnkitError
-from dqnkit.training import build_agent, flush_denormals, train
+from dqnkit.training import flush_denormals, train
 
 # (preset, observation shape, actions): the networks whose updates part 4 times
 UPDATE_CASES = (

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 
 from dqnkit import __version__
+from dqnkit.algorithms import DQN, build_replay, per_beta, stores_frames
+from dqnkit.build import build_agent, check_memory, check_runnable, spaces
 from dqnkit.config import Config
 from dqnkit.distributed.cluster import connect
 from dqnkit.envs import EnvMaker, check_env_id, finished_episodes, true_next_obs
@@ -57,16 +59,7 @@ from dqnkit.monitor import (
 from dqnkit.replay import FrameReplay, UniformReplay
 from dqnkit.replay.nstep import NStepFolder
 from dqnkit.replay.uniform import Batch
-from dqnkit.training import (
-    build_agent,
-    build_replay,
-    check_memory,
-    check_runnable,
-    flush_denormals,
-    per_beta,
-    spaces,
-    stores_frames,
-)
+from dqnkit.training import flush_denormals
 
 
 def actor_epsilon(i: int, actors: int, base: float = 0.4, alpha: float = 7.0) -> float:
@@ -305,6 +298,7 @@ class Apex:
         :func:`dqnkit.envs.check_env_id` returns them."""
         self.ray = ray = _import_ray()
         self.config, self.run_dir, self.options = config, run_dir, options
+        self.algo = DQN(config)  # the replay ratio, target refreshes, evaluations and checkpoints of a run's
         obs_shape, obs_dtype, n_actions = spaces
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
@@ -354,9 +348,10 @@ class Apex:
         ray, cfg = self.ray, self.config
         self.monitor = monitor = RunMonitor(cfg, self.run_dir, progress=progress)
         pending: dict[Any, Any] = {}
-        next_eval, next_ckpt, sample = cfg.eval_every or cfg.total_steps, cfg.checkpoint_interval, None
+        sample = None
         try:
             while not self._finished() or pending:
+                prev = self.env_steps
                 self._dispatch(pending)
                 idle = self._owed_updates() < 1  # nothing to learn: block until an actor reports
                 waited = time.perf_counter()
@@ -372,11 +367,9 @@ class Apex:
                     self._record(ref)
                 self._check_actors_alive(pending)
                 sample = self._learn(sample)
-                if self.env_steps >= next_eval and not self._finished():
-                    next_eval += cfg.eval_every or cfg.total_steps
+                if self.algo.evaluation_due(prev, self.env_steps) and not self._finished():
                     self._evaluate()
-                if self.env_steps >= next_ckpt and not self._finished():
-                    next_ckpt += cfg.checkpoint_interval
+                if self.algo.checkpoint_due(prev, self.env_steps) and not self._finished():
                     self._save()
                 if callback is not None:
                     callback(self)
@@ -443,12 +436,7 @@ class Apex:
     def _owed_updates(self) -> float:
         """Updates the learner is behind single-process training's replay ratio
         (``gradient_steps`` per ``train_freq`` env steps, once ``learning_starts`` are in)."""
-        cfg = self.config
-        if self.env_steps < cfg.learning_starts:
-            return 0.0
-        return max(
-            0.0, (self.env_steps - cfg.learning_starts) * cfg.gradient_steps / cfg.train_freq - self.agent.updates
-        )
+        return self.algo.updates_owed(self.env_steps, self.agent.updates)
 
     def _learner_behind(self) -> bool:
         """Hold the actors back while more than one round of updates is owed."""
@@ -475,12 +463,7 @@ class Apex:
         return sample
 
     def _after_update(self) -> None:
-        cfg = self.config
-        # the target refreshes after as many updates as single-process training makes between refreshes
-        if (
-            cfg.tau > 0
-            or self.agent.updates % max(1, round(cfg.target_update_interval * cfg.gradient_steps / cfg.train_freq)) == 0
-        ):
+        if self.algo.target_sync_after(self.agent.updates):
             self.agent.update_target()
         if self.agent.updates % self.options.publish_every == 0:
             self._publish()

@@ -259,9 +259,9 @@ def _train_one(args: tuple[Config, str, bool]) -> tuple[dict[str, Any], str]:
 def _earlier_run(config: Config, run_dir: Path) -> str:
     """What an interrupted start of the experiment left in ``run_dir`` for ``config``:
     ``complete``, ``checkpointed`` (resumable) or ``new`` (nothing of this config's: train it)."""
+    from dqnkit.checkpoint import load_checkpoint
     from dqnkit.config import from_dict
     from dqnkit.errors import DqnkitError
-    from dqnkit.training import load_checkpoint
 
     try:
         if from_dict(json.loads((run_dir / "config.json").read_text())) != config:
