@@ -148,7 +148,7 @@ def _replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> 
     per = dict(alpha=config.per_alpha, beta=config.per_beta, eps=config.per_eps)
     steps = dict(num_envs=config.num_envs, n_step=config.n_step, gamma=config.gamma)
     seed = config.seed + 1
-    if stores_frames(obs_shape, obs_dtype):
+    if stores_frames(obs_shape, obs_dtype, config):
         if config.prioritized:
             return PrioritizedFrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **steps, **per)
         return FrameReplay(config.buffer_size, obs_shape[1:], obs_shape[0], seed, **steps)
@@ -157,6 +157,9 @@ def _replay(config: Config, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> 
     return UniformReplay(config.buffer_size, obs_shape, obs_dtype, seed=seed, **steps)
 
 
-def stores_frames(obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> bool:
-    """Stacked uint8 84x84 frames [S, H, W]: the replay keeps each frame once (FrameReplay)."""
-    return len(obs_shape) == 3 and obs_shape[0] > 1 and np.dtype(obs_dtype) == np.uint8 and obs_shape[1:] == (84, 84)
+def stores_frames(obs_shape: tuple[int, ...], obs_dtype: np.dtype, config: Config) -> bool:
+    """Stacked uint8 frames [S, H, W] (Atari's, the pixel path's): the replay keeps each
+    frame once (FrameReplay). See :meth:`dqnkit.envs.EnvMaker.stores_frames`."""
+    from dqnkit.envs import EnvMaker  # envs imports gymnasium, which the algorithms need not
+
+    return EnvMaker.from_config(config).stores_frames(obs_shape, obs_dtype)

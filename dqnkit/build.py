@@ -25,7 +25,7 @@ from dqnkit.algorithms import DQN, Storage, algorithm, build_replay
 from dqnkit.atari_pool import import_envpool
 from dqnkit.checkpoint import FullReplay, load_checkpoint, replay_saver
 from dqnkit.config import Config, from_dict
-from dqnkit.envs import check_env_id, get_env_states, make_vec_env, set_env_state, steps_apart
+from dqnkit.envs import EnvMaker, check_env_id, get_env_states, set_env_state, steps_apart
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
 from dqnkit.networks import build_q_network
 from dqnkit.pqn import PQNAgent, Rollout
@@ -95,15 +95,7 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     torch.manual_seed(config.seed)
-    envs = make_vec_env(
-        config.env_id,
-        config.num_envs,
-        config.repeat_action_probability,
-        config.vector_env,
-        config.env_backend,
-        config.seed,
-        config.max_episode_steps,
-    )
+    envs = EnvMaker.from_config(config).make_vec(config.num_envs, config.seed)
     if config.overlap_env_step and not steps_apart(envs):
         warnings.warn(
             f"overlap_env_step: {config.env_id}'s envs step in this process (sync), so nothing overlaps; "
@@ -214,7 +206,7 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str | Path | Non
     if "spaces" in ckpt:  # no env is built: loading an Atari agent needs no ROM
         obs_shape, n_actions = tuple(ckpt["spaces"]["obs_shape"]), int(ckpt["spaces"]["n_actions"])
     else:  # older checkpoints did not record them: ask the env
-        obs_shape, _, n_actions = check_env_id(config.env_id)
+        obs_shape, _, n_actions = check_env_id(EnvMaker.from_config(config))
     agent = build_agent(config, obs_shape, n_actions, learns=False)
     with _fitting_checkpoint():
         agent.load_state_dict(ckpt["agent"])
@@ -229,7 +221,7 @@ def load_replay(run_dir: str | Path) -> UniformReplay | FrameReplay:
     config = from_dict(ckpt["config"])
     if config.algorithm == "pqn":
         raise DqnkitError(f"{run_dir} is a pqn run: pqn learns from short rollouts and keeps no replay")
-    obs_shape, obs_dtype, _ = check_env_id(config.env_id)
+    obs_shape, obs_dtype, _ = check_env_id(EnvMaker.from_config(config))
     replay = build_replay(config, obs_shape, obs_dtype)
     with _fitting_checkpoint():
         replay_saver(config.replay_checkpoint, run_dir).restore(replay, ckpt["replay"])

@@ -184,6 +184,9 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
                         help="config keys from a JSON file, e.g. a run's config.json (over the preset; "
                         "--env, --seed, --steps, --device and --set go over it)")  # fmt: skip
     parser.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
+    parser.add_argument("--env-kwarg", dest="env_kwargs", action="append", default=[], metavar="KEY=VALUE",
+                        help="an argument for gymnasium.make, e.g. continuous=false (repeatable; JSON values; "
+                        "goes into env_kwargs)")  # fmt: skip
     parser.add_argument("--steps", type=_steps, help="total environment steps (summed over envs and actors; 1e6 reads)")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the learner's torch device (default auto)")
@@ -277,6 +280,7 @@ def _train(args: argparse.Namespace) -> int:
                 ("--preset", args.preset),
                 ("--config", args.config),
                 ("--env", args.env_id),
+                ("--env-kwarg", args.env_kwargs),
                 ("--seed", args.seed),
                 ("--run-dir", args.run_dir),
                 ("--print-config", args.print_config),
@@ -342,20 +346,29 @@ def _config(args: argparse.Namespace, parts: _ConfigParts | None = None) -> Any:
 
     name, overrides, _, _ = parts or _config_parts(args)
     config = presets.get(name, **overrides)
-    fitting, own = presets.for_env(config.env_id), presets.for_env(presets.get(name).env_id)
-    if args.preset is not None and "env_id" in overrides and fitting != own:
+    if args.preset is not None and "env_id" in overrides:
+        _warn_if_unfit(name, config)
+    return config
+
+
+def _warn_if_unfit(name: str, config: Any) -> None:
+    """Warn where the preset ``name`` is made for another family of envs than ``config``'s."""
+    from dqnkit import presets
+
+    base = presets.get(name)
+    fitting, own = presets.for_env(config.env_id, config.env_kwargs), presets.for_env(base.env_id, base.env_kwargs)
+    if fitting != own:
         print(
             f"warning: preset {name} is made for {own}-like envs; for {config.env_id} dqnkit would pick "
             f"--preset {fitting}",
             file=sys.stderr,
         )
-    return config
 
 
 def _config_parts(args: argparse.Namespace) -> _ConfigParts:
     """The file's keys, then --set's, then the flags', over the preset they start from."""
     from dqnkit import presets
-    from dqnkit.config import parse_overrides
+    from dqnkit.config import env_kwarg_pairs, parse_overrides
 
     from_file, from_set = _config_file(args.config), parse_overrides(args.overrides)
     overrides = {**from_file, **from_set}
@@ -364,12 +377,14 @@ def _config_parts(args: argparse.Namespace) -> _ConfigParts:
             overrides[key] = getattr(args, key)
     if args.steps is not None:
         overrides["total_steps"] = args.steps
+    if getattr(args, "env_kwargs", None):  # --env-kwarg key=value, over env_kwargs' own
+        overrides["env_kwargs"] = {**overrides.get("env_kwargs", {}), **env_kwarg_pairs(args.env_kwargs)}
     if args.preset is not None:
         name = args.preset
     elif overrides.get("preset") in presets.names():  # a run's config.json names its preset
         name = overrides["preset"]
     else:  # that env family's defaults
-        name = presets.for_env(overrides.get("env_id", "CartPole-v1"))
+        name = presets.for_env(overrides.get("env_id", "CartPole-v1"), overrides.get("env_kwargs"))
     return _ConfigParts(name, overrides, from_file, from_set)
 
 

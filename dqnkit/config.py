@@ -33,6 +33,8 @@ def _opt(
     """A dataclass field with its help text and allowed range attached; ``only`` names the
     algorithm the key belongs to (a non-default value with the other one is refused)."""
     meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "only": only}
+    if isinstance(default, dict):  # a mutable default: each Config gets its own copy
+        return field(default_factory=lambda: dict(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -48,6 +50,19 @@ class Config:
     )
     preset: str = _opt("custom", "Name of the preset this config started from (informational).")
     env_id: str = _opt("CartPole-v1", "Gymnasium environment id (Box or image observations, Discrete actions).")
+    env_kwargs: dict[str, Any] = _opt(
+        {},
+        'Keyword arguments for gymnasium.make, a JSON object, e.g. {"continuous": false} for CarRacing-v3 (or --env-kwarg continuous=false). Used wherever the run makes its env: training, evaluation, films, Ape-X actors, export.',
+    )
+    pixel_size: int = _opt(
+        84,
+        "Image observations (uint8 HxWxC or CxHxW, not Atari or MinAtar): resize frames to this square side. 0 keeps their size; images under 36 pixels a side are never enlarged (they get a small CNN).",
+        lo=0,
+    )
+    grayscale: bool = _opt(
+        True, "Image observations: turn RGB(A) frames gray, one channel (what lets the replay store each frame once)."
+    )
+    frame_stack: int = _opt(4, "Image observations: the agent sees this many latest frames, stacked.", lo=1)
     max_episode_steps: int = _opt(
         0,
         "Cut every episode (training, evaluation, films) at this many steps, a time-limit truncation replacing the env's own. 0: the env's own limit. Not for Atari (see docs/envs.md).",
@@ -329,6 +344,21 @@ def parse_overrides(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
     return coerce_all(raw)
 
 
+def env_kwarg_pairs(pairs: list[str], flag: str = "--env-kwarg") -> dict[str, Any]:
+    """``["continuous=false", "map_name=8x8"]`` as env arguments: each value read as JSON
+    where it is JSON (false, 0.5, [1, 2]), else kept as the text."""
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ConfigError(f"{flag} expects name=value, got {pair!r}")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value.strip()
+    return kwargs
+
+
 def coerce_all(values: dict[str, Any], hint: str = "run `dqnkit presets NAME` to see the keys") -> dict[str, Any]:
     """``values`` converted to their fields' types (:func:`coerce`); the one place a key that
     no config has is refused (``hint`` says where to look)."""
@@ -357,9 +387,27 @@ def coerce(key: str, value: Any) -> Any:
             if not isinstance(value, str):
                 raise ValueError("expected a string")
             return value
+        if kind == "dict[str, Any]":
+            return _to_kwargs(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{key}: cannot use {value!r} ({exc})") from None
     raise AssertionError(f"no parser for field type {kind}")
+
+
+def _to_kwargs(value: Any) -> dict[str, Any]:
+    """A JSON object (or its text, as ``--set env_kwargs='{"continuous": false}'`` gives it)
+    as a dict of plain JSON values, copied: config.json must hold it as given."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError:
+            raise ValueError('expected a JSON object such as {"continuous": false}') from None
+    if not isinstance(value, dict):
+        raise ValueError('expected a JSON object such as {"continuous": false}')
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError):
+        raise ValueError("expected JSON values (numbers, strings, booleans, null, lists, objects)") from None
 
 
 def _to_bool(value: Any) -> bool:
@@ -440,6 +488,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"max_episode_steps applies to non-Atari envs; {cfg.env_id} ends its games at 27,000 steps (108,000 frames)"
         )
+    _check_env_kwargs(cfg)
     if cfg.env_backend in ("ale", "envpool") and not cfg.env_id.startswith("ALE/"):
         raise ConfigError(
             f"env_backend={cfg.env_backend} runs ALE/<Game>-v5 ids only, not {cfg.env_id!r}; use env_backend=gymnasium"
@@ -451,6 +500,28 @@ def _validate(cfg: Config) -> None:
         )
     if cfg.distributional == "c51" and cfg.v_min >= cfg.v_max:
         raise ConfigError(f"v_min {cfg.v_min} must be below v_max {cfg.v_max}")
+
+
+def _check_env_kwargs(cfg: Config) -> None:
+    """Refuse an env argument that dqnkit sets itself from a config key of its own: the two
+    would disagree, and one would silently win."""
+    own = {
+        "render_mode": "dqnkit sets it (eval --video films in rgb_array)",
+        "max_episode_steps": "use `max_episode_steps=N`",
+    }
+    if cfg.env_id.startswith("ALE/"):
+        own |= {
+            "repeat_action_probability": "use `repeat_action_probability=P`",
+            "frameskip": "dqnkit's Atari preprocessing skips 4 frames itself",
+        }
+    for key in cfg.env_kwargs:
+        if key in own:
+            raise ConfigError(f"env_kwargs: {key!r} is not passed to the env; {own[key]}")
+    if cfg.env_kwargs and cfg.env_backend in ("ale", "envpool"):
+        raise ConfigError(
+            f"env_kwargs: env_backend={cfg.env_backend} builds its own Atari games, without gymnasium.make; "
+            "use env_backend=gymnasium with env_kwargs"
+        )
 
 
 def _check_algorithm_keys(cfg: Config) -> None:
@@ -484,7 +555,7 @@ def _check_rollout(cfg: Config) -> None:
 
 
 def _check_range(name: str, value: Any, meta: Any) -> None:
-    if value is None or isinstance(value, (bool, tuple)):
+    if value is None or isinstance(value, (bool, tuple, dict)):
         return
     choices = meta.get("choices")
     if choices and value not in choices:

@@ -35,6 +35,31 @@ def gym_make(env_id: str, **kwargs: Any) -> gym.Env:
         raise DqnkitError(f"{env_id} is an old version; use {_newest_version(env_id)}") from None
     except gym.error.UnregisteredEnv:
         raise DqnkitError(unknown_id_message(env_id)) from None
+    except TypeError as exc:
+        bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if bad is None:
+            raise
+        raise DqnkitError(bad_argument_message(env_id, bad[1])) from None
+
+
+def bad_argument_message(env_id: str, name: str) -> str:
+    """Why ``env_id`` refused the argument ``name`` (from ``env_kwargs``), with those it takes."""
+    takes = sorted(_arguments(env_id))
+    known = f"it takes {', '.join(takes)}" if takes else "it takes none"
+    return f"{env_id} does not take the argument {name!r} given in `env_kwargs`; {known}"
+
+
+def _arguments(env_id: str) -> list[str]:
+    """The keyword arguments the env class of ``env_id`` takes (beyond render_mode)."""
+    import inspect
+
+    try:
+        entry = gym.spec(env_id).entry_point
+        cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
+        params = inspect.signature(cls).parameters.values()
+    except (gym.error.Error, TypeError, ValueError, ImportError, AttributeError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "render_mode"]
 
 
 def unknown_id_message(env_id: str, known: list[str] | None = None) -> str:

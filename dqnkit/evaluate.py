@@ -11,7 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from dqnkit.agent import DQNAgent
-from dqnkit.envs import env_backend, env_family, has_time_limit, make_env
+from dqnkit.envs import EnvMaker, env_family, has_time_limit
 from dqnkit.video import (
     FrameWriter,
     default_max_steps,
@@ -166,14 +166,8 @@ class _PooledGames:
 
 def _pooled_games(agent: DQNAgent, env_id: str, episodes: int, seed: int) -> _PooledGames | None:
     """The run's C++ Atari pool for evaluation, or None where the run trains in gymnasium envs."""
-    cfg = agent.config
-    backend = env_backend(env_id, cfg.env_backend, cfg.vector_env)
-    if env_family(env_id) != "atari" or backend == "gymnasium":
-        return None
-    from dqnkit.atari_pool import AleAtari, EnvpoolAtari
-
-    pool = AleAtari if backend == "ale" else EnvpoolAtari
-    return _PooledGames(pool(env_id, episodes, seed, cfg.repeat_action_probability, training=False))
+    pool = EnvMaker.from_config(agent.config, env_id).eval_pool(episodes, seed)
+    return None if pool is None else _PooledGames(pool)
 
 
 class Video(NamedTuple):
@@ -249,10 +243,4 @@ def _close_or_remove(writer: FrameWriter, path: Path) -> None:
 
 
 def _eval_env(agent: DQNAgent, env_id: str, render_mode: str | None = None) -> gym.Env:
-    cfg = agent.config
-    return make_env(
-        env_id,
-        render_mode,
-        repeat_action_probability=cfg.repeat_action_probability,
-        max_episode_steps=cfg.max_episode_steps,
-    )
+    return EnvMaker.from_config(agent.config, env_id).make(render_mode)

@@ -32,7 +32,7 @@ from torch import nn
 
 from dqnkit import __version__
 from dqnkit.agent import QAgent
-from dqnkit.envs import make_env
+from dqnkit.envs import EnvMaker
 from dqnkit.errors import DqnkitError
 from dqnkit.files import atomic_write
 
@@ -109,6 +109,10 @@ def metadata(agent: QAgent, obs_dtype: np.dtype) -> dict[str, str]:
         "distributional": cfg.distributional,
         "repeat_action_probability": str(cfg.repeat_action_probability),
         "max_episode_steps": str(cfg.max_episode_steps),
+        "env_kwargs": json.dumps(cfg.env_kwargs),
+        "pixels": json.dumps(
+            {"pixel_size": cfg.pixel_size, "grayscale": cfg.grayscale, "frame_stack": cfg.frame_stack}
+        ),
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
         "dqnkit_version": __version__,
@@ -201,9 +205,7 @@ def random_play(agent: QAgent, n: int = CHECK_OBSERVATIONS, seed: int = 0) -> np
     """``n`` observations [N, *obs] of the run's env (as evaluation makes it) under uniformly
     random actions, seeded; a new episode starts where one ends."""
     cfg = agent.config
-    env = make_env(
-        cfg.env_id, repeat_action_probability=cfg.repeat_action_probability, max_episode_steps=cfg.max_episode_steps
-    )
+    env = EnvMaker.from_config(cfg).make()
     rng = np.random.default_rng(seed)
     try:
         space = env.observation_space

@@ -165,8 +165,9 @@ class MLP(nn.Module):
 
 class NatureCNN(nn.Module):
     """Mnih et al. 2015 (https://www.nature.com/articles/nature14236): uint8 frames
-    [B, C, 84, 84] -> Q [B, A]. Scaling to [0, 1] happens here, on the device, so replay
-    and the host-to-device copy stay uint8."""
+    [B, C, H, W] (Atari: [B, 4, 84, 84]) -> Q [B, A]; its linear layer is sized from H and W
+    (3136 inputs for 84x84), which must be 36 or more. Scaling to [0, 1] happens here, on the
+    device, so replay and the host-to-device copy stay uint8."""
 
     def __init__(
         self,
@@ -176,18 +177,24 @@ class NatureCNN(nn.Module):
         atoms: int = 1,
         linear: Linear = nn.Linear,
         layer_norm: bool = False,
+        frame_shape: tuple[int, int] = (84, 84),
     ) -> None:
         super().__init__()
+        sizes = [tuple(frame_shape)]
+        for kernel, stride in ((8, 4), (4, 2), (3, 1)):  # each convolution's output side
+            sizes.append(tuple((side - kernel) // stride + 1 for side in sizes[-1]))
+        if min(sizes[-1]) < 1:
+            raise ValueError(f"frames {frame_shape} are too small for the Nature CNN (36x36 at least)")
         self.body = nn.Sequential(
-            *hidden(nn.Conv2d(in_channels, 32, 8, stride=4), (32, 20, 20), layer_norm),
-            *hidden(nn.Conv2d(32, 64, 4, stride=2), (64, 9, 9), layer_norm),
-            *hidden(nn.Conv2d(64, 64, 3, stride=1), (64, 7, 7), layer_norm),
+            *hidden(nn.Conv2d(in_channels, 32, 8, stride=4), (32, *sizes[1]), layer_norm),
+            *hidden(nn.Conv2d(32, 64, 4, stride=2), (64, *sizes[2]), layer_norm),
+            *hidden(nn.Conv2d(64, 64, 3, stride=1), (64, *sizes[3]), layer_norm),
             nn.Flatten(),
         )
-        self.head = _Head(3136, n_actions, 512, dueling, atoms, linear, layer_norm)
+        self.head = _Head(64 * math.prod(sizes[3]), n_actions, 512, dueling, atoms, linear, layer_norm)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """uint8 frames [B, 4, 84, 84] (scaled to [0, 1] here) -> [B, A] (or [B, A, K])."""
+        """uint8 frames [B, C, H, W] (scaled to [0, 1] here) -> [B, A] (or [B, A, K])."""
         return self.head(self.body(self.prepare(obs)))
 
     @staticmethod
@@ -234,8 +241,9 @@ def build_q_network(
     noisy_sigma0: float = 0.5,
     layer_norm: bool = False,
 ) -> nn.Module:
-    """The Q-network that fits ``obs_shape``: NatureCNN for [C, 84, 84] frames, MinAtarCNN
-    for other [C, H, W] grids, else an MLP over the flattened observation. ``noisy`` turns
+    """The Q-network that fits ``obs_shape``: NatureCNN for [C, H, W] frames of 36 pixels a
+    side or more (Atari's, the pixel path's), MinAtarCNN for smaller [C, H, W] grids, else an
+    MLP over the flattened observation. ``noisy`` turns
     every fully connected layer into a :class:`NoisyLinear`; ``layer_norm`` normalises every
     hidden layer's output."""
 
@@ -243,8 +251,8 @@ def build_q_network(
         return NoisyLinear(i, o, noisy_sigma0) if noisy else nn.Linear(i, o)
 
     options = dict(dueling=dueling, atoms=atoms, linear=linear, layer_norm=layer_norm)
-    if len(obs_shape) == 3 and obs_shape[1:] == (84, 84):
-        return NatureCNN(obs_shape[0], n_actions, **options)
+    if len(obs_shape) == 3 and min(obs_shape[1:]) >= 36:
+        return NatureCNN(obs_shape[0], n_actions, **options, frame_shape=obs_shape[1:])
     if len(obs_shape) == 3:
         return MinAtarCNN(obs_shape, n_actions, **options)
     return MLP(math.prod(obs_shape), n_actions, hidden_sizes, **options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dqnkit.config import Config, from_dict
-from dqnkit.envs import env_family
+from dqnkit.envs import EnvMaker, env_family
 from dqnkit.errors import ConfigError
 
 # Chosen by a sweep over 5 seeds (README, "How the preset was chosen"): bursts of 64 updates
@@ -53,6 +53,34 @@ _ATARI: dict[str, Any] = dict(
     eval_episodes=10,
     eval_epsilon=0.05,
     checkpoint_every=1_000_000,
+    num_threads=0,
+)
+
+# Any other env whose observations are images: the Nature DQN on gray 84x84 frames, stacked,
+# with a shorter schedule and replay than Atari's (most such envs are not 10M-step games).
+_PIXELS: dict[str, Any] = dict(
+    env_id="CarRacing-v3",
+    env_kwargs={"continuous": False},
+    pixel_size=84,
+    grayscale=True,
+    frame_stack=4,
+    total_steps=1_000_000,
+    lr=1e-4,
+    buffer_size=100_000,
+    batch_size=32,
+    learning_starts=10_000,
+    train_freq=4,
+    gradient_steps=1,
+    target_update_interval=1000,
+    gamma=0.99,
+    eps_start=1.0,
+    eps_end=0.05,
+    exploration_steps=100_000,
+    loss="huber",
+    max_grad_norm=10.0,
+    eval_every=50_000,
+    eval_episodes=5,
+    checkpoint_every=100_000,
     num_threads=0,
 )
 
@@ -193,6 +221,11 @@ _PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "learning_starts": 20_000,
         },
     ),
+    "pixels": (
+        "Nature DQN for any env with image observations: gray 84x84 frames, 4 stacked, replay 100k "
+        "(CarRacing-v3 with continuous=false unless --env)",
+        _PIXELS,
+    ),
     "minatar": (
         "Young & Tian's MinAtar DQN (small CNN, replay 100k, eps 1 -> 0.1 over 100k steps; Adam for RMSProp)",
         dict(
@@ -286,11 +319,14 @@ def describe(name: str) -> str:
     return _lookup(name)[0]
 
 
-def for_env(env_id: str) -> str:
+def for_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str:
     """The preset of ``env_id``'s family: ``atari`` for ALE ids, ``minatar`` for MinAtar ids,
-    ``cartpole`` (a small MLP) for any other, vector-observation env."""
+    ``pixels`` (a CNN) for another env whose observations are images (made once with
+    ``env_kwargs`` to see), ``cartpole`` (a small MLP) for any other env."""
     family = env_family(env_id)
-    return "cartpole" if family == "vector" else family
+    if family != "vector":
+        return family
+    return "pixels" if EnvMaker(env_id, dict(env_kwargs or {})).shows_images() else "cartpole"
 
 
 def get(name: str, **overrides: Any) -> Config:

@@ -31,7 +31,7 @@ import torch
 from dqnkit.build import Parts, build, check_runnable, restore, snapshot
 from dqnkit.checkpoint import load_checkpoint
 from dqnkit.config import RUN_SETTINGS, Config, from_dict
-from dqnkit.envs import check_env_id, finished_episodes, recv_step, send_step, true_next_obs
+from dqnkit.envs import EnvMaker, check_env_id, finished_episodes, recv_step, send_step, true_next_obs
 from dqnkit.errors import ConfigError, DqnkitError
 from dqnkit.evaluate import warn_if_endless
 from dqnkit.files import RunLock, atomic_write_text
@@ -63,7 +63,7 @@ def train(
     exception it raises stops the run there (``dqnkit tune`` prunes a trial so), keeping
     the metrics logged and the last checkpoint.
     """
-    check_env_id(config.env_id)  # bad input is refused before the disk is touched
+    check_env_id(EnvMaker.from_config(config))  # bad input is refused before the disk is touched
     check_runnable(config)
     warn_if_endless(config, training=True)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)

@@ -12,6 +12,13 @@ Training env (``make_atari(..., training=True)``), innermost first::
     FrameStackObservation    4 frames -> uint8 [4, 84, 84] (first frame repeated at a reset)
 
 The evaluation env drops EpisodicLife and ClipReward, so evaluation reports the real game score.
+
+Any other env whose observation is an image (uint8, HxWxC or CxHxW) gets
+:func:`make_pixels`: :class:`PixelFrames` (resize, grayscale, channels first) and a frame
+stack, the same layout as Atari's.
+
+Every wrapper here records its constructor arguments (``RecordConstructorArgs``), so that
+``env.spec`` makes the same stack again, as gymnasium's env checker asks.
 """
 
 from __future__ import annotations
@@ -29,11 +36,15 @@ from dqnkit.errors import DqnkitError
 MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 
 
-class FireOnReset(gym.Wrapper):
+class FireOnReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Press FIRE after every reset, for games that show nothing until it is pressed.
 
     Without it an agent can spend most of its early exploration in a frozen start screen.
     """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
         """Reset, then press FIRE (resetting again if that ended the episode)."""
@@ -44,7 +55,7 @@ class FireOnReset(gym.Wrapper):
         return obs, info
 
 
-class EpisodicLife(gym.Wrapper):
+class EpisodicLife(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """A lost life ends the learning episode (``terminated``), but the game goes on.
 
     Mnih et al. 2015: a life's end is a real terminal state for the value of the current life,
@@ -55,7 +66,8 @@ class EpisodicLife(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
         self.lives = 0
         self.game_over = True
 
@@ -70,8 +82,9 @@ class EpisodicLife(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict]:
-        """A real reset after a game over; after a lost life, a no-op step that continues the game."""
-        if self.game_over:
+        """A real reset after a game over or when given a seed (a seed asks for a new game,
+        gymnasium's contract); after a lost life, a no-op step that continues the game."""
+        if self.game_over or kwargs.get("seed") is not None:
             obs, info = self.env.reset(**kwargs)
         else:
             obs, _, terminated, truncated, info = self.env.step(0)
@@ -82,17 +95,99 @@ class EpisodicLife(gym.Wrapper):
         return obs, info
 
 
-class ChannelsFirst(gym.ObservationWrapper):
-    """MinAtar's boolean [10, 10, C] grid -> uint8 [C, 10, 10], the layout torch convolutions take."""
+class ChannelsFirst(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """MinAtar's boolean [10, 10, C] grid -> uint8 [C, 10, 10], the layout torch convolutions
+    take. A seed given to ``reset`` also seeds the env's ``np_random``: MinAtar seeds its game
+    but not gymnasium's generator, which gymnasium's checker requires (the game, and so every
+    trajectory, is as before)."""
 
     def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.ObservationWrapper.__init__(self, env)
         h, w, c = env.observation_space.shape
         self.observation_space = gym.spaces.Box(0, 1, (c, h, w), np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        """Reset; with a seed, the game and the env's ``np_random`` both."""
+        if seed is not None:
+            self.env.unwrapped._np_random, _ = gym.utils.seeding.np_random(seed)
+        return super().reset(seed=seed, options=options)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         """[10, 10, C] bool -> [C, 10, 10] uint8."""
         return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8)
+
+
+# The Nature CNN's strides (8/4, 4/2, 3/1) need a side of 36 pixels; smaller images keep
+# their size and get the MinAtar CNN (one 3x3 convolution), which needs 3.
+NATURE_MIN_SIDE = 36
+SMALL_MIN_SIDE = 3
+
+
+def is_image(space: gym.Space) -> bool:
+    """Whether ``space`` is an image: a uint8 Box of rank 3 (HxWxC or CxHxW)."""
+    return isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and space.dtype == np.uint8
+
+
+def channels_last(shape: tuple[int, ...]) -> bool:
+    """HxWxC unless the first axis looks like the channels (at most 4, and the last more)."""
+    return not (shape[0] <= 4 < shape[-1])
+
+
+class PixelFrames(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
+    """An image observation as the frames a CNN reads: channels first, resized to ``size``
+    x ``size`` (0: as it is; an image under :data:`NATURE_MIN_SIDE` a side is never enlarged),
+    RGB(A) turned gray when ``grayscale``. Gray frames come out [H, W] (so that a frame
+    stack is [S, H, W], as Atari's), others [C, H, W]."""
+
+    def __init__(self, env: gym.Env, size: int = 84, grayscale: bool = True) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, grayscale=grayscale)
+        gym.ObservationWrapper.__init__(self, env)
+        shape = env.observation_space.shape
+        self._last = channels_last(shape)
+        h, w, c = shape if self._last else (shape[1], shape[2], shape[0])
+        self._size = (size, size) if size and min(h, w) >= NATURE_MIN_SIDE and (h, w) != (size, size) else None
+        self._gray = grayscale and c in (3, 4)
+        h, w = self._size or (h, w)
+        out = (h, w) if self._gray or c == 1 else (c, h, w)
+        self.observation_space = gym.spaces.Box(0, 255, out, np.uint8)
+        self._cv2 = _cv2(env) if self._size else None
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        """One image -> [H, W] (gray, or a single channel) or [C, H, W] uint8."""
+        frame = observation if self._last else np.moveaxis(observation, 0, -1)  # HWC from here
+        if self._size:
+            frame = self._cv2.resize(frame, self._size[::-1], interpolation=self._cv2.INTER_AREA)
+            frame = frame.reshape(*self._size, -1)  # cv2 drops a single channel
+        if self._gray:
+            frame = frame[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            return np.ascontiguousarray(np.round(frame).astype(np.uint8))
+        if frame.shape[-1] == 1:
+            return np.ascontiguousarray(frame[..., 0])
+        return np.ascontiguousarray(np.moveaxis(frame, -1, 0))
+
+
+def _cv2(env: gym.Env) -> Any:
+    """OpenCV, which resizes frames, or a one-line error naming the extra."""
+    try:
+        import cv2
+    except ImportError:
+        name = env.spec.id if env.spec else "this env"
+        raise DqnkitError(
+            f"resizing {name}'s image observations needs OpenCV: pip install 'dqnkit[pixels]' "
+            "(or `pixel_size=0` keeps their size)"
+        ) from None
+    return cv2
+
+
+def make_pixels(env: gym.Env, size: int = 84, grayscale: bool = True, stack: int = 4) -> gym.Env:
+    """``env``'s image observations as stacked frames: uint8 [S, H, W] (gray or single-channel)
+    or [S * C, H, W] (colour), the S latest frames, the first repeated after a reset."""
+    env = FrameStackObservation(PixelFrames(env, size, grayscale), stack)
+    shape = env.observation_space.shape
+    if len(shape) == 4:  # [S, C, H, W] colour frames: their channels side by side for the CNN
+        env = gym.wrappers.ReshapeObservation(env, (shape[0] * shape[1], *shape[2:]))
+    return env
 
 
 def import_ale(env_id: str) -> Any:
@@ -109,11 +204,21 @@ def import_ale(env_id: str) -> Any:
 
 
 def make_atari(
-    env_id: str, *, training: bool, repeat_action_probability: float = 0.25, render_mode: str | None = None
+    env_id: str,
+    *,
+    training: bool,
+    repeat_action_probability: float = 0.25,
+    render_mode: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
 ) -> gym.Env:
-    """``ALE/<Game>-v5`` with the Nature preprocessing (module docstring); [4, 84, 84] uint8."""
+    """``ALE/<Game>-v5`` with the Nature preprocessing (module docstring); [4, 84, 84] uint8.
+    ``env_kwargs``: more arguments for ``gymnasium.make`` (ALE's ``mode``, ``difficulty``...)."""
     import_ale(env_id)
-    kwargs: dict[str, Any] = {"frameskip": 1, "repeat_action_probability": repeat_action_probability}
+    kwargs: dict[str, Any] = {
+        **(env_kwargs or {}),
+        "frameskip": 1,
+        "repeat_action_probability": repeat_action_probability,
+    }
     if render_mode:
         kwargs["render_mode"] = render_mode
     try:
@@ -145,8 +250,14 @@ def minatar_id(env_id: str) -> str:
     return f"MinAtar/{name}-v1"
 
 
-def make_minatar(env_id: str, render_mode: str | None = None, max_episode_steps: int = 100_000) -> gym.Env:
-    """A MinAtar game (Young & Tian 2019) as a gymnasium env with uint8 [C, 10, 10] observations."""
+def make_minatar(
+    env_id: str,
+    render_mode: str | None = None,
+    max_episode_steps: int = 100_000,
+    env_kwargs: dict[str, Any] | None = None,
+) -> gym.Env:
+    """A MinAtar game (Young & Tian 2019) as a gymnasium env with uint8 [C, 10, 10]
+    observations; ``env_kwargs``: more arguments for ``gymnasium.make`` (``sticky_action_prob``...)."""
     try:
         import minatar.gym
     except ImportError:
@@ -157,8 +268,9 @@ def make_minatar(env_id: str, render_mode: str | None = None, max_episode_steps:
         # MinAtar games have no time limit; the default cap only stops a greedy policy that never loses.
         # No env checker: it warns that MinAtar declares no render fps and renders float64
         # frames, both of which the video writer handles (a default rate; frames made uint8).
-        env = gym.make(
+        env = gym_make(
             minatar_id(env_id),
+            **(env_kwargs or {}),
             max_episode_steps=max_episode_steps,
             disable_env_checker=True,
             **({"render_mode": render_mode} if render_mode else {}),

@@ -45,7 +45,7 @@ from dqnkit.algorithms import DQN, build_replay, per_beta, stores_frames
 from dqnkit.build import build_agent, check_memory, check_runnable, spaces
 from dqnkit.config import Config
 from dqnkit.distributed.cluster import connect
-from dqnkit.envs import check_env_id, finished_episodes, make_vec_env, true_next_obs
+from dqnkit.envs import EnvMaker, check_env_id, finished_episodes, true_next_obs
 from dqnkit.errors import DqnkitError
 from dqnkit.monitor import (
     RunMonitor,
@@ -152,22 +152,14 @@ class ActorWorker:
         torch.set_num_threads(1)
         self.config = config.replace(device="cpu", seed=config.seed + 1000 * (index + 1))
         self.epsilon = actor_epsilon(index, actors)
-        self.envs = make_vec_env(
-            config.env_id,
-            config.num_envs,
-            config.repeat_action_probability,
-            config.vector_env,
-            config.env_backend,
-            self.config.seed,
-            config.max_episode_steps,
-        )
+        self.envs = EnvMaker.from_config(config).make_vec(config.num_envs, self.config.seed)
         space = self.envs.single_observation_space
         self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n), learns=False)
         self.replay, self.store, self.sync_every = ray.get_actor(replay), ray.get_actor(store), sync_every
         # Frames go to this actor's own rings of the replay's FrameReplay, which folds n-step
         # returns itself; a restarted actor first cuts the episodes its predecessor left open.
         # Other observations are folded here, and prioritised by this actor.
-        self.frames = stores_frames(space.shape, space.dtype)
+        self.frames = stores_frames(space.shape, space.dtype, config)
         self.rings = np.arange(index * config.num_envs, (index + 1) * config.num_envs)
         if self.frames:
             ray.get(self.replay.cut.remote(self.rings))
@@ -513,7 +505,7 @@ def run(
         raise DqnkitError(f"--actors must be at least 1, got {options.actors}")
     if config.algorithm != "dqn":
         raise DqnkitError(f"apex distributes DQN; algorithm={config.algorithm} trains with `dqnkit train`")
-    spaces = check_env_id(config.env_id)  # bad input is refused before the disk is touched
+    spaces = check_env_id(EnvMaker.from_config(config))  # bad input is refused before the disk is touched
     check_runnable(config)
     check_run_dir(Path(run_dir), overwrite, resumable=False)  # and before Ray starts
     check_replay(config, spaces, options.actors)
