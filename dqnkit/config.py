@@ -52,7 +52,7 @@ class Config:
     env_id: str = _opt("CartPole-v1", "Gymnasium environment id (Box or image observations, Discrete actions).")
     env_kwargs: dict[str, Any] = _opt(
         {},
-        'Keyword arguments for gymnasium.make, a JSON object, e.g. {"continuous": false} for CarRacing-v3 (or --env-kwarg continuous=false). Used wherever the run makes its env: training, evaluation, films, Ape-X actors, export.',
+        'Keyword arguments for gymnasium.make, a JSON object, e.g. {"continuous": false} for CarRacing-v3 (--env-kwarg continuous=false); every env of the run gets them.',
     )
     pixel_size: int = _opt(
         84,

@@ -101,11 +101,13 @@ def test_the_two_returns_of_an_experiment_are_named_apart():
         "preset": "cartpole",
         "steps": 1000,
         "seeds": 2,
-        "variants": {"a": {"final_return_mean": 26.7, "final_return_std": 1.0, "final_return_per_seed": [1, 2]}},
+        "variants": {
+            "a": {"final_return_iqm": 26.7, "final_return_ci95": [25.0, 28.5], "final_return_per_seed": [25, 28.5]}
+        },
     }
-    assert "| variant | training return, last 100 episodes (mean over seeds) | (std over seeds) |" in (
-        summary_markdown(result)
-    )
+    table = summary_markdown(result)
+    assert "| variant | training return, last 100 episodes: IQM [95% CI] |" in table
+    assert "| a | 26.70 [25.00, 28.50] |" in table
     methods = {"sarsa": {"online_return_last100": -20.0, "online_return_last100_std": 1.0, "greedy_path_steps": 17}}
     cliff = dict(experiment="cliff-walking", episodes=50, alpha=0.5, epsilon=0.1, seeds=2, methods=methods)
     assert "online return, last 50 episodes" in summary_text(cliff)
