@@ -25,11 +25,12 @@ from dqnkit.algorithms import DQN, Storage, algorithm, build_replay
 from dqnkit.atari_pool import import_envpool
 from dqnkit.checkpoint import FullReplay, load_checkpoint, replay_saver
 from dqnkit.config import Config, from_dict
-from dqnkit.envs import EnvMaker, check_env_id, get_env_states, set_env_state, steps_apart
+from dqnkit.envs import EnvMaker, check_env_id
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
 from dqnkit.networks import build_q_network
 from dqnkit.pqn import PQNAgent, Rollout
 from dqnkit.replay import FrameReplay, UniformReplay
+from dqnkit.vector import get_env_states, set_env_state, steps_apart
 from dqnkit.video import require_video_writer
 
 

@@ -31,7 +31,7 @@ import torch
 from dqnkit.build import Parts, build, check_runnable, restore, snapshot
 from dqnkit.checkpoint import load_checkpoint
 from dqnkit.config import RUN_SETTINGS, Config, from_dict
-from dqnkit.envs import EnvMaker, check_env_id, finished_episodes, recv_step, send_step, true_next_obs
+from dqnkit.envs import EnvMaker, check_env_id
 from dqnkit.errors import ConfigError, DqnkitError
 from dqnkit.evaluate import warn_if_endless
 from dqnkit.files import RunLock, atomic_write_text
@@ -45,6 +45,7 @@ from dqnkit.monitor import (
     record_learning_stats,
     run_summary,
 )
+from dqnkit.vector import finished_episodes, recv_step, send_step, true_next_obs
 
 
 # ----------------------------------------------------------------------------- public API

@@ -14,9 +14,10 @@ import torch
 from dqnkit import presets
 from dqnkit.agent import DQNAgent
 from dqnkit.algorithms import epsilon
-from dqnkit.envs import make_vec_env, true_next_obs
+from dqnkit.envs import make_vec_env
 from dqnkit.networks import build_q_network
 from dqnkit.replay import UniformReplay
+from dqnkit.vector import true_next_obs
 
 cfg = presets.get("cartpole", total_steps=int(sys.argv[1]) if len(sys.argv) > 1 else 20_000)
 torch.set_num_threads(cfg.num_threads)  # one thread is fastest for a small MLP (measured)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from gymnasium.wrappers import ClipReward
 
-from dqnkit.envs import game_results, make_env, make_vec_env
+from dqnkit.envs import make_env, make_vec_env
 from dqnkit.networks import MinAtarCNN, NatureCNN, build_q_network
+from dqnkit.vector import game_results
 from dqnkit.wrappers import EpisodicLife
 
 pytest.importorskip("ale_py")

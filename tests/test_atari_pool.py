@@ -12,8 +12,9 @@ import pytest
 from dqnkit import Config, presets, train
 from dqnkit.atari_pool import AleAtari, EnvpoolAtari
 from dqnkit.cli import main
-from dqnkit.envs import env_backend, finished_episodes, make_vec_env, true_next_obs
+from dqnkit.envs import env_backend, make_vec_env
 from dqnkit.errors import ConfigError
+from dqnkit.vector import finished_episodes, true_next_obs
 
 pytest.importorskip("ale_py")
 BACKENDS = [

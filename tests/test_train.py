@@ -193,7 +193,7 @@ def test_a_run_another_process_trains_into_is_refused_and_kept(tmp_path, capsys)
 
 
 def test_a_replay_this_machine_cannot_allocate_is_refused_and_leaves_no_run(tmp_path, monkeypatch):
-    from dqnkit.envs import LeanSyncVectorEnv
+    from dqnkit.vector import LeanSyncVectorEnv
 
     closed, close = [], LeanSyncVectorEnv.close
     monkeypatch.setattr(LeanSyncVectorEnv, "close", lambda self, **kw: closed.append(self) or close(self, **kw))
@@ -239,7 +239,7 @@ def test_an_env_that_fails_to_close_after_an_error_does_not_hide_it(tmp_path, mo
     """An async worker killed with the run left a pipe that close() broke on: the run ended
     in that BrokenPipeError, which the command line took for its own closed stdout (exit 141)."""
     import dqnkit.training
-    from dqnkit.envs import LeanSyncVectorEnv
+    from dqnkit.vector import LeanSyncVectorEnv
 
     def broken(self, **kwargs):
         raise BrokenPipeError("a worker's pipe")

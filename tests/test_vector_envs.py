@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dqnkit import presets, train
-from dqnkit.envs import finished_episodes, get_env_states, make_vec_env, true_next_obs
+from dqnkit.envs import make_vec_env
+from dqnkit.vector import finished_episodes, get_env_states, true_next_obs
 
 
 def _rollout(env_id: str, num_envs: int, mode: str, steps: int) -> list[tuple]:
@@ -156,7 +157,8 @@ def _same(a, b) -> None:
 def test_lean_sync_steps_exactly_as_gymnasiums_sync_vector_env(env_id, num_envs, steps):
     from gymnasium.vector import AutoresetMode
 
-    from dqnkit.envs import LeanSyncVectorEnv, make_env
+    from dqnkit.envs import make_env
+    from dqnkit.vector import LeanSyncVectorEnv
 
     if env_id.startswith("ALE/"):
         pytest.importorskip("ale_py")

@@ -45,7 +45,7 @@ from dqnkit.algorithms import DQN, build_replay, per_beta, stores_frames
 from dqnkit.build import build_agent, check_memory, check_runnable, spaces
 from dqnkit.config import Config
 from dqnkit.distributed.cluster import connect
-from dqnkit.envs import EnvMaker, check_env_id, finished_episodes, true_next_obs
+from dqnkit.envs import EnvMaker, check_env_id
 from dqnkit.errors import DqnkitError
 from dqnkit.monitor import (
     RunMonitor,
@@ -60,6 +60,7 @@ from dqnkit.replay import FrameReplay, UniformReplay
 from dqnkit.replay.nstep import NStepFolder
 from dqnkit.replay.uniform import Batch
 from dqnkit.training import flush_denormals
+from dqnkit.vector import finished_episodes, true_next_obs
 
 
 def actor_epsilon(i: int, actors: int, base: float = 0.4, alpha: float = 7.0) -> float:
