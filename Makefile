@@ -37,7 +37,7 @@ run: install
 test: dev
 	$(BIN)/ruff check dqnkit tests examples
 	$(BIN)/ruff format --check dqnkit tests examples
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-slow: dev
 	$(BIN)/python -m pytest -q -m slow

@@ -788,6 +788,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _refuse_existing_results(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an --out under a file or one that holds results already."""
+    refuse_file_in_the_way(out, f"results directory {out}")
     if (out / "results.json").exists() and not overwrite:
         raise DqnkitError(f"{out} already holds results; choose another --out or pass --overwrite")
 

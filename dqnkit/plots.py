@@ -143,9 +143,10 @@ def lines(
 
 
 def _save(fig: plt.Figure, out_png: str | Path) -> Path:
-    fig.tight_layout()
     out_png = Path(out_png)
-    fig.savefig(out_png, bbox_inches="tight", pad_inches=0.1)  # a fixed-aspect grid can push its title out
+    # the saved area fits what was drawn (a fixed-aspect grid can push its title out); a
+    # tight_layout before it laid the figure out a second time for the same margins
+    fig.savefig(out_png, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return out_png
 

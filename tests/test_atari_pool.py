@@ -21,7 +21,10 @@ BACKENDS = [
     "ale",
     pytest.param(
         "envpool",
-        marks=pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed"),
+        marks=[
+            pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed"),
+            pytest.mark.slow,  # the second backend, in the slow suite; the fast suite checks ALE's pool
+        ],
     ),
 ]
 POOLS = {"ale": AleAtari, "envpool": EnvpoolAtari}

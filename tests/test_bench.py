@@ -80,6 +80,7 @@ def test_bench_speed_runs_both_libraries(tmp_path, capsys):
     ]
 
 
+@pytest.mark.slow
 def test_bench_atari_reports_memory_and_speed(tmp_path, capsys):
     pytest.importorskip("ale_py")
     from dqnkit.bench import atari

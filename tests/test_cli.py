@@ -43,6 +43,7 @@ def assert_refused(result: subprocess.CompletedProcess, fragment: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_train_eval_resume_round_trip(tmp_path, capsys):
     run = tmp_path / "run"
     result = dqnkit("train", "--preset", "cartpole", "--seed", "2", "--run-dir", str(run), *TINY)
@@ -137,14 +138,19 @@ def test_bad_input_is_one_line_exit_2(args, fragment, tmp_path, monkeypatch, cap
 )
 def test_a_file_where_a_directory_is_needed_is_one_line_exit_2(args, tmp_path, monkeypatch, capsys):
     """Each was a NotADirectoryError or FileExistsError traceback (Ape-X's after starting Ray)."""
+    import dqnkit.tabular.experiments as tabular
+
     monkeypatch.chdir(tmp_path)
     Path("afile").write_text("mine")
+    for work in ("n_step_td", "td_control"):  # refused before the work, not after it (5 s of random walk)
+        monkeypatch.setattr(tabular, work, lambda *a, **k: pytest.fail("worked before refusing its --out"))
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "afile is a file" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and Path("afile").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_refusal_from_the_installed_command_is_one_line_exit_2(tmp_path):
     assert_refused(dqnkit("train", "--env", "NoSuchEnv-v0", "--quiet", cwd=tmp_path), "unknown environment")
     assert not (tmp_path / "runs").exists()
@@ -199,6 +205,7 @@ def test_output_into_a_closed_pipe_ends_without_a_traceback():
     assert proc.returncode == 1 and "BrokenPipeError: a worker pipe" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_runs_config_json_is_the_base_of_another_run(tmp_path, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(["train", "--preset", "cartpole-rainbow", "--run-dir", str(first), *TINY, "--set", "lr=0.002"]) == 0
@@ -257,6 +264,7 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     assert (run / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_minimal_example_runs():
     example = Path(__file__).parent.parent / "examples" / "dqn_minimal.py"
     result = subprocess.run([sys.executable, str(example), "2500"], capture_output=True, text=True, timeout=300)
@@ -312,6 +320,7 @@ def test_presets_and_a_refused_command_line_answer_without_importing_torch():
     assert out.splitlines() == ["[0, 2, 2, 2, 0] False Config", "dqnkit.training True"]
 
 
+@pytest.mark.slow
 def test_a_dqnkit_warning_reads_as_one_line_like_its_errors(tmp_path):
     """The command line prints dqnkit's own warnings as ``warning: ...``, without the source
     line that raised them (``restore(parts, ckpt)  # ...`` meant nothing to a user)."""

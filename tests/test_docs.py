@@ -91,6 +91,7 @@ def test_a_wrong_command_would_fail():
         build_parser().parse_args(_dqnkit_argv("dqnkit train --preset cartpole --no-such-flag"))
 
 
+@pytest.mark.slow
 def test_readme_python_quick_start_runs(tmp_path, monkeypatch):
     blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
     assert len(blocks) == 1, "the README has one Python quick start"

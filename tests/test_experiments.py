@@ -147,6 +147,7 @@ def test_cli_refuses_bad_options_before_running(tmp_path, capsys):
     assert not any((tmp_path / name).exists() for name in "abcd")
 
 
+@pytest.mark.slow
 def test_a_run_an_interrupted_experiment_left_is_kept_or_resumed_exactly(tmp_path, monkeypatch):
     """Started again, an experiment keeps the runs it finished and resumes the one Ctrl-C
     stopped (bit for bit); a run of another config, or ``fresh``, is trained again."""

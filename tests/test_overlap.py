@@ -62,7 +62,10 @@ def _same_runs(a, b) -> None:
             "atari",
             dict(POOL, env_backend="envpool"),
             id="envpool",
-            marks=pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed"),
+            marks=[
+                pytest.mark.skipif(importlib.util.find_spec("envpool") is None, reason="envpool is not installed"),
+                pytest.mark.slow,
+            ],
         ),
     ],
 )

@@ -107,7 +107,7 @@ def _agent(**overrides) -> DQNAgent:
     return DQNAgent(net, (3,), 2, cfg)
 
 
-@pytest.mark.parametrize("kind", ["c51", "qr"])
+@pytest.mark.parametrize("kind", ["c51", pytest.param("qr", marks=pytest.mark.slow)])
 def test_q_values_are_the_expected_value(kind):
     agent = _agent(distributional=kind, n_atoms=11, v_min=-5.0, v_max=5.0)
     obs = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
@@ -161,7 +161,7 @@ TINY = dict(
 )
 
 
-@pytest.mark.parametrize("kind", ["c51", "qr"])
+@pytest.mark.parametrize("kind", ["c51", pytest.param("qr", marks=pytest.mark.slow)])
 def test_resume_is_exact_with_noisy_distributional_rainbow(tmp_path, kind):
     extras = dict(TINY, distributional=kind, noisy=True, prioritized=True, n_step=3, dueling=True, double=True)
     train(presets.get("cartpole", **extras), tmp_path / "full")

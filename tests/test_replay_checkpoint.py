@@ -143,7 +143,7 @@ def test_a_checkpoint_saved_whole_before_chunks_existed_resumes_into_chunks(tmp_
     assert len(load_replay(run)) == SETTINGS["buffer_size"]
 
 
-@pytest.mark.parametrize("failing", ["chunk", "checkpoint"])
+@pytest.mark.parametrize("failing", [pytest.param("chunk", marks=pytest.mark.slow), "checkpoint"])
 def test_a_failure_while_saving_leaves_the_previous_checkpoint_and_no_stray_chunk(tmp_path, monkeypatch, failing):
     """A crash after the new chunk is written but before the checkpoint that refers to it is
     renamed into place, or while the chunk itself is written: the previous checkpoint loads,

@@ -84,6 +84,7 @@ def reference(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, reference):
     run = tmp_path / "run"
     proc = _start(run)
@@ -118,6 +119,7 @@ def _tb_points(run: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_a_metrics_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     """A kill while the logger's buffer was being written leaves a last row without its line
     end. Cut in its first field it stopped the resume (int(None)); cut here, in its second,
@@ -168,9 +170,9 @@ def test_sigkill_with_prioritized_n_step_replay_then_resume_is_bit_identical(tmp
 
 @pytest.mark.parametrize(
     "signum, said",
-    [  # one path for both signals: the fast suite runs SIGTERM's (Ctrl-C's second press is tested in-process)
+    [  # a subprocess each (slow); the fast suite stops runs in-process (test_stopping, the second Ctrl-C below)
         pytest.param(signal.SIGINT, "interrupted at step", marks=pytest.mark.slow),
-        (signal.SIGTERM, "by SIGTERM"),
+        pytest.param(signal.SIGTERM, "by SIGTERM", marks=pytest.mark.slow),
     ],
 )
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, reference, signum, said):
@@ -248,6 +250,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     assert np.isfinite(_q(tmp_path / "run")).all()  # the kept agent is the sound one
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_cli_in_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys):
     """ENOSPC from a checkpoint: exit 1 and one line that says what to do (it was a traceback)."""
     from dqnkit.cli import main
@@ -271,7 +274,7 @@ def test_a_full_disk_stops_the_cli_in_one_line_and_the_run_resumes(tmp_path, mon
     assert resume(run, total_steps=1500)["steps"] == 1500
 
 
-@pytest.mark.parametrize("failing", ["step_0000001000.pt.tmp", "latest.pt.tmp"])
+@pytest.mark.parametrize("failing", ["step_0000001000.pt.tmp", pytest.param("latest.pt.tmp", marks=pytest.mark.slow)])
 def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch, failing):
     """A crash between writing the new checkpoint and publishing it (the numbered file's
     rename, or `latest`'s) must leave the previous `latest` whole, and the run resumable."""

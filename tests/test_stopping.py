@@ -38,6 +38,7 @@ def _q(run: Path) -> np.ndarray:
     return agent.q_values(np.random.default_rng(0).standard_normal((16, *agent.obs_shape)).astype(np.float32))
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_evaluation_saves_and_the_resumed_run_plays_it(tmp_path, monkeypatch):
     """The evaluation is abandoned within a step (ten Atari games took minutes before the
     run saved); the checkpoint says it is due, and the resumed run plays it at its step."""

@@ -18,6 +18,7 @@ def cliff():
     }
 
 
+@pytest.mark.slow
 def test_cliff_walking_is_gymnasiums(cliff):
     mdp, _ = cliff
     assert mdp.shape == (4, 12) and mdp.start == 36 and mdp.n_actions == 4
@@ -26,6 +27,7 @@ def test_cliff_walking_is_gymnasiums(cliff):
     assert len(mdp.hazards) == 10
 
 
+@pytest.mark.slow
 def test_q_learning_finds_the_13_step_cliff_edge(cliff):
     mdp, runs = cliff
     path, ret = greedy_path(mdp, runs["q_learning"][0].mean(0))
@@ -33,12 +35,14 @@ def test_q_learning_finds_the_13_step_cliff_edge(cliff):
     assert set(path[1:-1]) <= set(range(24, 36)), "the optimal path hugs the cliff (row 2)"
 
 
+@pytest.mark.slow
 def test_sarsa_learns_the_longer_safe_path(cliff):
     mdp, runs = cliff
     path, ret = greedy_path(mdp, runs["sarsa"][0].mean(0))
     assert ret < -13 and ret > -30 and not set(path[1:-1]) & set(range(24, 36)) - {24, 35}
 
 
+@pytest.mark.slow
 def test_sarsa_collects_more_online_than_q_learning(cliff):
     _, runs = cliff
     sarsa, qlearn, expected = (runs[m][1][:, -100:].mean() for m in ("sarsa", "q_learning", "expected_sarsa"))
@@ -72,6 +76,7 @@ def test_long_run_recovers_the_true_values():
     assert random_walk_values()[9] == 0.0 and random_walk_values()[0] == pytest.approx(-0.9)
 
 
+@pytest.mark.slow
 def test_cli_writes_plots_and_results(tmp_path, capsys):
     out = tmp_path / "cw"
     assert main(["tabular", "cliff-walking", "--episodes", "60", "--seeds", "3", "--out", str(out)]) == 0

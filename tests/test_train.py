@@ -169,6 +169,7 @@ def test_non_empty_run_dir_is_refused_and_kept(tmp_path):
         train(_cfg(), run)
 
 
+@pytest.mark.slow
 def test_a_run_another_process_trains_into_is_refused_and_kept(tmp_path, capsys):
     """A job started twice: a second resume, or an --overwrite, while the first still trains
     into the run directory. (The lock is per open file, so holding it here stands for the
@@ -264,7 +265,9 @@ def test_a_replay_larger_than_the_available_memory_is_warned_about(tmp_path, mon
     assert dqnkit.build.available_memory() > 0  # this machine's MemAvailable
 
 
-@pytest.mark.parametrize("env_id, size", [("FrozenLake-v1", 16), ("Blackjack-v1", 32 + 11 + 2)])
+@pytest.mark.parametrize(
+    "env_id, size", [("FrozenLake-v1", 16), pytest.param("Blackjack-v1", 32 + 11 + 2, marks=pytest.mark.slow)]
+)
 def test_discrete_observations_are_one_hot_vectors_and_resume_exactly(tmp_path, env_id, size):
     """FrozenLake's cell, Blackjack's tuple of counts: refused before ("wrap the env"), which
     a command-line user cannot do; now the float32 one-hot vector SB3 also feeds its network.

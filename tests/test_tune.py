@@ -98,6 +98,7 @@ def test_the_objective_is_the_mean_over_the_budget_an_early_stop_holding_its_las
 
 
 # ----------------------------------------------------------------------------- studies
+@pytest.mark.slow
 def test_a_study_of_runs_its_best_json_trains_and_the_same_command_continues_it(tmp_path, capsys):
     out = tmp_path / "out"
     assert _tune(out, "--trials", "3") == 0
@@ -126,6 +127,7 @@ def test_a_study_of_runs_its_best_json_trains_and_the_same_command_continues_it(
     assert "was started with another total_steps" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_the_trial_marks_it_failed_and_the_same_command_continues(tmp_path, monkeypatch, capsys):
     from dqnkit import training
 

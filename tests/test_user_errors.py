@@ -50,6 +50,7 @@ def test_an_old_gym_atari_id_names_the_ale_id_and_its_setting(capsys):
     assert "dqnkit trains ALE/Pong-v5" in err and "--set repeat_action_probability=0" in err
 
 
+@pytest.mark.slow
 def test_an_old_version_prints_no_raw_deprecation_warning():
     """gymnasium's warning came with terminal colour codes and a source line, above dqnkit's error."""
     done = subprocess.run(

@@ -86,6 +86,7 @@ def test_async_workers_leave_ctrl_c_and_sigterm_to_the_training_process():
         envs.close()
 
 
+@pytest.mark.slow
 def test_async_training_run_resumes_with_fresh_episodes(tmp_path):
     cfg = presets.get(
         "cartpole",

@@ -213,6 +213,7 @@ def test_a_27000_step_film_holds_its_memory_under_1_gb(tmp_path, suffix):
         assert next(reader)["size"] == (300, 200) and sum(1 for _ in reader) == 27_001
 
 
+@pytest.mark.slow
 def test_reading_a_long_runs_metrics_holds_no_row_list(tmp_path):
     """A long run logs a row per episode (100k episodes: 9 MB on disk, ~100 MB as a list of
     dicts). A resume's rewrite, the recent-return window and the curves stream the rows."""
