@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dqnkit import presets, train
-from dqnkit.cli import _config, build_parser, main
+from dqnkit.cli import build_parser, main
+from dqnkit.command_config import config_from_args as _config
 from dqnkit.video import open_video, video_frame
 
 

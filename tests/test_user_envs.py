@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from dqnkit import train
-from dqnkit.cli import _config, build_parser, main
+from dqnkit.cli import build_parser, main
+from dqnkit.command_config import config_from_args as _config
 from dqnkit.config import Config
 from dqnkit.envs import EnvMaker, make_env
 from dqnkit.networks import MinAtarCNN, NatureCNN, build_q_network
