@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from array import array
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import matplotlib.ticker
@@ -244,3 +246,34 @@ def intervals(values: dict[str, dict[str, list[float]]], out_png: str | Path, ti
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     return _save(fig, out_png)
+
+
+def optuna_study(study: Any, out_png: str | Path) -> Path:
+    """Optuna's optimization history and parameter importances side by side (the
+    importances where two trials or more completed with different parameters)."""
+    import optuna  # dqnkit tune's extra: imported only here
+
+    panels = []
+    for draw in (
+        optuna.visualization.matplotlib.plot_optimization_history,
+        optuna.visualization.matplotlib.plot_param_importances,
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna's "experimental" warning
+                ax = draw(study)
+        except Exception:  # too few completed trials for importances
+            continue
+        ax.figure.set_size_inches(7, 4.5)
+        ax.figure.tight_layout()
+        ax.figure.canvas.draw()
+        panels.append(np.asarray(ax.figure.canvas.buffer_rgba()))
+        plt.close(ax.figure)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, image in zip(axes[0], panels):
+        ax.imshow(image)
+        ax.axis("off")
+    fig.tight_layout(pad=0)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)
