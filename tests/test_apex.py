@@ -11,7 +11,8 @@ import pytest
 
 from dqnkit import presets
 from dqnkit.cli import main
-from dqnkit.distributed.apex import ApexOptions, actor_epsilon
+from dqnkit.distributed.apex import ApexOptions
+from dqnkit.distributed.workers import actor_epsilon
 from dqnkit.logger import read_metrics
 
 # A quarter of the preset's updates, and the target refreshed every 256 env steps, so still
@@ -42,7 +43,7 @@ def test_actor_priorities_bootstrap_from_the_published_network():
     import numpy as np
 
     from dqnkit.build import build_agent
-    from dqnkit.distributed.apex import load_weights, published_weights
+    from dqnkit.distributed.workers import load_weights, published_weights
     from dqnkit.replay.uniform import Batch
 
     cfg = presets.get("cartpole")
@@ -246,7 +247,7 @@ def test_ctrl_c_saves_the_learner_and_evaluations_carry_the_overestimation_probe
 def test_the_replay_server_keeps_atari_frames_once_in_one_ring_per_actor_env():
     import numpy as np
 
-    from dqnkit.distributed.apex import ReplayServer
+    from dqnkit.distributed.workers import ReplayServer
     from dqnkit.replay import PrioritizedFrameReplay, PrioritizedReplay
 
     cfg = presets.get("atari", buffer_size=20_000, n_step=3)
