@@ -17,15 +17,15 @@ from dqnkit.config import Config  # noqa: E402
 
 if TYPE_CHECKING:
     from dqnkit.build import load
-    from dqnkit.training import resume, train
+    from dqnkit.training import resume, train, train_in_memory
 
-__all__ = ["Config", "__version__", "load", "presets", "resume", "train"]
+__all__ = ["Config", "__version__", "load", "presets", "resume", "train", "train_in_memory"]
 
 
 def __getattr__(name: str) -> Any:
-    """``train``, ``load`` and ``resume`` import torch (about 1 s): imported at first use, so
+    """``train``, ``train_in_memory``, ``load`` and ``resume`` import torch (about 1 s): imported at first use, so
     that ``dqnkit --help`` and a bad command line answer at once."""
-    if name in ("resume", "train"):
+    if name in ("resume", "train", "train_in_memory"):
         from dqnkit import training
 
         return getattr(training, name)

@@ -95,53 +95,24 @@ def run_summary(
     }
 
 
-class RunMonitor:
-    """Logging, evaluation, checkpoints, Ctrl-C and the summary of one run in ``run_dir``.
-
-    ``step`` and ``wall_s`` are where a resumed run continues from (its metrics rows past
-    ``step`` are dropped: they are logged again); a fresh run starts at 0.
+class Monitor:
+    """What every run has, written nowhere: the clock, Ctrl-C and SIGTERM as a flag, the
+    recent returns, the greedy evaluations and the goal. :func:`dqnkit.training.train_in_memory`
+    runs with it as it is; :class:`RunMonitor` adds the run directory (metrics, TensorBoard,
+    the progress bar, checkpoints, the summary and the learning curve).
     """
 
-    # Where stderr is not a terminal (a log file, a batch job), a bar redrawn in place piles up
-    # as one endless line: the progress is then a plain line every LINE_EVERY_S seconds.
-    LINE_EVERY_S = 30.0
-    # TensorBoard's `perf/steps_per_s` (CleanRL's charts/SPS, SB3's time/fps): the rate over
-    # windows of at least this long, written at an episode's end (no cost per step)
-    RATE_EVERY_S = 5.0
+    writes = False  # whether checkpoints are kept: the loop takes no snapshot for a monitor that drops it
 
-    def __init__(
-        self, config: Config, run_dir: Path, *, step: int = 0, wall_s: float = 0.0, progress: bool = False
-    ) -> None:
-        self.config, self.run_dir = config, run_dir
-        self.logger = Logger(run_dir, resume_step=step if step else None)
-        table = "\n".join(f"| {key} | `{value}` |" for key, value in config.to_dict().items())
-        self.logger.text("config", f"| key | value |\n|---|---|\n{table}", step)  # as this session runs it
-        self.checkpoints = CheckpointDir(run_dir, keep=config.keep_checkpoints)
-        episodes = (float(r["return"]) for r in iter_metrics(self.logger.path) if r["kind"] == "episode")
-        self.recent: deque[float] = deque(episodes, maxlen=100)
+    def __init__(self, config: Config, *, step: int = 0, wall_s: float = 0.0) -> None:
+        self.config = config
+        self.recent: deque[float] = deque(maxlen=100)
         self.eval_seed = 1_000_000 + 1000 * config.seed  # fixed across evaluations: comparable points
-        if progress:  # a header for the bar, once the run's input has been checked
-            resumed = f", resuming at step {step:,}" if step else ""
-            print(f"training preset {config.preset} on {config.env_id}{resumed}", file=sys.stderr)
-        self._lines = progress and not sys.stderr.isatty()
-        self._bar = tqdm(
-            total=config.total_steps,
-            initial=step,
-            unit="step",
-            disable=not progress or self._lines,
-            dynamic_ncols=True,
-            mininterval=0.5,
-        )
         self._start_s, self._start_step, self._base_s = time.perf_counter(), step, wall_s
-        self._step, self._line_at = step, (step, self._start_s)  # (step, time) of the last line
-        self._rate_at = (step, self._start_s)  # (step, time) of the last perf/steps_per_s point
-        self._epsilon: float | None = None  # the latest episode's, for the progress line
-        self._last_eval: tuple[int, float] | None = None  # (step, mean return)
+        self._step = step
         self._stop = _StopFlag()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="dqnkit-checkpoint")
-        self._saving: Future[None] | None = None
 
-    # ------------------------------------------------------------------ time and progress
+    # ------------------------------------------------------------------ time and stopping
     def wall_s(self) -> float:
         """Training time, summed over the sessions a resumed run was trained in."""
         return self._base_s + time.perf_counter() - self._start_s
@@ -162,10 +133,121 @@ class RunMonitor:
         return Interrupted(f"interrupted{name} at step {self._step:,}; {where}", signum)
 
     def advance(self, steps: int) -> None:
+        """``steps`` more env steps."""
+        self._step += steps
+
+    # ------------------------------------------------------------------ episodes and evaluations
+    def episode(
+        self,
+        step: int,
+        episode: int,
+        ret: float,
+        length: int,
+        epsilon: float,
+        loss: float | None = None,
+        q_mean: float | None = None,
+    ) -> None:
+        """One finished episode (its return joins the recent ones)."""
+        self.recent.append(ret)
+
+    def evaluate(self, agent: Any, step: int, episodes: int) -> tuple[float, float] | None:
+        """Play ``eval_episodes`` greedy episodes; (mean, std) of their returns. None: Ctrl-C
+        or SIGTERM came while they played, and they were abandoned."""
+        result = self._play(agent, step)
+        return None if result is None else (float(result.returns.mean()), float(result.returns.std()))
+
+    def _play(self, agent: Any, step: int) -> Any:
+        """The evaluation's episodes (an ``EvalResult``), or None where a stop abandoned them."""
+        cfg = self.config
+        stop = lambda: self.interrupted  # noqa: E731
+        try:
+            result = evaluate(agent, cfg.env_id, cfg.eval_episodes, self.eval_seed, cfg.eval_epsilon, cfg.gamma, stop)
+        except EvaluationStopped:
+            return None
+        if not math.isfinite(float(result.returns.mean())):
+            raise NonFiniteError(f"non-finite evaluation return at step {step}; the last checkpoint is kept")
+        return result
+
+    def reached_goal(self, eval_mean: float) -> bool:
+        """The evaluation met ``stop_at_return``: the run may stop early."""
+        return self.config.stop_at_return is not None and eval_mean >= self.config.stop_at_return
+
+    # ------------------------------------------------------------------ checkpoints and the end
+    def save(self, step: int, payload: dict[str, Any], **_: Any) -> None:
+        """Nothing is kept (see :attr:`writes`)."""
+
+    def wait_saved(self) -> None:
+        """Nothing is being written."""
+
+    def close(self) -> None:
+        """Give Ctrl-C and SIGTERM back."""
+        self._stop.restore()
+
+    def abandon(self) -> None:
+        """A run that stops on an error."""
+        self.close()
+
+    def stopped(self, where: str) -> Interrupted:
+        """The exception that ends a run stopped by Ctrl-C or SIGTERM, once its last checkpoint
+        is saved; ``where`` says how to go on."""
+        return self.interruption(where)
+
+    def finish(self, summary: dict[str, Any], title: str) -> dict[str, Any]:
+        """The run's summary."""
+        return summary
+
+
+class RunMonitor(Monitor):
+    """Logging, evaluation, checkpoints, Ctrl-C and the summary of one run in ``run_dir``.
+
+    ``step`` and ``wall_s`` are where a resumed run continues from (its metrics rows past
+    ``step`` are dropped: they are logged again); a fresh run starts at 0.
+    """
+
+    # Where stderr is not a terminal (a log file, a batch job), a bar redrawn in place piles up
+    # as one endless line: the progress is then a plain line every LINE_EVERY_S seconds.
+    LINE_EVERY_S = 30.0
+    # TensorBoard's `perf/steps_per_s` (CleanRL's charts/SPS, SB3's time/fps): the rate over
+    # windows of at least this long, written at an episode's end (no cost per step)
+    RATE_EVERY_S = 5.0
+    writes = True
+
+    def __init__(
+        self, config: Config, run_dir: Path, *, step: int = 0, wall_s: float = 0.0, progress: bool = False
+    ) -> None:
+        self.run_dir = run_dir
+        self.logger = Logger(run_dir, resume_step=step if step else None)
+        table = "\n".join(f"| {key} | `{value}` |" for key, value in config.to_dict().items())
+        self.logger.text("config", f"| key | value |\n|---|---|\n{table}", step)  # as this session runs it
+        self.checkpoints = CheckpointDir(run_dir, keep=config.keep_checkpoints)
+        super().__init__(config, step=step, wall_s=wall_s)  # takes Ctrl-C over: after what can fail
+        episodes = (float(r["return"]) for r in iter_metrics(self.logger.path) if r["kind"] == "episode")
+        self.recent.extend(episodes)
+        if progress:  # a header for the bar, once the run's input has been checked
+            resumed = f", resuming at step {step:,}" if step else ""
+            print(f"training preset {config.preset} on {config.env_id}{resumed}", file=sys.stderr)
+        self._lines = progress and not sys.stderr.isatty()
+        self._bar = tqdm(
+            total=config.total_steps,
+            initial=step,
+            unit="step",
+            disable=not progress or self._lines,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
+        self._line_at = (step, self._start_s)  # (step, time) of the last line
+        self._rate_at = (step, self._start_s)  # (step, time) of the last perf/steps_per_s point
+        self._epsilon: float | None = None  # the latest episode's, for the progress line
+        self._last_eval: tuple[int, float] | None = None  # (step, mean return)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="dqnkit-checkpoint")
+        self._saving: Future[None] | None = None
+
+    # ------------------------------------------------------------------ time and progress
+    def advance(self, steps: int) -> None:
         """Move the progress bar by ``steps`` env steps (or, without a terminal, print a
         progress line when one is due)."""
         self._bar.update(steps)
-        self._step += steps
+        super().advance(steps)
         if self._lines and time.perf_counter() >= self._line_at[1] + self.LINE_EVERY_S:
             print(self.progress_line(), file=sys.stderr, flush=True)
             self._line_at = (self._step, time.perf_counter())
@@ -197,7 +279,7 @@ class RunMonitor:
     ) -> None:
         """One finished episode: a metrics row, the bar's recent return, and TensorBoard's
         steps/s when a window has passed."""
-        self.recent.append(ret)
+        super().episode(step, episode, ret, length, epsilon)
         self._epsilon = epsilon
         values = {"return": ret, "length": length, "epsilon": round(epsilon, 5), "loss": loss, "q_mean": q_mean}
         self.logger.row("episode", step, episode=episode, **values, wall_s=round(self.wall_s(), 3))
@@ -214,22 +296,12 @@ class RunMonitor:
         cfg = self.config
         self._bar.set_description(f"evaluating {cfg.eval_episodes} episodes")  # ten Atari games take minutes
         try:
-            result = evaluate(
-                agent,
-                cfg.env_id,
-                cfg.eval_episodes,
-                self.eval_seed,
-                cfg.eval_epsilon,
-                cfg.gamma,
-                lambda: self.interrupted,
-            )
-        except EvaluationStopped:
-            return None
+            result = self._play(agent, step)
         finally:
             self._bar.set_description(None)
+        if result is None:
+            return None
         mean, std = float(result.returns.mean()), float(result.returns.std())
-        if not math.isfinite(mean):
-            raise NonFiniteError(f"non-finite evaluation return at step {step}; the last checkpoint is kept")
         probe = {}
         if cfg.log_overestimation:
             probe["q_pred"], probe["q_real"] = overestimation(agent, result)
@@ -244,11 +316,7 @@ class RunMonitor:
             record_video(*film, stop=lambda: self.interrupted)
         return mean, std
 
-    def reached_goal(self, eval_mean: float) -> bool:
-        """The evaluation met ``stop_at_return``: the run may stop early."""
-        return self.config.stop_at_return is not None and eval_mean >= self.config.stop_at_return
-
-    def save(
+    def save(  # type: ignore[override]
         self,
         step: int,
         payload: dict[str, Any],
@@ -294,7 +362,7 @@ class RunMonitor:
         leaves a complete run directory (the save's own error, if any, is kept for
         :meth:`wait_saved`)."""
         self._bar.close()
-        self._stop.restore()
+        super().close()
         if self._saving is not None:
             wait_futures([self._saving])
 
@@ -305,6 +373,13 @@ class RunMonitor:
         self.close()
         self._writer.shutdown()
         self.logger.close()
+
+    def stopped(self, where: str) -> Interrupted:
+        """Wait for the last checkpoint and close metrics.csv and TensorBoard, then the
+        exception that ends the run (see :meth:`Monitor.stopped`)."""
+        self.wait_saved()
+        self.logger.close()
+        return self.interruption(where)
 
     def finish(self, summary: dict[str, Any], title: str) -> dict[str, Any]:
         """Write ``summary.json`` (with the version) and the learning curve; return the summary."""

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dqnkit.agent import DQNAgent
 from dqnkit.build import Parts, build, check_runnable, restore, snapshot
 from dqnkit.checkpoint import load_checkpoint
 from dqnkit.config import RUN_SETTINGS, Config, from_dict
@@ -36,6 +37,7 @@ from dqnkit.errors import ConfigError, DqnkitError
 from dqnkit.evaluate import warn_if_endless
 from dqnkit.files import RunLock, atomic_write_text
 from dqnkit.monitor import (
+    Monitor,
     RunMonitor,
     check_loss,
     check_transition,
@@ -45,6 +47,7 @@ from dqnkit.monitor import (
     record_learning_stats,
     run_summary,
 )
+from dqnkit.pqn import PQNAgent
 from dqnkit.vector import finished_episodes, recv_step, send_step, true_next_obs
 
 
@@ -129,6 +132,25 @@ def resume(
             return _run(parts, run_dir, progress)
 
 
+def train_in_memory(
+    config: Config, *, on_eval: Callable[[int, float], None] | None = None
+) -> tuple[DQNAgent | PQNAgent, dict[str, Any]]:
+    """Train ``config`` without a run directory; returns the trained agent and the summary.
+
+    Nothing is written: no metrics, TensorBoard, checkpoints, films or plots (so nothing can
+    resume it either). For a notebook, or a test of the loop, that wants the agent and not the
+    files. On the CPU the agent is bit for bit the one :func:`train` gives for the config.
+    """
+    check_env_id(EnvMaker.from_config(config))
+    check_runnable(config)
+    warn_if_endless(config, training=True)
+    parts = build(config)
+    with _envs_closed(parts):
+        _reset_envs(parts)
+        summary = _run(parts, None, False, on_eval)
+    return parts.agent, summary
+
+
 def _reset_envs(parts: Parts) -> None:
     obs, _ = parts.envs.reset(seed=parts.config.seed)
     n = parts.config.num_envs
@@ -160,14 +182,17 @@ def _close_envs(parts: Parts) -> None:
 OnEval = Callable[[int, float], None] | None  # train()'s on_eval: (step, mean return) after each evaluation
 
 
-def _run(parts: Parts, run_dir: Path, progress: bool, on_eval: OnEval = None) -> dict[str, Any]:
+def _run(parts: Parts, run_dir: Path | None, progress: bool, on_eval: OnEval = None) -> dict[str, Any]:
     with flush_denormals(parts.config.flush_denormal):
         return _loop(parts, run_dir, progress, on_eval)
 
 
-def _loop(parts: Parts, run_dir: Path, progress: bool, on_eval: OnEval) -> dict[str, Any]:
+def _loop(parts: Parts, run_dir: Path | None, progress: bool, on_eval: OnEval) -> dict[str, Any]:
     loop = parts.loop
-    monitor = RunMonitor(parts.config, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
+    if run_dir is None:  # train_in_memory: the same loop, written nowhere
+        monitor = Monitor(parts.config, step=loop.step, wall_s=loop.wall_s)
+    else:
+        monitor = RunMonitor(parts.config, run_dir, step=loop.step, wall_s=loop.wall_s, progress=progress)
     evaluate = partial(_evaluate, parts, monitor, on_eval)
     try:
         return _steps(parts, monitor, run_dir, evaluate)
@@ -176,7 +201,7 @@ def _loop(parts: Parts, run_dir: Path, progress: bool, on_eval: OnEval) -> dict[
         raise
 
 
-def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path, evaluate: Callable[[], None]) -> dict[str, Any]:
+def _steps(parts: Parts, monitor: Monitor, run_dir: Path | None, evaluate: Callable[[], None]) -> dict[str, Any]:
     cfg, agent, loop, algo = parts.config, parts.agent, parts.loop, parts.algo
     try:
         if loop.eval_due:  # a stop abandoned it before the checkpoint: played now, at its step
@@ -218,9 +243,9 @@ def _steps(parts: Parts, monitor: RunMonitor, run_dir: Path, evaluate: Callable[
         monitor.close()
     if monitor.interrupted:
         _save(parts, monitor)
-        monitor.wait_saved()
-        monitor.logger.close()
-        raise monitor.interruption(f"checkpoint saved, continue with `dqnkit train --resume {run_dir}`")
+        if monitor.writes:
+            raise monitor.stopped(f"checkpoint saved, continue with `dqnkit train --resume {run_dir}`")
+        raise monitor.stopped("nothing is kept: `train_in_memory` writes no checkpoint")
     _save(parts, monitor)
     summary = {
         **run_summary(cfg, loop.step, loop.episodes, agent, loop.eval_mean, loop.eval_std, loop.stopped_early),
@@ -238,7 +263,7 @@ def _send(parts: Parts, actions: np.ndarray) -> None:
     parts.loop.in_flight = actions
 
 
-def _evaluate(parts: Parts, monitor: RunMonitor, on_eval: OnEval = None) -> None:
+def _evaluate(parts: Parts, monitor: Monitor, on_eval: OnEval = None) -> None:
     """The evaluation due at this step; one that a stop abandons stays due (``eval_due``):
     the checkpoint says so, and the resumed run plays it first. ``on_eval`` hears of it last."""
     loop = parts.loop
@@ -252,9 +277,11 @@ def _evaluate(parts: Parts, monitor: RunMonitor, on_eval: OnEval = None) -> None
         on_eval(loop.step, loop.eval_mean)
 
 
-def _save(parts: Parts, monitor: RunMonitor) -> None:
+def _save(parts: Parts, monitor: Monitor) -> None:
     check_loss(parts.loop.loss_sum, parts.loop.step)
     parts.loop.wall_s = monitor.wall_s()
+    if not monitor.writes:  # nothing would keep the snapshot
+        return
     saver = parts.replay_saver
     monitor.wait_saved()  # the previous save commits first: the new chunk holds the rows since it
     payload = snapshot(parts)  # copies: the loop goes on while a thread writes them

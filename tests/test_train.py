@@ -1,6 +1,7 @@
 import json
 import os
 import re
+import signal
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ from dqnkit.algorithms import crossed, epsilon
 from dqnkit.build import build, load_replay
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError
 from dqnkit.logger import read_metrics
+from dqnkit.training import train_in_memory
 
 TINY = dict(
     total_steps=600,
@@ -303,14 +305,33 @@ def test_bad_env_is_refused_before_the_run_dir_is_created(tmp_path):
 
 
 # ----------------------------------------------------------- determinism, resume
-def test_same_seed_is_bit_identical_and_another_seed_is_not(tmp_path):
+def test_same_seed_is_bit_identical_and_another_seed_is_not(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     a = train(_cfg(seed=3), tmp_path / "a")
-    b = train(_cfg(seed=3), tmp_path / "b")
-    c = train(_cfg(seed=4), tmp_path / "c")
-    assert np.array_equal(_q(load(tmp_path / "a")), _q(load(tmp_path / "b")))
-    assert a["episodes"] == b["episodes"]
-    assert not np.array_equal(_q(load(tmp_path / "a")), _q(load(tmp_path / "c")))
+    agent_b, b = train_in_memory(_cfg(seed=3))  # the same loop, written nowhere
+    agent_c, c = train_in_memory(_cfg(seed=4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # train_in_memory wrote nothing
+    assert np.array_equal(_q(load(tmp_path / "a")), _q(agent_b))
+    assert {k: a[k] for k in b} == {**b, "wall_s": a["wall_s"], "sps": a["sps"]}  # the same summary, less the files
+    assert not np.array_equal(_q(agent_b), _q(agent_c))
     assert c["seed"] == 4
+
+
+def test_train_in_memory_stopped_by_ctrl_c_says_nothing_is_kept(tmp_path, monkeypatch):
+    import dqnkit.training
+
+    real = dqnkit.training.check_transition
+
+    def ctrl_c(rewards, next_obs, step):
+        if step == 300:
+            os.kill(os.getpid(), signal.SIGINT)  # the monitor turns it into a flag
+        real(rewards, next_obs, step)
+
+    monkeypatch.setattr(dqnkit.training, "check_transition", ctrl_c)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KeyboardInterrupt, match="interrupted at step 301; nothing is kept"):
+        train_in_memory(_cfg())
+    assert not list(tmp_path.iterdir())
 
 
 def test_train_then_resume_equals_one_long_run(tmp_path):

@@ -219,8 +219,7 @@ class Apex:
             monitor.close()
         if monitor.interrupted:
             self._save()
-            monitor.logger.close()
-            raise monitor.interruption(f"the learner is saved in {self.run_dir} (`dqnkit eval {self.run_dir}`)")
+            raise monitor.stopped(f"the learner is saved in {self.run_dir} (`dqnkit eval {self.run_dir}`)")
         self._save()
         summary = {
             **run_summary(cfg, self.env_steps, self.episodes, self.agent, self.eval_mean, self.eval_std, self.stopped),
