@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--preset", default=None, help="starting config (`dqnkit presets`; default: --env's family)")
     tune.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
+    _add_env_kwarg(tune)
     tune.add_argument("--trials", type=int, default=40, help="trials in the study in total, over all workers (40)")
     tune.add_argument("--jobs", type=int, default=1, help="trials side by side on this machine, in processes (1)")
     tune.add_argument("--steps", type=_steps, help="each trial's budget in env steps (default: the preset's)")
@@ -179,9 +180,7 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
                         help="config keys from a JSON file, e.g. a run's config.json (over the preset; "
                         "--env, --seed, --steps, --device and --set go over it)")  # fmt: skip
     parser.add_argument("--env", dest="env_id", help="gymnasium env id, e.g. CartPole-v1")
-    parser.add_argument("--env-kwarg", dest="env_kwargs", action="append", default=[], metavar="KEY=VALUE",
-                        help="an argument for gymnasium.make, e.g. continuous=false (repeatable; JSON values; "
-                        "goes into env_kwargs)")  # fmt: skip
+    _add_env_kwarg(parser)
     parser.add_argument("--steps", type=_steps, help="total environment steps (summed over envs and actors; 1e6 reads)")
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="the learner's torch device (default auto)")
@@ -193,6 +192,12 @@ def _add_run_args(parser: argparse.ArgumentParser, default_dir: str) -> None:
     parser.add_argument("--json", action="store_true", help="print the run's summary as JSON at the end")
     parser.add_argument("--print-config", action="store_true",
                         help="print the config these options give, as JSON (a --config file), and exit")  # fmt: skip
+
+
+def _add_env_kwarg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-kwarg", dest="env_kwargs", action="append", default=[], metavar="KEY=VALUE",
+                        help="an argument for gymnasium.make, e.g. continuous=false (repeatable; JSON values; "
+                        "goes into env_kwargs)")  # fmt: skip
 
 
 def _steps(text: str) -> int:

@@ -81,6 +81,17 @@ def test_bad_numbers_exit_2(tmp_path, capsys):
     assert _tune(tmp_path / "out", "--confirm", "-1") == 2
 
 
+def test_env_kwargs_reach_the_trials_and_a_bad_one_is_refused_before_the_study(tmp_path, capsys):
+    from dqnkit.cli import build_parser
+    from dqnkit.command_config import config_from_args
+
+    args = build_parser().parse_args(["tune", "--env", "CarRacing-v3", "--env-kwarg", "continuous=false"])
+    assert config_from_args(args).env_kwargs == {"continuous": False}  # and the pixels preset's space
+    assert _tune(tmp_path / "out", "--env", "CartPole-v1", "--env-kwarg", "gravity=3") == 2
+    assert "does not take the argument 'gravity'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_second_process_on_the_same_out_is_refused(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     with RunLock(tmp_path / "out"):
