@@ -222,7 +222,10 @@ def load_replay(run_dir: str | Path) -> UniformReplay | FrameReplay:
     config = from_dict(ckpt["config"])
     if config.algorithm == "pqn":
         raise DqnkitError(f"{run_dir} is a pqn run: pqn learns from short rollouts and keeps no replay")
-    obs_shape, obs_dtype, _ = check_env_id(EnvMaker.from_config(config))
+    if "obs_dtype" in ckpt.get("spaces", {}):  # no env is built: an Atari replay needs no ROM
+        obs_shape, obs_dtype = tuple(ckpt["spaces"]["obs_shape"]), np.dtype(ckpt["spaces"]["obs_dtype"])
+    else:  # older checkpoints did not record the dtype: ask the env
+        obs_shape, obs_dtype, _ = check_env_id(EnvMaker.from_config(config))
     replay = build_replay(config, obs_shape, obs_dtype)
     with _fitting_checkpoint():
         replay_saver(config.replay_checkpoint, run_dir).restore(replay, ckpt["replay"])
@@ -239,10 +242,11 @@ def _fitting_checkpoint() -> Iterator[None]:
         raise CheckpointError(f"checkpoint does not match its config ({first_line(exc)})") from None
 
 
-def spaces(agent: DQNAgent | PQNAgent) -> dict[str, Any]:
-    """The observation shape and action count a checkpoint records, so that :func:`load`
-    rebuilds the network without building the env."""
-    return {"obs_shape": list(agent.obs_shape), "n_actions": agent.n_actions}
+def spaces(agent: DQNAgent | PQNAgent, obs_dtype: np.dtype) -> dict[str, Any]:
+    """The observation shape and dtype and the action count a checkpoint records, so that
+    :func:`load` and :func:`load_replay` rebuild the network and the replay without building
+    the env."""
+    return {"obs_shape": list(agent.obs_shape), "obs_dtype": np.dtype(obs_dtype).name, "n_actions": agent.n_actions}
 
 
 def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
@@ -282,7 +286,7 @@ def snapshot(parts: Parts) -> dict[str, Any]:
     return {
         "config": parts.config.to_dict(),
         "agent": copy.deepcopy(parts.agent.state_dict()),
-        "spaces": spaces(parts.agent),
+        "spaces": spaces(parts.agent, parts.envs.single_observation_space.dtype),
         "replay": parts.replay_saver.state(parts.replay),
         "loop": asdict(parts.loop),
         "envs": copy.deepcopy(get_env_states(parts.envs)),

@@ -1,9 +1,10 @@
 """Every command for every env family, through the command line, as a user runs them.
 
-One row per family (classic control, Box2D, MinAtar, ALE); each cell checks what the command
-leaves behind (a summary field, a checkpoint, a video with as many frames as the episode had
-steps plus one), not only the exit code. Nothing here is skipped: a missing extra is a failure.
-The cells of a row run in order on one run directory, so the module is one slow test per family.
+One row per family (classic control, Box2D, MinAtar, ALE, images through the pixel path);
+each cell checks what the command leaves behind (a summary field, a checkpoint, a video with
+as many frames as the episode had steps plus one), not only the exit code. Nothing here is
+skipped: a missing extra is a failure. The cells of a row run in order on one run directory,
+so the module is one slow test per family.
 """
 
 import json
@@ -18,12 +19,20 @@ from dqnkit.cli import main
 pytestmark = pytest.mark.slow
 
 # env id -> (the preset --env alone picks, whether its episode in progress can be saved (else a
-# resumed run starts fresh episodes and says so), overrides that keep the run short)
+# resumed run starts fresh episodes and says so), overrides that keep the run short, and the
+# env's own arguments)
 FAMILIES = {
-    "CartPole-v1": ("cartpole", True, ["learning_starts=100"]),
-    "LunarLander-v3": ("cartpole", False, ["learning_starts=100"]),
-    "MinAtar/Breakout": ("minatar", False, ["learning_starts=100", "buffer_size=2000"]),
-    "ALE/Breakout-v5": ("atari", False, ["learning_starts=100", "buffer_size=2000"]),
+    "CartPole-v1": ("cartpole", True, ["learning_starts=100"], []),
+    "LunarLander-v3": ("cartpole", False, ["learning_starts=100"], []),
+    "MinAtar/Breakout": ("minatar", False, ["learning_starts=100", "buffer_size=2000"], []),
+    "ALE/Breakout-v5": ("atari", False, ["learning_starts=100", "buffer_size=2000"], []),
+    # the pixel path: a 96x96 colour image, gray 84x84 frames stacked, the Nature CNN
+    "CarRacing-v3": (
+        "pixels",
+        False,
+        ["learning_starts=100", "buffer_size=2000", "max_episode_steps=200"],
+        ["--env-kwarg", "continuous=false"],
+    ),
 }
 SHORT = ["eval_every=0", "eval_episodes=1", "checkpoint_every=200", "stop_at_return=null"]
 
@@ -53,12 +62,12 @@ def _video_frames(path, fps: float) -> int:
 
 @pytest.mark.parametrize("env_id", list(FAMILIES))
 def test_every_command_works_for_the_family(env_id, tmp_path, capsys):
-    preset, exact_resume, overrides = FAMILIES[env_id]
+    preset, exact_resume, overrides, env_args = FAMILIES[env_id]
     sets = [arg for key in overrides + SHORT for arg in ("--set", key)]
     run = tmp_path / "run"
 
     # train: the family's preset, a summary, checkpoints and a learning curve
-    _run(capsys, "train", "--env", env_id, "--steps", "400", "--run-dir", str(run), "--quiet", *sets)
+    _run(capsys, "train", "--env", env_id, *env_args, "--steps", "400", "--run-dir", str(run), "--quiet", *sets)
     summary = _summary(run)
     assert (summary["env_id"], summary["preset"], summary["steps"]) == (env_id, preset, 400)
     assert summary["updates"] > 0 and np.isfinite(summary["eval_return_mean"])
@@ -83,7 +92,8 @@ def test_every_command_works_for_the_family(env_id, tmp_path, capsys):
 
     # apex with one actor: the same run-dir contract
     apex = tmp_path / "apex"
-    _run(capsys, "apex", "--env", env_id, "--actors", "1", "--steps", "300", "--run-dir", str(apex), "--quiet", *sets)
+    args = ["--env", env_id, *env_args, "--actors", "1", "--steps", "300", "--run-dir", str(apex), "--quiet", *sets]
+    _run(capsys, "apex", *args)
     summary = _summary(apex)
     assert summary["num_actors"] == 1 and summary["steps"] >= 300 and summary["env_id"] == env_id
     assert summary["updates"] > 0 and (apex / "checkpoints" / "latest.pt").exists()

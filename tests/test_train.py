@@ -342,7 +342,7 @@ def test_train_then_resume_equals_one_long_run(tmp_path):
     assert resumed["episodes"] == full["episodes"] and resumed["updates"] == full["updates"]
 
 
-def test_load_returns_a_working_agent_without_building_an_env(tmp_path, monkeypatch):
+def test_load_and_load_replay_build_no_env(tmp_path, monkeypatch):
     import dqnkit.build
 
     train(_cfg(), tmp_path / "run")
@@ -351,6 +351,8 @@ def test_load_returns_a_working_agent_without_building_an_env(tmp_path, monkeypa
     obs = np.zeros((5, 4), np.float32)
     assert agent.q_values(obs).shape == (5, 2)
     assert isinstance(agent.act(obs[0], greedy=True), int)
+    replay = load_replay(tmp_path / "run")  # nor does load_replay: the checkpoint records the dtype
+    assert replay.obs.dtype == np.float32 and len(replay) == 600
 
 
 def test_a_loaded_agent_builds_no_optimizer_until_it_learns(tmp_path):

@@ -139,6 +139,7 @@ class Apex:
         self.config, self.run_dir, self.options = config, run_dir, options
         self.algo = DQN(config)  # the replay ratio, target refreshes, evaluations and checkpoints of a run's
         obs_shape, obs_dtype, n_actions = spaces
+        self.obs_dtype = obs_dtype  # recorded in checkpoints with the shape
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.seed)
@@ -322,7 +323,7 @@ class Apex:
         return {
             "config": self.config.to_dict(),
             "agent": self.agent.state_dict(),
-            "spaces": spaces(self.agent),
+            "spaces": spaces(self.agent, self.obs_dtype),
             "apex": {"env_steps": self.env_steps, "episodes": self.episodes, "actors": self.options.actors},
             "dqnkit_version": __version__,
         }
