@@ -169,7 +169,8 @@ def get_env_state(env: gym.Env) -> dict[str, Any] | None:
     # an env that keeps its episode in plain attributes: a `state` (classic control, one's own),
     # or gymnasium's toy-text grids and cards (FrozenLake's `s`, Blackjack's hands)
     plain = hasattr(base, "state") or module.startswith("gymnasium.envs.toy_text")
-    if not plain or module.startswith("ale_py"):
+    # native state: the emulator's, or a Box2D world (CarRacing's `state` is only its last frame)
+    if not plain or module.startswith(("ale_py", "gymnasium.envs.box2d")):
         return None
     layers = []
     layer: Any = env

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dqnkit import presets, train
-from dqnkit.envs import make_vec_env
-from dqnkit.vector import finished_episodes, get_env_states, true_next_obs
+from dqnkit.envs import make_env, make_vec_env
+from dqnkit.vector import finished_episodes, get_env_state, get_env_states, true_next_obs
 
 
 def _rollout(env_id: str, num_envs: int, mode: str, steps: int) -> list[tuple]:
@@ -45,6 +45,23 @@ def test_async_breakout_gives_the_sync_transitions_and_game_results():
     for a, b in zip(sync, parallel):
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize(
+    "env_id, env_kwargs, captured",
+    [
+        ("CartPole-v1", {}, True),  # its episode is plain data: a resumed run continues it
+        ("FrozenLake-v1", {}, True),
+        ("LunarLander-v3", {}, False),  # a Box2D world: resumed runs start fresh episodes
+        ("CarRacing-v3", {"continuous": False}, False),  # its `state` is only its last frame
+    ],
+)
+def test_an_episode_in_progress_is_captured_only_where_it_is_plain_data(env_id, env_kwargs, captured):
+    pytest.importorskip("Box2D")
+    env = make_env(env_id, env_kwargs=env_kwargs)
+    env.reset(seed=0)
+    assert (get_env_state(env) is not None) is captured
+    env.close()
 
 
 def test_auto_picks_processes_for_atari_only():
