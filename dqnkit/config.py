@@ -33,8 +33,8 @@ def _opt(
     """A dataclass field with its help text and allowed range attached; ``only`` names the
     algorithm the key belongs to (a non-default value with the other one is refused)."""
     meta = {"help": help, "lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices, "only": only}
-    if isinstance(default, dict):  # a mutable default: each Config gets its own copy
-        return field(default_factory=lambda: dict(default), metadata=meta)
+    if isinstance(default, dict):  # a mutable default: each Config gets its own copy, left out of the hash
+        return field(default_factory=lambda: dict(default), metadata=meta, hash=False)
     return field(default=default, metadata=meta)
 
 

@@ -37,9 +37,20 @@ def gym_make(env_id: str, **kwargs: Any) -> gym.Env:
         raise DqnkitError(unknown_id_message(env_id)) from None
     except TypeError as exc:
         bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if bad is None:
+        if bad is None and not kwargs:
             raise
-        raise DqnkitError(bad_argument_message(env_id, bad[1])) from None
+        if bad is not None:
+            raise DqnkitError(bad_argument_message(env_id, bad[1])) from None
+        raise _refused_arguments(env_id, kwargs, exc) from None
+    except (KeyError, ValueError, AssertionError) as exc:  # an argument the env takes, with a value it does not
+        if not kwargs:
+            raise
+        raise _refused_arguments(env_id, kwargs, exc) from None
+
+
+def _refused_arguments(env_id: str, kwargs: dict[str, Any], exc: BaseException) -> DqnkitError:
+    given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    return DqnkitError(f"{env_id} refused its arguments ({given}): {type(exc).__name__}: {exc}")
 
 
 def bad_argument_message(env_id: str, name: str) -> str:

@@ -330,8 +330,11 @@ def for_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> str:
 
 
 def get(name: str, **overrides: Any) -> Config:
-    """The preset ``name`` with ``overrides`` applied, validated."""
+    """The preset ``name`` with ``overrides`` applied, validated. The preset's ``env_kwargs``
+    go with its env: another ``env_id`` starts without them."""
     _, values = _lookup(name)
+    if overrides.get("env_id", values.get("env_id")) != values.get("env_id"):
+        values = {k: v for k, v in values.items() if k != "env_kwargs"}  # the preset's env's own arguments
     return from_dict({**values, "preset": name, **overrides})
 
 

@@ -11,6 +11,7 @@ its TD target must bootstrap from).
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import gymnasium as gym
@@ -175,6 +176,8 @@ def get_env_state(env: gym.Env) -> dict[str, Any] | None:
     layers = []
     layer: Any = env
     while True:
+        if any(isinstance(v, deque) for v in vars(layer).values()):
+            return None  # a frame stack in progress (the pixel path's): not plain data
         layers.append({k: _copy(v) for k, v in vars(layer).items() if _is_plain(v)})
         if layer is base:
             break

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dqnkit import train
+from dqnkit import presets, train
 from dqnkit.cli import build_parser, main
 from dqnkit.command_config import config_from_args as _config
 from dqnkit.config import Config
@@ -166,6 +166,37 @@ def test_env_kwargs_reach_gym_make_and_config_json_from_set_and_flag():
     assert _config(parse(["train", "--env", "DictObs-v0"])).preset == "cartpole"
     env = EnvMaker.from_config(Config(env_id="FrozenLake-v1", env_kwargs={"map_name": "8x8"})).make()
     assert env.observation_space.shape == (64,)
+
+
+def test_a_frame_stack_in_progress_is_not_taken_for_plain_data():
+    """An image env with a plain `state` still cannot resume its episode: the pixel path's
+    frame stack (a deque of frames) would come back as zeros, so a resumed run starts fresh."""
+    from dqnkit.vector import get_env_state
+
+    class Counter(ColourSquare):
+        def reset(self, *, seed=None, options=None):
+            self.state = 0
+            return super().reset(seed=seed)
+
+    env = EnvMaker("ColourSquare-v0").make()
+    assert get_env_state(env) is None  # no `state`: never captured
+    counting = EnvMaker("ColourSquare-v0")._observations(gym.wrappers.TimeLimit(Counter(size=40), 10))
+    counting.reset(seed=0)
+    assert hasattr(counting.unwrapped, "state") and get_env_state(counting) is None
+
+
+def test_a_pixels_preset_on_another_env_leaves_carracings_arguments_behind():
+    assert presets.get("pixels").env_kwargs == {"continuous": False}
+    assert presets.get("pixels", env_id="ColourSquare-v0").env_kwargs == {}
+    assert _config(build_parser().parse_args(["train", "--env", "ColourSquare-v0"])).env_kwargs == {}
+
+
+def test_an_argument_with_a_value_the_env_refuses_is_one_line(capsys, tmp_path):
+    args = ["train", "--env", "FrozenLake-v1", "--env-kwarg", "map_name=9x9", "--run-dir", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "FrozenLake-v1 refused its arguments (map_name='9x9')" in err, err
+    assert not (tmp_path / "r").exists()
 
 
 def test_atari_with_env_kwargs_steps_in_gymnasium_envs():
