@@ -104,7 +104,7 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
             stacklevel=3,
         )
     obs_space = envs.single_observation_space
-    agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n))
+    agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n), obs_dtype=obs_space.dtype)
     try:
         storage = algorithm(config).storage(obs_space.shape, obs_space.dtype)
     except DqnkitError:
@@ -170,15 +170,23 @@ def gathers_on_device(config: Config, replay: FrameReplay, device: torch.device)
 
 
 def build_agent(
-    config: Config, obs_shape: tuple[int, ...], n_actions: int, *, learns: bool = True
+    config: Config,
+    obs_shape: tuple[int, ...],
+    n_actions: int,
+    *,
+    learns: bool = True,
+    obs_dtype: np.dtype | None = None,
 ) -> DQNAgent | PQNAgent:
     """A fresh agent of ``config.algorithm`` (network, optimizer; a target network for dqn).
 
     ``learns``: build the optimizer now, so that a learner's clock leaves out torch.optim's
     one-time import (0.8 s). An agent that only acts (``load``, an Ape-X actor) passes False:
-    it builds the optimizer only if it ever learns.
+    it builds the optimizer only if it ever learns. ``obs_dtype`` uint8 marks the pixel
+    path's images outside Atari and MinAtar (their network scales them to [0, 1]).
     """
     atoms = 1 if config.distributional == "none" else config.n_atoms
+    uint8 = obs_dtype is not None and np.dtype(obs_dtype) == np.uint8
+    images = uint8 and EnvMaker.from_config(config).family == "vector"  # the pixel path's frames
     q_net = build_q_network(
         obs_shape,
         n_actions,
@@ -188,6 +196,7 @@ def build_agent(
         noisy=config.noisy,
         noisy_sigma0=config.noisy_sigma0,
         layer_norm=config.layer_norm,
+        images=images,
     )
     agent = algorithm(config).agent_class(q_net, obs_shape, n_actions, config, device=resolve_device(config.device))
     if learns:
@@ -200,15 +209,16 @@ def load(run_dir: str | Path, device: str = "auto", checkpoint: str | Path | Non
 
     ``device`` is where it runs here (``auto``: cuda if this machine has it), whatever device
     it was trained on: a run trained on a GPU loads on a CPU-only machine. ``checkpoint``:
-    another of the run's checkpoints, e.g. ``step_5000.pt`` (see :func:`find_checkpoint`).
+    another of the run's checkpoints, e.g. ``step_5000.pt`` (see :func:`dqnkit.checkpoint.find_checkpoint`).
     """
     ckpt = load_checkpoint(run_dir, required=("config", "agent"), checkpoint=checkpoint)
     config = from_dict(ckpt["config"]).replace(device=device)
     if "spaces" in ckpt:  # no env is built: loading an Atari agent needs no ROM
         obs_shape, n_actions = tuple(ckpt["spaces"]["obs_shape"]), int(ckpt["spaces"]["n_actions"])
+        obs_dtype = ckpt["spaces"].get("obs_dtype")  # absent before the pixel path: no images to scale
     else:  # older checkpoints did not record them: ask the env
-        obs_shape, _, n_actions = check_env_id(EnvMaker.from_config(config))
-    agent = build_agent(config, obs_shape, n_actions, learns=False)
+        obs_shape, obs_dtype, n_actions = check_env_id(EnvMaker.from_config(config))
+    agent = build_agent(config, obs_shape, n_actions, learns=False, obs_dtype=obs_dtype)
     with _fitting_checkpoint():
         agent.load_state_dict(ckpt["agent"])
     return agent

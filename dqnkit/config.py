@@ -481,6 +481,10 @@ def _validate(cfg: Config) -> None:
             f"learning_starts {cfg.learning_starts} is not below total_steps {cfg.total_steps}: "
             "nothing would be learned; raise `total_steps` or lower learning_starts"
         )
+    if 0 < cfg.pixel_size < 3:
+        raise ConfigError(
+            f"pixel_size {cfg.pixel_size} is too small for a CNN: 3 or more, or 0 to keep the frames' size"
+        )
     start, end = cfg.epsilon_range
     if end > start:
         raise ConfigError(f"eps_end {end} is above eps_start {start}")

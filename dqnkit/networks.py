@@ -205,7 +205,8 @@ class NatureCNN(nn.Module):
 
 class MinAtarCNN(nn.Module):
     """Young & Tian 2019 (https://arxiv.org/abs/1903.03176): one 3x3 convolution with 16
-    filters and a 128-unit layer, for small 0/1 grids [B, C, H, W] (MinAtar: 10x10)."""
+    filters and a 128-unit layer, for small 0/1 grids [B, C, H, W] (MinAtar: 10x10), or
+    small uint8 images (``scale`` 1/255: the pixel path's frames under 36 pixels a side)."""
 
     def __init__(
         self,
@@ -215,9 +216,11 @@ class MinAtarCNN(nn.Module):
         atoms: int = 1,
         linear: Linear = nn.Linear,
         layer_norm: bool = False,
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         c, h, w = obs_shape
+        self.scale = scale
         self.body = nn.Sequential(*hidden(nn.Conv2d(c, 16, 3, stride=1), (16, h - 2, w - 2), layer_norm), nn.Flatten())
         self.head = _Head(16 * (h - 2) * (w - 2), n_actions, 128, dueling, atoms, linear, layer_norm)
 
@@ -225,10 +228,9 @@ class MinAtarCNN(nn.Module):
         """MinAtar grids [B, C, 10, 10] -> [B, A] (or [B, A, K])."""
         return self.head(self.body(self.prepare(obs)))
 
-    @staticmethod
-    def prepare(obs: torch.Tensor) -> torch.Tensor:
-        """0/1 grids as floats."""
-        return obs.float()
+    def prepare(self, obs: torch.Tensor) -> torch.Tensor:
+        """0/1 grids as floats; images scaled to [0, 1]."""
+        return obs.float() if self.scale == 1.0 else obs.float() * self.scale
 
 
 def build_q_network(
@@ -240,10 +242,12 @@ def build_q_network(
     noisy: bool = False,
     noisy_sigma0: float = 0.5,
     layer_norm: bool = False,
+    images: bool = False,
 ) -> nn.Module:
     """The Q-network that fits ``obs_shape``: NatureCNN for [C, H, W] frames of 36 pixels a
-    side or more (Atari's, the pixel path's), MinAtarCNN for smaller [C, H, W] grids, else an
-    MLP over the flattened observation. ``noisy`` turns
+    side or more (Atari's, the pixel path's), MinAtarCNN for smaller [C, H, W] grids (and
+    small ``images`` of 0-255 values, scaled), else an MLP over the flattened observation.
+    ``noisy`` turns
     every fully connected layer into a :class:`NoisyLinear`; ``layer_norm`` normalises every
     hidden layer's output."""
 
@@ -254,5 +258,5 @@ def build_q_network(
     if len(obs_shape) == 3 and min(obs_shape[1:]) >= 36:
         return NatureCNN(obs_shape[0], n_actions, **options, frame_shape=obs_shape[1:])
     if len(obs_shape) == 3:
-        return MinAtarCNN(obs_shape, n_actions, **options)
+        return MinAtarCNN(obs_shape, n_actions, **options, scale=1 / 255 if images else 1.0)
     return MLP(math.prod(obs_shape), n_actions, hidden_sizes, **options)

@@ -15,6 +15,7 @@ from dqnkit.cli import build_parser, main
 from dqnkit.command_config import config_from_args as _config
 from dqnkit.config import Config
 from dqnkit.envs import EnvMaker, make_env
+from dqnkit.errors import ConfigError
 from dqnkit.networks import MinAtarCNN, NatureCNN, build_q_network
 
 
@@ -148,6 +149,22 @@ def test_the_nature_cnn_sizes_its_linear_layer_from_the_frames():
     assert isinstance(wide, NatureCNN)
     assert wide(torch.zeros(2, 4, 96, 120, dtype=torch.uint8)).shape == (2, 5)
     assert isinstance(build_q_network((4, 35, 35), 5, (64,)), MinAtarCNN)
+
+
+def test_small_images_are_scaled_like_large_ones_and_minatar_grids_are_not():
+    from dqnkit.build import build_agent
+
+    small = Config(env_id="ColourSquare-v0", env_kwargs={"size": 12}, hidden_sizes=(8,))
+    net = build_agent(small, (4, 12, 12), 2, obs_dtype=np.uint8).q_net
+    assert isinstance(net, MinAtarCNN) and net.prepare(torch.full((1, 4, 12, 12), 255, dtype=torch.uint8)).max() == 1
+    grid = build_agent(Config(env_id="MinAtar/Breakout"), (4, 10, 10), 3, obs_dtype=np.uint8).q_net
+    assert grid.prepare(torch.ones(1, 4, 10, 10, dtype=torch.uint8)).max() == 1  # 0/1 grids as they are
+
+
+def test_pixel_size_1_or_2_is_refused():
+    with pytest.raises(ConfigError, match="pixel_size 2 is too small for a CNN"):
+        Config(pixel_size=2)
+    assert Config(pixel_size=0).pixel_size == 0
 
 
 def test_a_dict_of_box_and_discrete_is_flattened():

@@ -145,7 +145,7 @@ class Apex:
         torch.manual_seed(config.seed)
         # batches arrive read-only from the object store; the learner never writes to them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        self.agent = build_agent(config, obs_shape, n_actions)
+        self.agent = build_agent(config, obs_shape, n_actions, obs_dtype=obs_dtype)
         # the replay and the weight store live beside the learner: samples never cross the
         # network, and losing another node cannot lose them
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -57,7 +57,8 @@ class ActorWorker:
         self.epsilon = actor_epsilon(index, actors)
         self.envs = EnvMaker.from_config(config).make_vec(config.num_envs, self.config.seed)
         space = self.envs.single_observation_space
-        self.agent = build_agent(self.config, space.shape, int(self.envs.single_action_space.n), learns=False)
+        n_actions = int(self.envs.single_action_space.n)
+        self.agent = build_agent(self.config, space.shape, n_actions, learns=False, obs_dtype=space.dtype)
         self.replay, self.store, self.sync_every = ray.get_actor(replay), ray.get_actor(store), sync_every
         # Frames go to this actor's own rings of the replay's FrameReplay, which folds n-step
         # returns itself; a restarted actor first cuts the episodes its predecessor left open.
