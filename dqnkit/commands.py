@@ -327,9 +327,11 @@ def _tune(args: argparse.Namespace) -> int:
     check_range("--jobs", args.jobs, 1, None)
     check_range("--confirm", args.confirm, 0, None)
     config = config_from_args(args)
+    from dqnkit.build import check_runnable
     from dqnkit.envs import EnvMaker, check_env_id
 
     check_env_id(EnvMaker.from_config(config))  # an env no trial could make is refused before the study
+    check_runnable(config)
     if config.eval_every == 0:  # the pruner and the objective need evaluations along the way
         config = config.replace(eval_every=max(1, config.total_steps // 10))
     space = None if args.space is None else tune.read_space(args.space, config.algorithm)

@@ -306,10 +306,14 @@ def _work_in_process(study: Study) -> None:
 def run(study: Study, jobs: int = 1) -> dict[str, Any]:
     """Prepare the study, train its waiting trials in ``jobs`` processes (this one if 1),
     then write ``best.json`` and ``tune.png``; returns what the end of the run says."""
-    make_dir(study.out, f"tune directory {study.out}")
-    lock = RunLock(study.out, what="tune directory") if study.storage.startswith("sqlite") else None
-    try:
+    local = study.storage.startswith("sqlite")  # its file is in `out`; a server is reached before `out` is made
+    if not local:
         prepare(study)
+    make_dir(study.out, f"tune directory {study.out}")
+    lock = RunLock(study.out, what="tune directory") if local else None
+    try:
+        if local:
+            prepare(study)
         try:
             if jobs == 1:
                 work(study)

@@ -228,3 +228,4 @@ def test_a_postgresql_storage_that_cannot_be_reached_exits_2_in_one_line(tmp_pat
     assert _tune(tmp_path / "out", "--storage", url) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --storage {url}: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()  # refused before anything is written
