@@ -47,6 +47,7 @@ class DQN:
     are in, and the target refreshed every ``target_update_interval`` steps."""
 
     agent_class: type[DQNAgent] = DQNAgent
+    keeps_replay = True  # checkpoints keep its storage as replay_checkpoint says; load_replay reads it
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -116,6 +117,7 @@ class PQN(DQN):
     (``epochs`` x ``minibatches``, Q(lambda) targets) as soon as it is full, then dropped."""
 
     agent_class: type[PQNAgent] = PQNAgent
+    keeps_replay = False  # a rollout is small: checkpoints keep it whole
 
     def storage(self, obs_shape: tuple[int, ...], obs_dtype: np.dtype) -> Storage:
         """Where transitions go: a rollout of ``rollout_steps`` x ``num_envs``."""

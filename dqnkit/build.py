@@ -28,7 +28,7 @@ from dqnkit.config import Config, from_dict
 from dqnkit.envs import EnvMaker, check_env_id
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
 from dqnkit.networks import build_q_network
-from dqnkit.pqn import PQNAgent, Rollout
+from dqnkit.pqn import PQNAgent
 from dqnkit.replay import FrameReplay, UniformReplay
 from dqnkit.vector import get_env_states, set_env_state, steps_apart
 from dqnkit.video import require_video_writer
@@ -105,12 +105,13 @@ def build(config: Config, run_dir: str | Path | None = None) -> Parts:
         )
     obs_space = envs.single_observation_space
     agent = build_agent(config, obs_space.shape, int(envs.single_action_space.n), obs_dtype=obs_space.dtype)
+    algo = algorithm(config)
     try:
-        storage = algorithm(config).storage(obs_space.shape, obs_space.dtype)
+        storage = algo.storage(obs_space.shape, obs_space.dtype)
     except DqnkitError:
         envs.close()  # worker processes or pool threads: not left behind by a refused build
         raise
-    if isinstance(storage, Rollout):  # pqn's: small, so checkpoints keep it whole
+    if not algo.keeps_replay:
         return Parts(config, envs, agent, storage)
     saver = replay_saver(config.replay_checkpoint, run_dir) if run_dir is not None else FullReplay()
     check_memory(storage.nbytes, config.buffer_size)
@@ -230,8 +231,8 @@ def load_replay(run_dir: str | Path) -> UniformReplay | FrameReplay:
     ``replay = load_replay(d); replay.obs[: len(replay)]``."""
     ckpt = load_checkpoint(run_dir)
     config = from_dict(ckpt["config"])
-    if config.algorithm == "pqn":
-        raise DqnkitError(f"{run_dir} is a pqn run: pqn learns from short rollouts and keeps no replay")
+    if not algorithm(config).keeps_replay:
+        raise DqnkitError(f"{run_dir} is a {config.algorithm} run: it learns from short rollouts and keeps no replay")
     if "obs_dtype" in ckpt.get("spaces", {}):  # no env is built: an Atari replay needs no ROM
         obs_shape, obs_dtype = tuple(ckpt["spaces"]["obs_shape"]), np.dtype(ckpt["spaces"]["obs_dtype"])
     else:  # older checkpoints did not record the dtype: ask the env

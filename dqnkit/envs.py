@@ -1,13 +1,9 @@
 """Environment construction and the checks that refuse an env dqnkit cannot train on.
 
-Training uses gymnasium's vector envs (sync, or async worker processes for expensive envs;
-see :func:`make_vec_env`) in SAME_STEP autoreset mode (gymnasium >= 1.1):
-when a sub-env's episode ends, ``step`` already returns the *reset* observation and puts
-the true last observation in ``info["final_obs"]``. Every vector step therefore yields
-exactly ``num_envs`` real transitions, and :func:`true_next_obs` recovers the observation
-a truncated episode really ended in (the one its TD target must bootstrap from). The
-default NEXT_STEP mode would instead return one no-op "reset transition" per episode,
-which must never enter the replay.
+:class:`EnvMaker` is the one place a config becomes envs: training's vector envs (sync, async
+worker processes, or ALE's C++ pool), evaluation's, films', Ape-X actors' and export's, with
+the run's ``env_kwargs``, time limit and pixel path. How the loop steps them (SAME_STEP
+autoreset, ``final_obs``) is :mod:`dqnkit.vector`'s.
 """
 
 from __future__ import annotations

@@ -16,8 +16,10 @@ LunarLander-v3, ...) is ``gymnasium.make(env_id)`` as it is. Atari and MinAtar a
   uint8 [4, 84, 84] frames, unscaled (the file divides by 255 itself).
 - ``MinAtar/<Game>``: the game's [10, 10, C] grid as uint8 [C, 10, 10] (channels first).
 
-``dqnkit.envs.make_env`` builds exactly these stacks and imports no torch: this example
-uses it for those ids. Elsewhere, build the same wrappers around the env.
+Images from other envs go through the pixel path (channels first, resized, gray, stacked:
+the file's ``pixels`` metadata), and ``env_kwargs`` are the env's ``gym.make`` arguments.
+``dqnkit.envs.make_env`` builds exactly these stacks and imports no torch: this example uses
+it. Without dqnkit, build the same wrappers around the env.
 """
 
 import argparse
@@ -30,14 +32,17 @@ import onnxruntime as ort
 
 
 def make_env(meta: dict[str, str]) -> gym.Env:
-    """The env the policy was trained on, as dqnkit's evaluation makes it."""
-    env_id = meta["env_id"]
-    if env_id.startswith(("ALE/", "MinAtar/")):  # the preprocessing above
-        from dqnkit.envs import make_env as dqnkit_env  # imports no torch
+    """The env the policy was trained on, as dqnkit's evaluation makes it: its id, its
+    ``env_kwargs``, its time limit and, for images, the pixel path's frames."""
+    from dqnkit.envs import make_env as dqnkit_env  # imports no torch
 
-        return dqnkit_env(env_id, repeat_action_probability=float(meta["repeat_action_probability"]))
-    steps = int(meta["max_episode_steps"])
-    return gym.make(env_id, **({"max_episode_steps": steps} if steps else {}))
+    return dqnkit_env(
+        meta["env_id"],
+        repeat_action_probability=float(meta["repeat_action_probability"]),
+        max_episode_steps=int(meta["max_episode_steps"]),
+        env_kwargs=json.loads(meta.get("env_kwargs", "{}")),
+        **json.loads(meta.get("pixels", "{}")),
+    )
 
 
 def main() -> None:

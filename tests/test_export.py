@@ -13,7 +13,7 @@ import pytest
 from dqnkit import presets
 from dqnkit.build import build_agent
 from dqnkit.cli import main
-from dqnkit.envs import check_env_id
+from dqnkit.envs import EnvMaker, check_env_id
 from dqnkit.training import train
 
 pytest.importorskip("onnxruntime")
@@ -183,9 +183,18 @@ def test_another_greedy_action_or_shape_is_a_mismatch():
         export_module.check_export(agent, lambda obs: q[: len(obs), :1], observations)
 
 
-def test_the_example_plays_an_episode_with_torch_blocked(run_dir, tmp_path):
+@pytest.mark.parametrize("env_kwargs", [None, {"map_name": "8x8"}])
+def test_the_example_plays_an_episode_with_torch_blocked(run_dir, tmp_path, env_kwargs):
     policy = tmp_path / "policy.onnx"
-    export(untrained_agent("mlp"), policy)  # any CartPole policy: the example only plays it
+    if env_kwargs is None:
+        export(untrained_agent("mlp"), policy)  # any CartPole policy: the example only plays it
+        said = "CartPole-v1: return "
+    else:  # the env's own arguments travel in the file: 8x8 FrozenLake's 64 cells, not the default 16
+        config = presets.get("cartpole", env_id="FrozenLake-v1", env_kwargs=env_kwargs, hidden_sizes=(8,))
+        shape, _, n_actions = check_env_id(EnvMaker.from_config(config))
+        assert shape == (64,)
+        export(build_agent(config, shape, n_actions, learns=False), policy)
+        said = "FrozenLake-v1: return "
     script = (
         "import runpy, sys\n"
         "sys.modules['torch'] = None  # any import of torch now fails\n"
@@ -195,4 +204,4 @@ def test_the_example_plays_an_episode_with_torch_blocked(run_dir, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith("CartPole-v1: return ") and json.loads(lines[1]) == {"torch_imported": False}
+    assert lines[0].startswith(said) and json.loads(lines[1]) == {"torch_imported": False}

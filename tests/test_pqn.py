@@ -203,5 +203,5 @@ def test_load_replay_of_a_pqn_run_says_it_keeps_none(tmp_path):
     from dqnkit.build import load_replay
 
     train(presets.get("pqn-cartpole", **{**SMALL, "total_steps": 256, "eval_every": 0}), tmp_path / "run")
-    with pytest.raises(DqnkitError, match="pqn run: pqn learns from short rollouts and keeps no replay"):
+    with pytest.raises(DqnkitError, match="pqn run: it learns from short rollouts and keeps no replay"):
         load_replay(tmp_path / "run")

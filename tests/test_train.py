@@ -346,7 +346,11 @@ def test_load_and_load_replay_build_no_env(tmp_path, monkeypatch):
     import dqnkit.build
 
     train(_cfg(), tmp_path / "run")
+    from dqnkit.envs import EnvMaker
+
     monkeypatch.setattr(dqnkit.build, "check_env_id", lambda env_id: pytest.fail("load() built an env"))
+    monkeypatch.setattr(EnvMaker, "make", lambda *a, **k: pytest.fail("load() built an env"))
+    monkeypatch.setattr(EnvMaker, "make_vec", lambda *a, **k: pytest.fail("load() built envs"))
     agent = load(tmp_path / "run")
     obs = np.zeros((5, 4), np.float32)
     assert agent.q_values(obs).shape == (5, 2)
