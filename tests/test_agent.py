@@ -170,7 +170,7 @@ def test_each_env_explores_on_its_own_draw_and_the_rest_act_greedily():
 
 
 def test_exploration_draws_continue_exactly_after_a_restore_mid_block():
-    from dqnkit.agent import ExplorationDraws
+    from dqnkit.schedules import ExplorationDraws
 
     def stream(draws: ExplorationDraws, calls: int) -> list[np.ndarray]:
         return [np.concatenate([u, a]) for u, a in (draws.take(3) for _ in range(calls))]
@@ -186,7 +186,7 @@ def test_exploration_draws_continue_exactly_after_a_restore_mid_block():
 
 def test_exploration_draws_load_a_checkpoint_from_before_the_blocks():
     """An older checkpoint holds only the RNG state: the block starts empty and is drawn from it."""
-    from dqnkit.agent import ExplorationDraws
+    from dqnkit.schedules import ExplorationDraws
 
     rng = np.random.default_rng(5)
     old_state = rng.bit_generator.state
