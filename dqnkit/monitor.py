@@ -28,7 +28,7 @@ from tqdm import tqdm
 from dqnkit import __version__
 from dqnkit.checkpoint import CheckpointDir
 from dqnkit.config import Config
-from dqnkit.diagnostics import overestimation
+from dqnkit.diagnostics import check_loss, overestimation
 from dqnkit.errors import DqnkitError, Interrupted, NonFiniteError
 from dqnkit.evaluate import EvaluationStopped, evaluate, record_video
 from dqnkit.files import RunLock, atomic_write_text, json_text, make_dir, refuse_file_in_the_way
@@ -392,22 +392,6 @@ class RunMonitor(Monitor):
 
         learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png", title=title)
         return summary
-
-
-def check_loss(loss_sum: torch.Tensor, step: int) -> None:
-    """A non-finite loss stops the run with a named error (the last checkpoint stays)."""
-    if not torch.isfinite(loss_sum):
-        raise NonFiniteError(
-            f"non-finite loss by step {step} (try a lower lr or max_grad_norm); the last checkpoint is kept"
-        )
-
-
-def check_transition(rewards: np.ndarray, next_obs: np.ndarray, step: int) -> None:
-    """Non-finite rewards or observations stop the run before they reach the replay."""
-    if not np.isfinite(rewards).all():
-        raise NonFiniteError(f"non-finite reward {rewards.tolist()} at step {step}; the last checkpoint is kept")
-    if next_obs.dtype.kind == "f" and not np.isfinite(next_obs).all():
-        raise NonFiniteError(f"non-finite observation at step {step}; the last checkpoint is kept")
 
 
 def record_learning_stats(state: Any, stats: Any) -> None:

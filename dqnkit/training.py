@@ -32,6 +32,7 @@ from dqnkit.agent import DQNAgent
 from dqnkit.build import Parts, build, check_runnable, restore, snapshot
 from dqnkit.checkpoint import load_checkpoint
 from dqnkit.config import RUN_SETTINGS, Config, from_dict
+from dqnkit.diagnostics import check_loss, check_transition
 from dqnkit.envs import EnvMaker, check_env_id
 from dqnkit.errors import ConfigError, DqnkitError
 from dqnkit.evaluate import warn_if_endless
@@ -39,8 +40,6 @@ from dqnkit.files import RunLock, atomic_write_text
 from dqnkit.monitor import (
     Monitor,
     RunMonitor,
-    check_loss,
-    check_transition,
     default_run_dir,
     open_run_dir,
     pop_learning_stats,

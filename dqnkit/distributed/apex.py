@@ -43,13 +43,13 @@ from dqnkit import __version__
 from dqnkit.algorithms import DQN, per_beta
 from dqnkit.build import build_agent, check_memory, check_runnable, spaces
 from dqnkit.config import Config
+from dqnkit.diagnostics import check_loss
 from dqnkit.distributed.cluster import connect
 from dqnkit.distributed.workers import ActorWorker, ReplayServer, WeightStore, published_weights
 from dqnkit.envs import EnvMaker, check_env_id
 from dqnkit.errors import DqnkitError
 from dqnkit.monitor import (
     RunMonitor,
-    check_loss,
     check_run_dir,
     open_run_dir,
     pop_learning_stats,
