@@ -74,6 +74,8 @@ class PooledAtari:
     giving one 84x84 frame per env, raw rewards, game overs as ``terminated``,
     ``info["lives"]``) and says how to reset all or some of its games."""
 
+    steps_apart = True  # the pool's threads play a step between send() and recv()
+
     def __init__(
         self,
         env_id: str,

@@ -30,7 +30,7 @@ from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
 from dqnkit.networks import build_q_network
 from dqnkit.pqn import PQNAgent
 from dqnkit.replay import FrameReplay, UniformReplay
-from dqnkit.vector import get_env_states, set_env_state, steps_apart
+from dqnkit.vector import get_env_states, send_step, set_env_state, steps_apart
 from dqnkit.video import require_video_writer
 
 
@@ -279,6 +279,8 @@ def restore(parts: Parts, ckpt: dict[str, Any]) -> None:
     if all(s is not None for s in env_states) and len(env_states) == parts.config.num_envs:
         for env, state in zip(parts.envs.envs, env_states):  # states are only ever saved from a SyncVectorEnv
             set_env_state(env, state)
+        if loop.in_flight is not None:  # a step under way when the run stopped: sent again, received next
+            send_step(parts.envs, loop.in_flight)
     else:  # the env cannot be captured (e.g. ALE): start fresh episodes, say so
         warnings.warn(
             f"{parts.config.env_id} cannot save its episode in progress: resuming with fresh "

@@ -23,7 +23,7 @@ from gymnasium.vector import AutoresetMode
 
 from dqnkit.env_ids import gym_make
 from dqnkit.errors import DqnkitError
-from dqnkit.vector import LeanSyncVectorEnv
+from dqnkit.vector import AsyncEnvs, LeanSyncVectorEnv
 from dqnkit.wrappers import (
     NATURE_MIN_SIDE,
     SMALL_MIN_SIDE,
@@ -131,7 +131,7 @@ class EnvMaker:
             mode = "async" if num_envs > 1 and self.family == "atari" else "sync"
         if mode == "async":
             with _signals_left_to_this_process():
-                return gym.vector.AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=AutoresetMode.SAME_STEP)
+                return AsyncEnvs(fns, shared_memory=True, autoreset_mode=AutoresetMode.SAME_STEP)
         return LeanSyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
 
     def eval_pool(self, episodes: int, seed: int) -> Any | None:

@@ -174,7 +174,7 @@ def _envs_closed(parts: Parts) -> Iterator[None]:
 def _close_envs(parts: Parts) -> None:
     if parts.loop.in_flight is not None:  # a step under way (an early stop, or an error)
         with contextlib.suppress(Exception):  # an env that failed is closed all the same
-            recv_step(parts.envs, parts.loop.in_flight)
+            recv_step(parts.envs)
     parts.envs.close()
 
 
@@ -213,7 +213,7 @@ def _steps(parts: Parts, monitor: Monitor, run_dir: Path | None, evaluate: Calla
             if loop.in_flight is None:  # the serial loop; or an overlapped one's first step
                 _send(parts, agent.act(loop.obs, eps))
             actions, loop.in_flight = loop.in_flight, None
-            next_obs, rewards, terminated, truncated, info = recv_step(parts.envs, actions)
+            next_obs, rewards, terminated, truncated, info = recv_step(parts.envs)
             real_next = true_next_obs(next_obs, info)
             check_transition(rewards, real_next, loop.step)
             parts.replay.add_step(loop.obs, actions, rewards, real_next, terminated, truncated)

@@ -19,31 +19,42 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import concatenate
 
+# Every training vector env dqnkit makes (LeanSyncVectorEnv, AsyncEnvs, the Atari pools of
+# dqnkit.atari_pool) has the same small interface: `send(actions)` starts a step, `recv()`
+# returns it (back to back they are `step`), and `steps_apart` says whether the step runs
+# in other threads or processes meanwhile.
+
 
 def steps_apart(envs: Any) -> bool:
-    """Whether ``envs`` step in their own threads or processes (a C++ pool, AsyncVectorEnv),
-    so that :func:`send_step` returns at once; a sync vector env steps in :func:`recv_step`."""
-    return isinstance(envs, gym.vector.AsyncVectorEnv) or hasattr(envs, "send")
+    """Whether ``envs`` step in their own threads or processes (a C++ pool, AsyncEnvs), so
+    that :func:`send_step` returns at once; a sync vector env steps in :func:`recv_step`."""
+    return envs.steps_apart
 
 
 def send_step(envs: Any, actions: np.ndarray) -> None:
-    """Start the vector step ``actions`` that :func:`recv_step` finishes, so that the caller
-    can work meanwhile (where :func:`steps_apart` holds; else the step waits for
-    :func:`recv_step`)."""
-    if isinstance(envs, gym.vector.AsyncVectorEnv):
-        envs.step_async(actions)
-    elif hasattr(envs, "send"):
-        envs.send(actions)
+    """Start the vector step ``actions`` that :func:`recv_step` finishes."""
+    envs.send(actions)
 
 
-def recv_step(envs: Any, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """The result of the vector step ``actions`` that :func:`send_step` started: what
-    ``envs.step(actions)`` returns (send then receive is the same step)."""
-    if isinstance(envs, gym.vector.AsyncVectorEnv):
-        return envs.step_wait()
-    if hasattr(envs, "recv"):
-        return envs.recv()
-    return envs.step(actions)
+def recv_step(envs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The result of the vector step that :func:`send_step` started: what ``envs.step(actions)``
+    returns (send then receive is the same step)."""
+    return envs.recv()
+
+
+class AsyncEnvs(gym.vector.AsyncVectorEnv):
+    """gymnasium's AsyncVectorEnv (worker processes, observations in shared memory) with the
+    send / receive interface: its ``step_async`` and ``step_wait``."""
+
+    steps_apart = True
+
+    def send(self, actions: np.ndarray) -> None:
+        """Hand the step to the worker processes; :meth:`recv` waits for it."""
+        self.step_async(actions)
+
+    def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The step :meth:`send` started."""
+        return self.step_wait()
 
 
 class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
@@ -53,11 +64,23 @@ class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
     so the same transitions, ``final_obs`` and ``final_info`` (tests compare the two); about
     half the overhead around a CartPole step."""
 
+    steps_apart = False  # the envs step in this process, in recv()
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._sent: np.ndarray | None = None
         if self.autoreset_mode != AutoresetMode.SAME_STEP:
             raise ValueError(f"LeanSyncVectorEnv steps in SAME_STEP autoreset mode only, not {self.autoreset_mode}")
         self._box = isinstance(self.single_observation_space, gym.spaces.Box)
+
+    def send(self, actions: np.ndarray) -> None:
+        """Keep ``actions`` for :meth:`recv`, which steps the envs."""
+        self._sent = actions
+
+    def recv(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The step of the actions :meth:`send` kept."""
+        actions, self._sent = self._sent, None
+        return self.step(actions)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every env once (``actions`` [N]); an env that ended is reset in the same step."""
