@@ -25,7 +25,7 @@ from dqnkit.algorithms import DQN, Storage, algorithm, build_replay
 from dqnkit.atari_pool import import_envpool
 from dqnkit.checkpoint import FullReplay, load_checkpoint, replay_saver
 from dqnkit.config import Config, from_dict
-from dqnkit.envs import EnvMaker, check_env_id
+from dqnkit.envs import EnvMaker, check_env_id, env_family
 from dqnkit.errors import CheckpointError, ConfigError, DqnkitError, first_line
 from dqnkit.networks import build_q_network
 from dqnkit.pqn import PQNAgent
@@ -187,7 +187,7 @@ def build_agent(
     """
     atoms = 1 if config.distributional == "none" else config.n_atoms
     uint8 = obs_dtype is not None and np.dtype(obs_dtype) == np.uint8
-    images = uint8 and EnvMaker.from_config(config).family == "vector"  # the pixel path's frames
+    images = uint8 and env_family(config.env_id) == "vector"  # the pixel path's frames
     q_net = build_q_network(
         obs_shape,
         n_actions,
