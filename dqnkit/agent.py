@@ -332,14 +332,14 @@ class DQNAgent(QAgent):
     def update_target(self) -> None:
         """Hard copy (``tau == 0``) or Polyak blend ``target <- tau*online + (1-tau)*target``."""
         tau = self.config.tau
-        with torch.no_grad():
-            if tau == 0:
-                self.target_net.load_state_dict(self.q_net.state_dict())
-            else:
-                for t_param, o_param in zip(self.target_net.parameters(), self.q_net.parameters()):
+        with torch.no_grad():  # the target is a deep copy: the same parameters and buffers, in the same order
+            for t_param, o_param in zip(self.target_net.parameters(), self.q_net.parameters()):
+                if tau == 0:
+                    t_param.copy_(o_param)
+                else:
                     t_param.lerp_(o_param, tau)
-                for t_buf, o_buf in zip(self.target_net.buffers(), self.q_net.buffers()):
-                    t_buf.copy_(o_buf)
+            for t_buf, o_buf in zip(self.target_net.buffers(), self.q_net.buffers()):
+                t_buf.copy_(o_buf)
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

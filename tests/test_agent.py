@@ -83,6 +83,40 @@ def test_hard_update_copies_exactly_and_soft_update_blends():
         assert torch.allclose(t, 0.25 * p + 0.75 * b, atol=1e-6)
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.5])
+def test_a_hard_copy_of_unchanged_weights_is_skipped_and_a_blend_never(tau):
+    """rl-zoo's CartPole learns every 256 steps and refreshes the target every 10: a hard copy
+    between two bursts of updates copies the same weights, and is skipped; after a burst the
+    next copy is made, and the target equals the online net again."""
+    from dqnkit.algorithms import algorithm
+    from dqnkit.replay import UniformReplay
+
+    cfg = Config(
+        hidden_sizes=(8,),
+        batch_size=8,
+        learning_starts=40,
+        train_freq=64,
+        gradient_steps=2,
+        target_update_interval=10,
+        tau=tau,
+    )
+    agent = DQNAgent(build_q_network((3,), 2, cfg.hidden_sizes), (3,), 2, cfg)
+    replay, algo, rng = UniformReplay(100, (3,), np.float32, seed=0), algorithm(cfg), np.random.default_rng(0)
+    copies = []
+    real = agent.update_target
+    agent.update_target = lambda: (copies.append(agent.updates), real())
+    for step in range(1, 200):
+        obs = rng.random((1, 3), dtype=np.float32)
+        replay.add_step(obs, np.array([1]), np.array([1.0]), obs, np.array([False]), np.array([False]))
+        list(algo.learn(agent, replay, step - 1, step))
+        if tau == 0 and step % 10 == 0 and step >= 40:  # every due copy leaves the target equal to the online net
+            assert all(torch.equal(p, t) for p, t in zip(agent.q_net.parameters(), agent.target_net.parameters()))
+    if tau == 0:  # updates at steps 64, 128 and 192: the copies at 40 (the first), 70 and 130; 3 of the 16 due
+        assert copies == [0, 2, 4]
+    else:  # a blend moves the target every time: none is skipped
+        assert len(copies) == len(range(40, 200, 10))
+
+
 def test_learning_does_not_move_the_target_network():
     agent = _agent()
     before = copy.deepcopy(agent.target_net.state_dict())
