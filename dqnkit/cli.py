@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_kwarg(tune)
     tune.add_argument("--trials", type=int, default=40, help="trials in the study in total, over all workers (40)")
     tune.add_argument("--jobs", type=int, default=1, help="trials side by side on this machine, in processes (1)")
+    tune.add_argument(
+        "--seeds-per-trial",
+        type=int,
+        default=1,
+        metavar="K",
+        help="seeds each trial trains; its value is their mean (1)",
+    )
     tune.add_argument("--steps", type=_steps, help="each trial's budget in env steps (default: the preset's)")
     tune.add_argument("--storage", metavar="URL",
                       help="Optuna storage: postgresql://... for many machines (default: SQLite in --out)")  # fmt: skip

@@ -312,6 +312,9 @@ def _tune(args: argparse.Namespace) -> int:
 
     tune.require_optuna()  # before anything: without it nothing below can run
     check_range("--trials", args.trials, 1, tune.CONFIRM_SEED)
+    check_range(
+        "--seeds-per-trial", args.seeds_per_trial, 1, tune.CONFIRM_SEED // args.trials
+    )  # below the confirm seeds
     check_range("--jobs", args.jobs, 1, None)
     check_range("--confirm", args.confirm, 0, None)
     config = config_from_args(args)
@@ -325,7 +328,7 @@ def _tune(args: argparse.Namespace) -> int:
     space = None if args.space is None else tune.read_space(args.space, config.algorithm)
     out = args.out or Path("runs") / f"tune-{config.preset}"
     storage = args.storage or tune.default_storage(out)
-    study = tune.Study(config, storage, args.study or config.preset, out, args.trials, space)
+    study = tune.Study(config, storage, args.study or config.preset, out, args.trials, space, args.seeds_per_trial)
     result = tune.run(study, args.jobs)
     counts = result["trials"]
     print(f"study {study.name}: {counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed")

@@ -13,7 +13,9 @@ command starts again: a new waiting trial with its parameters and its seed (:fun
 
 The objective is the area under the trial's greedy evaluation curve: the mean of its
 evaluations over its budget, an early stop at ``stop_at_return`` holding its last value
-to the end of the budget (:func:`objective_value`).
+to the end of the budget (:func:`objective_value`). With ``seeds_per_trial`` K > 1 a trial
+trains its config on K seeds, one after the other, and scores the mean of their objectives
+(CleanRL's tuner does the same): the best of many one-seed trials is often a lucky seed.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ OBJECTIVE = (
     "a trial stopped early at stop_at_return keeps its last evaluation to the end of the budget"
 )
 PIP_LINE = "pip install 'dqnkit[tune]'"
-CONFIRM_SEED = 100_000  # confirmation runs use seeds from here; trial n trains with seed n
+CONFIRM_SEED = 100_000  # confirmation runs use seeds from here; trial n trains with seeds nK .. nK + K - 1
 
 
 def require_optuna() -> Any:
@@ -78,10 +80,11 @@ class Study:
     out: Path
     trials: int
     space: Space | None  # None: the algorithm's default space
+    seeds_per_trial: int = 1
 
     def attrs(self) -> dict[str, Any]:
         """The study's user attributes: what it optimises, so that a restart can check it is the same."""
-        return {
+        attrs = {
             "objective": OBJECTIVE,
             "preset": self.base.preset,
             "env_id": self.base.env_id,
@@ -89,6 +92,13 @@ class Study:
             "base_config": self.base.to_dict(),
             "space": self.space if self.space is not None else f"default {self.base.algorithm} space",
         }
+        if self.seeds_per_trial > 1:  # a one-seed study keeps the attributes it always had
+            attrs["seeds_per_trial"] = self.seeds_per_trial
+        return attrs
+
+    def seeds(self, first: int) -> list[int]:
+        """A trial's seeds, from its first (trial n: n x seeds_per_trial, and on)."""
+        return [first + j for j in range(self.seeds_per_trial)]
 
 
 def default_storage(out: Path) -> str:
@@ -175,6 +185,8 @@ def prepare(study: Study) -> None:
                 made.set_user_attr(key, value)
         else:
             differ = [k for k, v in attrs.items() if made.user_attrs.get(k) != json.loads(json.dumps(v))]
+            if made.user_attrs.get("seeds_per_trial", 1) != study.seeds_per_trial:  # absent in one-seed studies
+                differ.append("seeds_per_trial")
             if differ:
                 raise DqnkitError(
                     f"study {study.name!r} in {study.storage} was started with another {differ[0]}; "
@@ -204,8 +216,10 @@ def _rerun_failed(optuna_study: Any, room: int) -> int:
     rerun = {t.user_attrs.get("rerun_of") for t in trials}
     todo = [t for t in trials if t.state == TrialState.FAIL and t.number not in rerun][: max(room, 0)]
     for failed in todo:
-        seed = failed.user_attrs.get("seed", failed.number)
-        optuna_study.enqueue_trial(failed.params, {"rerun_of": failed.number, "seed": seed}, skip_if_exists=False)
+        attrs = {"rerun_of": failed.number}
+        if "seed" in failed.user_attrs:  # the rerun trains the seeds the failed trial trained
+            attrs["seed"] = failed.user_attrs["seed"]
+        optuna_study.enqueue_trial(failed.params, attrs, skip_if_exists=False)
     return len(todo)
 
 
@@ -228,36 +242,52 @@ def _next_trial(optuna_study: Any, storage: Any) -> Any:
 
 
 def trial_dir(out: Path, number: int) -> Path:
-    """The run directory of trial ``number`` of the study in ``out``."""
+    """The run directory of trial ``number`` of the study in ``out`` (with several seeds per
+    trial, the directory of its runs ``seed-S``)."""
     return out / "trials" / f"trial-{number:04d}"
 
 
+def _seed_runs(study: Study, number: int, seeds: list[int]) -> list[Path]:
+    """Where a trial's seeds train: its own run directory, or one below it per seed."""
+    base = trial_dir(study.out, number)
+    return [base] if study.seeds_per_trial == 1 else [base / f"seed-{seed}" for seed in seeds]
+
+
 def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
-    """Train one trial's run and tell the study how it ended; a line to say so."""
+    """Train one trial's runs (one per seed) and tell the study how it ended; a line to say so.
+    The pruner watches the first seed's evaluations; the value is the mean of every seed's
+    objective."""
     import optuna
     from optuna.trial import TrialState
 
     from dqnkit.training import train
 
-    base, run_dir, evals = study.base, trial_dir(study.out, trial.number), []
+    base = study.base
     sample = DEFAULT_SPACES[base.algorithm] if study.space is None else space_params(study.space)
-    start = time.perf_counter()
+    start, evals = time.perf_counter(), []
 
     def on_eval(step: int, mean: float) -> None:
         evals.append(mean)
-        trial.report(objective_value(evals, step, base.eval_every), step)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step:,}")
+        if len(values) == 0:  # the first seed's curve is the one the pruner compares
+            trial.report(objective_value(evals, step, base.eval_every), step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step:,}")
 
+    values: list[float] = []
+    summaries: list[dict[str, Any]] = []
     try:
         overrides = sample(trial, base)
-        seed = trial.user_attrs.get("seed", trial.number)  # a rerun keeps the failed trial's seed
-        config = base.replace(**overrides, seed=seed)
-        trial.set_user_attr("seed", seed)
+        first = trial.user_attrs.get("seed", trial.number * study.seeds_per_trial)  # a rerun keeps its seeds
+        seeds = study.seeds(first)
+        runs = _seed_runs(study, trial.number, seeds)
+        trial.set_user_attr("seed", first)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine and process ran it
-        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("run_dir", str(trial_dir(study.out, trial.number)))
         trial.set_user_attr("overrides", json.loads(json.dumps(overrides)))
-        summary = train(config, run_dir, overwrite=True, on_eval=on_eval)
+        for seed, run_dir in zip(seeds, runs):
+            evals.clear()
+            summaries.append(train(base.replace(**overrides, seed=seed), run_dir, overwrite=True, on_eval=on_eval))
+            values.append(objective_value(evals, base.total_steps, base.eval_every) if evals else float("nan"))
     except optuna.TrialPruned as exc:
         optuna_study.tell(trial, state=TrialState.PRUNED)
         return f"trial {trial.number}: {exc} ({time.perf_counter() - start:.0f} s)"
@@ -268,16 +298,29 @@ def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
     except BaseException:  # Ctrl-C, SIGTERM (the run saved a checkpoint), or a bug: failed, not complete
         optuna_study.tell(trial, state=TrialState.FAIL)
         raise
-    value = objective_value(evals, base.total_steps, base.eval_every) if evals else float("nan")
-    trial.set_user_attr("steps", summary["steps"])
-    trial.set_user_attr("stopped_early", summary["stopped_early"])
-    trial.set_user_attr("final_eval", summary["eval_return_mean"])
+    value = sum(values) / len(values)
+    trial.set_user_attr("steps", sum(s["steps"] for s in summaries) // len(summaries))  # the mean over seeds
+    trial.set_user_attr("stopped_early", all(s["stopped_early"] for s in summaries))
+    finals = [s["eval_return_mean"] for s in summaries if s["eval_return_mean"] is not None]
+    trial.set_user_attr("final_eval", sum(finals) / len(finals) if finals else None)
+    if len(values) > 1:
+        trial.set_user_attr("objective_per_seed", values)
     if not math.isfinite(value):
         optuna_study.tell(trial, state=TrialState.PRUNED)
         return f"trial {trial.number}: no evaluation: pruned"
     optuna_study.tell(trial, value)
-    early = ", stopped early at stop_at_return" if summary["stopped_early"] else ""
-    return f"trial {trial.number}: {value:.1f} ({summary['steps']:,} steps{early}, {time.perf_counter() - start:.0f} s)"
+    return f"trial {trial.number}: {value:.1f} ({_trial_runs(summaries)}, {time.perf_counter() - start:.0f} s)"
+
+
+def _trial_runs(summaries: list[dict[str, Any]]) -> str:
+    """How a trial's runs went, for its line: steps, and whether they stopped early."""
+    steps = "/".join(f"{s['steps']:,}" for s in summaries)
+    seeds = f" over {len(summaries)} seeds" if len(summaries) > 1 else ""
+    early = sum(s["stopped_early"] for s in summaries)
+    if not early:
+        return f"{steps} steps{seeds}"
+    which = "" if len(summaries) == 1 else f"{early} of {len(summaries)} "
+    return f"{steps} steps{seeds}, {which}stopped early at stop_at_return"
 
 
 @contextlib.contextmanager

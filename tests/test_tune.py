@@ -80,6 +80,9 @@ def test_bad_numbers_exit_2(tmp_path, capsys):
     assert _tune(tmp_path / "out", "--trials", "0") == 2
     assert _tune(tmp_path / "out", "--jobs", "0") == 2
     assert _tune(tmp_path / "out", "--confirm", "-1") == 2
+    assert _tune(tmp_path / "out", "--seeds-per-trial", "0") == 2
+    assert _tune(tmp_path / "out", "--trials", "40", "--seeds-per-trial", "2501") == 2  # into the confirm seeds
+    assert not (tmp_path / "out").exists()
 
 
 def test_env_kwargs_reach_the_trials_and_a_bad_one_is_refused_before_the_study(tmp_path, capsys):
@@ -142,6 +145,29 @@ def test_the_objective_is_the_mean_over_the_budget_an_early_stop_holding_its_las
 
 
 # ----------------------------------------------------------------------------- studies
+def test_seeds_per_trial_trains_each_seed_and_scores_their_mean(tmp_path, capsys):
+    """The best of many one-seed trials is often a lucky seed (a 40-trial CartPole study's
+    best solved 3 of 5 fresh seeds): K seeds per trial score the mean of K objectives."""
+    from dqnkit.logger import read_metrics
+
+    out = tmp_path / "out"
+    assert _tune(out, "--trials", "1", "--seeds-per-trial", "2", "--steps", "200", "--set", "eval_every=100") == 0
+    assert "over 2 seeds" in capsys.readouterr().err
+    study, states = _trials(out)
+    assert states == {0: "COMPLETE"} and study.user_attrs["seeds_per_trial"] == 2
+    for trial in study.trials:
+        runs = [out / "trials" / f"trial-{trial.number:04d}" / f"seed-{2 * trial.number + j}" for j in range(2)]
+        objectives = []
+        for j, run in enumerate(runs):
+            assert json.loads((run / "config.json").read_text())["seed"] == 2 * trial.number + j
+            evals = [float(r["return"]) for r in read_metrics(run / "metrics.csv") if r["kind"] == "eval"]
+            objectives.append(tune.objective_value(evals, 200, 100))
+        assert trial.user_attrs["objective_per_seed"] == objectives
+        assert trial.value == pytest.approx(sum(objectives) / 2)
+    assert _tune(out, "--trials", "1", "--steps", "200", "--set", "eval_every=100") == 2  # one seed: another study
+    assert "was started with another seeds_per_trial" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_study_of_runs_its_best_json_trains_and_the_same_command_continues_it(tmp_path, capsys):
     out = tmp_path / "out"
