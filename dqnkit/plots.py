@@ -236,13 +236,15 @@ def seeds_on_grid(seeds: list[tuple[np.ndarray, np.ndarray]], points: int = 200)
 def intervals(values: dict[str, dict[str, list[float]]], out_png: str | Path, title: str = "") -> Path:
     """One panel per measure: each variant's estimate with its interval (``[value, low, high]``)."""
     measures = list(next(iter(values.values())))
-    fig, axes = plt.subplots(1, len(measures), figsize=(4.5 * len(measures), 0.6 * len(values) + 1.8), squeeze=False)
+    size = (4.5 * len(measures), 0.6 * len(values) + 1.8)
+    # constrained layout keeps the figure's title above the panels' (it overlapped them)
+    fig, axes = plt.subplots(1, len(measures), figsize=size, squeeze=False, layout="constrained")
     for ax, measure in zip(axes[0], measures):
         for row, by_measure in enumerate(values.values()):
             value, low, high = by_measure[measure]
             ax.errorbar([value], [row], xerr=[[value - low], [high - value]], fmt="o", capsize=4)
         ax.set_yticks(range(len(values)), list(values))
-        ax.set_title(measure)
+        ax.set_title(measure.replace("_", " "))
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     return _save(fig, out_png)
