@@ -114,9 +114,9 @@ class DQN:
 
     def _sync_target(self, agent: DQNAgent) -> None:
         """Refresh the target. A hard copy with no update since the last one would copy the
-        same weights: skipped (rl-zoo's CartPole copies every 10 steps but learns every 256, so
-        24 of 25 copies were of unchanged weights; the online net's noise, which a copy would
-        take along, is drawn again before the target's is ever read)."""
+        same weights: skipped (rl-zoo's CartPole refreshes every 10 steps but learns every 256:
+        24 of 25 copies are due between two bursts of updates). A noisy net's noise, which a
+        copy would take along, is drawn again before the target's is ever read."""
         if self.config.tau == 0:
             if agent.updates == self._copied_at:
                 return

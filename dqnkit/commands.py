@@ -312,9 +312,8 @@ def _tune(args: argparse.Namespace) -> int:
 
     tune.require_optuna()  # before anything: without it nothing below can run
     check_range("--trials", args.trials, 1, tune.CONFIRM_SEED)
-    check_range(
-        "--seeds-per-trial", args.seeds_per_trial, 1, tune.CONFIRM_SEED // args.trials
-    )  # below the confirm seeds
+    # the trials' seeds (trials x seeds per trial) stay below the confirmation's
+    check_range("--seeds-per-trial", args.seeds_per_trial, 1, tune.CONFIRM_SEED // args.trials)
     check_range("--jobs", args.jobs, 1, None)
     check_range("--confirm", args.confirm, 0, None)
     config = config_from_args(args)

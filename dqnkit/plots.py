@@ -237,7 +237,7 @@ def intervals(values: dict[str, dict[str, list[float]]], out_png: str | Path, ti
     """One panel per measure: each variant's estimate with its interval (``[value, low, high]``)."""
     measures = list(next(iter(values.values())))
     size = (4.5 * len(measures), 0.6 * len(values) + 1.8)
-    # constrained layout keeps the figure's title above the panels' (it overlapped them)
+    # constrained layout keeps the figure's title clear of the panels' titles
     fig, axes = plt.subplots(1, len(measures), figsize=size, squeeze=False, layout="constrained")
     for ax, measure in zip(axes[0], measures):
         for row, by_measure in enumerate(values.values()):
