@@ -84,17 +84,15 @@ class Study:
 
     def attrs(self) -> dict[str, Any]:
         """The study's user attributes: what it optimises, so that a restart can check it is the same."""
-        attrs = {
+        return {
             "objective": OBJECTIVE,
             "preset": self.base.preset,
             "env_id": self.base.env_id,
             "total_steps": self.base.total_steps,
             "base_config": self.base.to_dict(),
             "space": self.space if self.space is not None else f"default {self.base.algorithm} space",
+            "seeds_per_trial": self.seeds_per_trial,
         }
-        if self.seeds_per_trial > 1:  # a one-seed study keeps the attributes it always had
-            attrs["seeds_per_trial"] = self.seeds_per_trial
-        return attrs
 
     def seeds(self, first: int) -> list[int]:
         """A trial's seeds, from its first (trial n: n x seeds_per_trial, and on)."""
@@ -184,9 +182,8 @@ def prepare(study: Study) -> None:
             for key, value in attrs.items():
                 made.set_user_attr(key, value)
         else:
-            differ = [k for k, v in attrs.items() if made.user_attrs.get(k) != json.loads(json.dumps(v))]
-            if made.user_attrs.get("seeds_per_trial", 1) != study.seeds_per_trial:  # absent in one-seed studies
-                differ.append("seeds_per_trial")
+            stored = {"seeds_per_trial": 1, **made.user_attrs}  # a study made before the key trained one seed
+            differ = [k for k, v in attrs.items() if stored.get(k) != json.loads(json.dumps(v))]
             if differ:
                 raise DqnkitError(
                     f"study {study.name!r} in {study.storage} was started with another {differ[0]}; "
@@ -265,6 +262,8 @@ def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
     base = study.base
     sample = DEFAULT_SPACES[base.algorithm] if study.space is None else space_params(study.space)
     start, evals = time.perf_counter(), []
+    values: list[float] = []  # each finished seed's objective
+    summaries: list[dict[str, Any]] = []
 
     def on_eval(step: int, mean: float) -> None:
         evals.append(mean)
@@ -273,8 +272,6 @@ def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {step:,}")
 
-    values: list[float] = []
-    summaries: list[dict[str, Any]] = []
     try:
         overrides = sample(trial, base)
         first = trial.user_attrs.get("seed", trial.number * study.seeds_per_trial)  # a rerun keeps its seeds
