@@ -22,6 +22,7 @@ from torch import nn
 
 from dqnkit.config import Config
 from dqnkit.errors import first_line
+from dqnkit.grads import GradBuffer
 from dqnkit.heads import HEADS, HeadInput, batch_loss, discounts
 from dqnkit.networks import MLP, reset_noise
 from dqnkit.replay.uniform import Batch
@@ -65,7 +66,7 @@ class QAgent:
         self.support = torch.linspace(config.v_min, config.v_max, config.n_atoms, device=self.device)
         self.head = HEADS[config.distributional]
         self.updates = 0  # gradient steps taken
-        self._params = list(self.q_net.parameters())
+        self._grads = GradBuffer(list(self.q_net.parameters()))  # attached at the first update
         self._numpy_layers = _numpy_mlp(self.q_net, config, self.device)
         # noisy nets redraw their noise before each acting step, outside any graph: eager
         self._act_graph_wanted = self.device.type == "cuda" and config.cuda_graph and not config.noisy
@@ -89,6 +90,15 @@ class QAgent:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         raise NotImplementedError  # each agent picks its own
+
+    def _descend(self, loss: torch.Tensor) -> None:
+        """One optimizer step down ``loss``'s gradient, clipped to ``max_grad_norm`` (0: not clipped)."""
+        optimizer = self.optimizer
+        self._grads.zero_()
+        loss.backward()
+        if self.config.max_grad_norm > 0:
+            self._grads.clip_norm_(self.config.max_grad_norm)
+        optimizer.step()
 
     def _load_optimizer(self, state: dict[str, Any]) -> None:
         """Load ``state`` into the optimizer, or keep a copy of it for its first use (a copy:
@@ -286,11 +296,7 @@ class DQNAgent(QAgent):
             reset_noise(self.target_net, self.noise)
         per_sample_B, priority_B, q_B = self._losses(batch)
         loss = batch_loss(per_sample_B, batch.weights)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm, foreach=True)
-        self.optimizer.step()
+        self._descend(loss)
         return LearnStats(loss.detach(), priority_B, q_B.detach().mean())
 
     def priorities(self, batch: Batch) -> np.ndarray:

@@ -189,11 +189,7 @@ class PQNAgent(QAgent):
         td_M = returns_M - q_M
         loss_fn = F.mse_loss if self.config.loss == "mse" else F.smooth_l1_loss
         loss = loss_fn(q_M, returns_M)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(self._params, self.config.max_grad_norm, foreach=True)
-        self.optimizer.step()
+        self._descend(loss)
         self.updates += 1
         return LearnStats(loss.detach(), td_M.detach().abs(), q_M.detach().mean())
 
