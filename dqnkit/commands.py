@@ -335,7 +335,8 @@ def _tune(args: argparse.Namespace) -> int:
         print("no trial completed: no best config")
         return 1
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result["best_params"].items())
-    print(f"best: trial {result['best_trial']}, objective {result['best_value']:.2f} ({params})")
+    start = ", the starting config: no trial beat it" if result["best_is_start"] else ""
+    print(f"best: trial {result['best_trial']}{start}, objective {result['best_value']:.2f} ({params})")
     print(f"run directory: {result['best_run_dir']}; config: {result['best_config']}; plot: {result['plot']}")
     if args.confirm:
         from dqnkit.stats import Interval, describe
@@ -348,6 +349,8 @@ def _tune(args: argparse.Namespace) -> int:
                 f"{name}: objective IQM {describe(Interval(*row['objective_iqm_ci95']))}, final evaluation IQM "
                 f"{describe(Interval(*row['final_eval_iqm_ci95']))}, median steps {row['steps_median']:,.0f}{solved}"
             )
+        if confirmed["tuned_is_preset"]:
+            print("the tuned config is the preset: one set of runs is both rows")
         p = Interval(*confirmed["probability_of_improvement_ci95"])
         print(f"P(tuned > preset) {describe(p, 2)}; {out / 'confirm.json'}, {out / 'confirm.png'}")
     print(f"next: dqnkit train --config {result['best_config']}   or   {tune.dashboard_line(storage)}")

@@ -1,12 +1,14 @@
 """The search spaces of ``dqnkit tune``: the default ones for DQN (after rl-baselines3-zoo's
 ``sample_dqn_params``) and PQN, and a user's ``--space`` file, checked before any trial runs.
-Sampling a space gives the config keys a trial overrides.
+Sampling a space gives the config keys a trial overrides; :func:`starting_point` finds the
+parameters at which it gives the starting config back, a study's first trial.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,67 @@ def _pqn_params(trial: Any, base: Config) -> dict[str, Any]:
 
 
 DEFAULT_SPACES: dict[str, Callable[[Any, Config], dict[str, Any]]] = {"dqn": _dqn_params, "pqn": _pqn_params}
+_PQN_KEYS = ("lr", "q_lambda", "num_envs", "rollout_steps", "num_minibatches", "update_epochs")
+
+
+def starting_point(space: Space | None, base: Config) -> dict[str, Any] | None:
+    """The parameters at which the space (None: the algorithm's default one) samples ``base``
+    itself, or None where it cannot express ``base`` (a value outside its ranges or choices,
+    a key it sets otherwise). Checked by sampling them: the config it gives must run as
+    ``base`` runs."""
+    import optuna
+
+    if space is not None:
+        params, sample = _point_in(space, base), space_params(space)
+    else:
+        params = _dqn_point(base) if base.algorithm == "dqn" else {k: getattr(base, k) for k in _PQN_KEYS}
+        sample = DEFAULT_SPACES[base.algorithm]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # optuna warns of a fixed value outside its range
+            sampled = base.replace(**sample(optuna.trial.FixedTrial(params), base))
+    except (ValueError, ConfigError, Warning):  # a value that is not one of the choices, a config refused
+        return None
+    return params if _same_run(sampled, base) else None
+
+
+def _dqn_point(base: Config) -> dict[str, Any]:
+    """``base`` in the default DQN space's parameters (:func:`_dqn_params` the other way)."""
+    keys = ("lr", "gamma", "batch_size", "buffer_size", "n_step", "double", "dueling", "prioritized", "train_freq")
+    point: dict[str, Any] = {k: getattr(base, k) for k in keys}
+    point["subsample_steps"] = next(
+        (s for s in (1, 2, 4, 8) if max(base.train_freq // s, 1) == base.gradient_steps), None
+    )
+    if base.tau == 0:
+        point.update(target="hard", target_update_interval=base.target_update_interval)
+    else:
+        point.update(target="soft", tau=base.tau)
+    if base.prioritized:
+        point["per_alpha"] = base.per_alpha
+    if not base.noisy:
+        point.update(exploration_fraction=base.exploration_duration / base.total_steps, eps_end=base.eps_end)
+    point.update(net_width=base.hidden_sizes[0] if base.hidden_sizes else None, net_depth=len(base.hidden_sizes))
+    return point
+
+
+def _point_in(space: Space, base: Config) -> dict[str, Any]:
+    """``base``'s values of a ``--space`` file's keys, as its sampler names them."""
+    point = {}
+    for key, spec in space.items():
+        value = getattr(base, key)
+        if any(isinstance(c, list) for c in spec.get("choices", [])):
+            value = json.dumps(list(value))  # list choices go by their JSON text (space_params)
+        point[key] = value
+    return point
+
+
+def _same_run(a: Config, b: Config) -> bool:
+    """Whether two configs train alike: every key equal but the two that say how long
+    epsilon falls, which may say the same duration two ways."""
+    da, db = a.to_dict(), b.to_dict()
+    how_long = {"exploration_steps", "exploration_fraction"}
+    same = all(da[k] == db[k] for k in da if k not in how_long)
+    return same and math.isclose(a.exploration_duration, b.exploration_duration, rel_tol=1e-9)
 
 
 def read_space(path: Path, algorithm: str = "dqn") -> Space:

@@ -10,6 +10,9 @@ trials, and each worker takes the next one atomically (a waiting trial goes to r
 one worker only): no trial runs twice, and the study stops at ``trials`` in total however
 many workers take part. A trial that fails (Ctrl-C, SIGTERM) is run again when the same
 command starts again: a new waiting trial with its parameters and its seed (:func:`prepare`).
+A new study's first trial is the starting config itself, where the space can express it: the
+sampler learns from the point the user starts from, and a study whose trials all score below
+it returns the starting config as its best.
 
 The objective is the area under the trial's greedy evaluation curve: the mean of its
 evaluations over its budget, an early stop at ``stop_at_return`` holding its last value
@@ -40,7 +43,7 @@ from typing import Any
 from dqnkit.config import Config
 from dqnkit.errors import ConfigError, DqnkitError, Interrupted, NonFiniteError
 from dqnkit.files import RunLock, atomic_write_text, make_dir
-from dqnkit.search_space import DEFAULT_SPACES, Space, check_space, read_space, space_params
+from dqnkit.search_space import DEFAULT_SPACES, Space, check_space, read_space, space_params, starting_point
 
 OBJECTIVE = (
     "mean of the trial's greedy evaluations over its budget (the area under its evaluation curve); "
@@ -181,6 +184,9 @@ def prepare(study: Study) -> None:
         if not made.user_attrs:
             for key, value in attrs.items():
                 made.set_user_attr(key, value)
+            point = starting_point(study.space, study.base)
+            if point is not None:  # trial 0: the starting config itself
+                made.enqueue_trial(point, {"start": True}, skip_if_exists=False)
         else:
             stored = {"seeds_per_trial": 1, **made.user_attrs}  # a study made before the key trained one seed
             differ = [k for k, v in attrs.items() if stored.get(k) != json.loads(json.dumps(v))]
@@ -214,8 +220,9 @@ def _rerun_failed(optuna_study: Any, room: int) -> int:
     todo = [t for t in trials if t.state == TrialState.FAIL and t.number not in rerun][: max(room, 0)]
     for failed in todo:
         attrs = {"rerun_of": failed.number}
-        if "seed" in failed.user_attrs:  # the rerun trains the seeds the failed trial trained
-            attrs["seed"] = failed.user_attrs["seed"]
+        for key in ("seed", "start"):  # the rerun trains the seeds the failed trial trained
+            if key in failed.user_attrs:
+                attrs[key] = failed.user_attrs[key]
         optuna_study.enqueue_trial(failed.params, attrs, skip_if_exists=False)
     return len(todo)
 
@@ -273,7 +280,9 @@ def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
                 raise optuna.TrialPruned(f"pruned at step {step:,}")
 
     try:
-        overrides = sample(trial, base)
+        overrides = sample(trial, base)  # records the trial's parameters, the starting point's too
+        if trial.user_attrs.get("start"):
+            overrides = {}  # the starting config as it is (its point may say a key another way)
         first = trial.user_attrs.get("seed", trial.number * study.seeds_per_trial)  # a rerun keeps its seeds
         seeds = study.seeds(first)
         runs = _seed_runs(study, trial.number, seeds)
@@ -428,6 +437,7 @@ def report(study: Study) -> dict[str, Any]:
     atomic_write_text(study.out / "best.json", config.to_json())
     result.update(
         best_trial=best.number,
+        best_is_start=bool(best.user_attrs.get("start")),
         best_value=best.value,
         best_params=best.params,
         best_run_dir=best.user_attrs["run_dir"],
@@ -440,7 +450,8 @@ def report(study: Study) -> dict[str, Any]:
 def confirm(study: Study, seeds: int, jobs: int) -> dict[str, Any]:
     """Train ``best.json`` and the starting config on ``seeds`` seeds no trial used; compare
     them by IQM with 95% stratified bootstrap CIs and the probability of improvement
-    (``confirm.json``, ``confirm.png``)."""
+    (``confirm.json``, ``confirm.png``). Where the best config is the starting one, it trains
+    once and both rows are its runs (``tuned_is_preset``)."""
     import numpy as np
 
     from dqnkit import plots
@@ -450,10 +461,12 @@ def confirm(study: Study, seeds: int, jobs: int) -> dict[str, Any]:
     from dqnkit.stats import improvement_ci, iqm_ci
 
     configs = {"tuned": from_dict(json.loads((study.out / "best.json").read_text())), "preset": study.base}
-    keys = [(name, CONFIRM_SEED + i) for i in range(seeds) for name in configs]
+    same = configs["tuned"] == study.base  # the starting config was the best trial: train it once
+    names = ["preset"] if same else list(configs)
+    keys = [(name, CONFIRM_SEED + i) for i in range(seeds) for name in names]
     work = [(configs[n].replace(seed=s), str(study.out / "confirm" / f"{n}-s{s}"), False) for n, s in keys]
     _train_all(work, keys, max(1, min(jobs, len(work))))
-    scores: dict[str, dict[str, list[float]]] = {n: {"objective": [], "final_eval": [], "steps": []} for n in configs}
+    scores: dict[str, dict[str, list[float]]] = {n: {"objective": [], "final_eval": [], "steps": []} for n in names}
     for (name, _), (_, run_dir, _) in zip(keys, work):
         rows = read_metrics(Path(run_dir) / "metrics.csv")
         evals = [float(r["return"]) for r in rows if r["kind"] == "eval"]
@@ -461,7 +474,9 @@ def confirm(study: Study, seeds: int, jobs: int) -> dict[str, Any]:
         scores[name]["objective"].append(objective_value(evals, study.base.total_steps, study.base.eval_every))
         scores[name]["final_eval"].append(summary["eval_return_mean"])
         scores[name]["steps"].append(summary["steps"])
-    result: dict[str, Any] = {"seeds": [s for n, s in keys if n == "tuned"], "objective": OBJECTIVE}
+    scores["tuned"] = scores.get("tuned", scores["preset"])
+    result: dict[str, Any] = {"seeds": [s for n, s in keys if n == "preset"], "objective": OBJECTIVE}
+    result["tuned_is_preset"] = same
     for name, values in scores.items():
         result[name] = {
             **{f"{m}_per_seed": v for m, v in values.items()},
@@ -486,4 +501,15 @@ def dashboard_line(storage: str) -> str:
     return f"optuna-dashboard {storage}"
 
 
-__all__ = ["OBJECTIVE", "Study", "check_space", "objective_value", "prepare", "read_space", "report", "run", "work"]
+__all__ = [
+    "OBJECTIVE",
+    "Study",
+    "check_space",
+    "objective_value",
+    "prepare",
+    "read_space",
+    "report",
+    "run",
+    "starting_point",
+    "work",
+]

@@ -135,6 +135,52 @@ def test_a_second_process_on_the_same_out_is_refused(tmp_path, capsys):
     assert "in use by another dqnkit process" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- the starting point
+@pytest.mark.parametrize("preset", ["cartpole", "cartpole-rainbow", "pqn-minatar", "pqn-cartpole"])
+def test_the_starting_point_samples_the_preset_itself(preset):
+    from dqnkit import presets
+    from dqnkit.search_space import DEFAULT_SPACES, _same_run
+
+    base = presets.get(preset)
+    point = tune.starting_point(None, base)
+    assert point is not None
+    sampled = base.replace(**DEFAULT_SPACES[base.algorithm](optuna.trial.FixedTrial(point), base))
+    assert _same_run(sampled, base)
+    assert not _same_run(base.replace(lr=base.lr * 2), base)
+
+
+def test_a_preset_the_space_cannot_express_has_no_starting_point():
+    from dqnkit import presets
+
+    assert tune.starting_point(None, presets.get("cartpole-zoo")) is None  # a target copy every 10 steps
+    assert tune.starting_point(None, presets.get("cartpole", hidden_sizes=(128, 64))) is None
+    base = presets.get("cartpole")
+    space = {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "hidden_sizes": {"choices": [[64], [128, 128]]}}
+    assert tune.starting_point(space, base) == {"lr": 1e-3, "hidden_sizes": "[128, 128]"}
+    assert tune.starting_point({"lr": {"low": 1e-2, "high": 1e-1, "log": True}}, base) is None  # outside its range
+    assert tune.starting_point({"hidden_sizes": {"choices": [[64]]}}, base) is None  # not one of its choices
+
+
+def test_the_first_trial_is_the_preset_and_a_best_start_is_confirmed_once(tmp_path, capsys):
+    """A study whose first trial (the starting config) beats every other returns the preset
+    itself as best.json, and --confirm trains it once for both rows."""
+    out = tmp_path / "out"
+    extra = ["--set", "exploration_steps=100", "--trials", "1", "--confirm", "1"]  # the confirm flag last wins
+    assert _tune(out, *extra) == 0
+    printed = capsys.readouterr().out
+    study, states = _trials(out)
+    start = study.trials[0]
+    assert states == {0: "COMPLETE"} and start.user_attrs["start"] is True and start.user_attrs["overrides"] == {}
+    assert start.params["lr"] == 1e-3 and start.params["target_update_interval"] == 64  # the preset's point
+    run_config = json.loads((out / "trials" / "trial-0000" / "config.json").read_text())
+    best = json.loads((out / "best.json").read_text())
+    assert best == {**run_config, "seed": best["seed"]} and best["exploration_steps"] == 100
+    assert "trial 0, the starting config: no trial beat it" in printed
+    confirmed = json.loads((out / "confirm.json").read_text())
+    assert confirmed["tuned_is_preset"] is True and confirmed["tuned"] == confirmed["preset"]
+    assert sorted(p.name for p in (out / "confirm").iterdir()) == ["preset-s100000"]  # trained once
+
+
 # ----------------------------------------------------------------------------- the objective
 def test_the_objective_is_the_mean_over_the_budget_an_early_stop_holding_its_last_value():
     assert tune.objective_value([1.0, 2.0, 3.0], 3000, 1000) == 2.0
