@@ -339,9 +339,10 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"best: trial {result['best_trial']}{start}, objective {result['best_value']:.2f} ({params})")
     print(f"run directory: {result['best_run_dir']}; config: {result['best_config']}; plot: {result['plot']}")
     if args.confirm:
+        from dqnkit.confirm import confirm
         from dqnkit.stats import Interval, describe
 
-        confirmed = tune.confirm(study, args.confirm, args.jobs)
+        confirmed = confirm(study, args.confirm, args.jobs)
         for name in ("tuned", "preset"):
             row = confirmed[name]
             solved = f", solved {row['solved']}/{args.confirm}" if "solved" in row else ""

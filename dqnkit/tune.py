@@ -23,8 +23,6 @@ trains its config on K seeds, one after the other, and scores the mean of their 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import multiprocessing
@@ -33,8 +31,6 @@ import signal
 import socket
 import sys
 import time
-import zlib
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,22 +40,24 @@ from dqnkit.config import Config
 from dqnkit.errors import ConfigError, DqnkitError, Interrupted, NonFiniteError
 from dqnkit.files import RunLock, atomic_write_text, make_dir
 from dqnkit.search_space import DEFAULT_SPACES, Space, check_space, read_space, space_params, starting_point
+from dqnkit.study_storage import (
+    beating,
+    dashboard_line,
+    default_storage,
+    fail_stale,
+    next_trial,
+    open_storage,
+    queue_lock,
+    require_optuna,
+    setup_lock,
+    trial_id,
+)
 
 OBJECTIVE = (
     "mean of the trial's greedy evaluations over its budget (the area under its evaluation curve); "
     "a trial stopped early at stop_at_return keeps its last evaluation to the end of the budget"
 )
-PIP_LINE = "pip install 'dqnkit[tune]'"
 CONFIRM_SEED = 100_000  # confirmation runs use seeds from here; trial n trains with seeds nK .. nK + K - 1
-
-
-def require_optuna() -> Any:
-    """The optuna module, or a one-line error (exit 2) saying how to install it."""
-    try:
-        import optuna
-    except ImportError:
-        raise DqnkitError(f"dqnkit tune needs Optuna: {PIP_LINE}") from None
-    return optuna
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -84,6 +82,7 @@ class Study:
     trials: int
     space: Space | None  # None: the algorithm's default space
     seeds_per_trial: int = 1
+    heartbeat_s: int = 60  # PostgreSQL: a running trial's worker says it is alive this often
 
     def attrs(self) -> dict[str, Any]:
         """The study's user attributes: what it optimises, so that a restart can check it is the same."""
@@ -102,70 +101,21 @@ class Study:
         return [first + j for j in range(self.seeds_per_trial)]
 
 
-def default_storage(out: Path) -> str:
-    """The SQLite file in ``out`` that holds a study by default."""
-    return f"sqlite:///{(out / 'study.db').resolve()}"
-
-
-def driver_url(url: str) -> str:
-    """``url`` with a PostgreSQL driver that is installed: SQLAlchemy reads a plain
-    ``postgresql://`` as psycopg2, so where only psycopg (3) is installed it is named."""
-    import importlib.util
-
-    plain = url.startswith(("postgresql://", "postgres://"))
-    if plain and importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def _open_storage(url: str) -> Any:
-    optuna = require_optuna()
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=kwargs)
-    except Exception as exc:  # a URL that names no database, a driver missing, a server down
-        raise _storage_error(url, exc) from None
-
-
-def _storage_error(url: str, exc: Exception) -> DqnkitError:
-    return DqnkitError(f"--storage {url}: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
-
-
 def _load(study: Study) -> tuple[Any, Any]:
     """(optuna study, storage) with the TPE sampler and the median pruner."""
     optuna = require_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _open_storage(study.storage)
+    storage = open_storage(study.storage, _heartbeat(study))
     sampler = optuna.samplers.TPESampler(n_startup_trials=5, constant_liar=True)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=study.base.total_steps // 3)
     return optuna.load_study(study_name=study.name, storage=storage, sampler=sampler, pruner=pruner), storage
 
 
-@contextlib.contextmanager
-def _setup_lock(study: Study) -> Iterator[None]:
-    """One worker at a time makes a study's tables and queue: PostgreSQL's advisory lock,
-    taken on a connection of its own before Optuna creates its tables (two workers creating
-    them at once collide: "duplicate key value violates unique constraint
-    pg_type_typname_nsp_index"). The SQLite file is in ``out``, which the command holds
-    locked for its processes alone."""
-    if not study.storage.startswith("postgres"):
-        yield
-        return
-    from sqlalchemy import create_engine, pool, text
-
-    key = zlib.crc32(f"dqnkit-tune/{study.name}".encode())
-    try:
-        engine = create_engine(driver_url(study.storage), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
-        conn = engine.connect()
-    except Exception as exc:  # a driver missing, a server down
-        raise _storage_error(study.storage, exc) from None
-    with conn:
-        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
-            yield
-        finally:
-            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-    engine.dispose()
+def _heartbeat(study: Study) -> int | None:
+    """The heartbeat interval of the study's storage: on PostgreSQL, where a worker killed
+    outright would otherwise leave its trial running for ever; an SQLite study's running
+    trials are failed at each start instead, since only one command runs it."""
+    return study.heartbeat_s if study.storage.startswith("postgres") else None
 
 
 def prepare(study: Study) -> None:
@@ -177,8 +127,8 @@ def prepare(study: Study) -> None:
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _setup_lock(study):
-        storage = _open_storage(study.storage)
+    with setup_lock(study.storage, study.name):
+        storage = open_storage(study.storage, _heartbeat(study))
         made = optuna.create_study(storage=storage, study_name=study.name, direction="maximize", load_if_exists=True)
         attrs = study.attrs()
         if not made.user_attrs:
@@ -196,17 +146,25 @@ def prepare(study: Study) -> None:
                     "continue it with the command that started it, or choose another --study or --out"
                 )
         if not study.storage.startswith("postgres"):
-            study_id = storage.get_study_id_from_name(study.name)
             for trial in made.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                storage.set_trial_state_values(
-                    storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), TrialState.FAIL
-                )
-        live = made.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-        )
-        missing = study.trials - len(live) - _rerun_failed(made, study.trials - len(live))
-        for _ in range(missing):
-            made.enqueue_trial({}, skip_if_exists=False)
+                storage.set_trial_state_values(trial_id(storage, study.name, trial.number), TrialState.FAIL)
+        _fill_queue(made, study)
+
+
+def _fill_queue(optuna_study: Any, study: Study) -> None:
+    """Fail the trials whose worker is lost (:func:`_fail_stale`), then queue up to
+    ``trials`` trials that are done, running or waiting: a rerun of each failed trial first,
+    then new ones."""
+    from optuna.trial import TrialState
+
+    if _heartbeat(study) is not None:  # PostgreSQL: a lost worker's trial fails, and is run again below
+        fail_stale(optuna_study)
+    live = optuna_study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    )
+    missing = study.trials - len(live) - _rerun_failed(optuna_study, study.trials - len(live))
+    for _ in range(missing):
+        optuna_study.enqueue_trial({}, skip_if_exists=False)
 
 
 def _rerun_failed(optuna_study: Any, room: int) -> int:
@@ -225,24 +183,6 @@ def _rerun_failed(optuna_study: Any, room: int) -> int:
                 attrs[key] = failed.user_attrs[key]
         optuna_study.enqueue_trial(failed.params, attrs, skip_if_exists=False)
     return len(todo)
-
-
-def _next_trial(optuna_study: Any, storage: Any) -> Any:
-    """Take the next waiting trial (None: the queue is empty). ``set_trial_state_values``
-    moves a waiting trial to running for one caller only on PostgreSQL; on SQLite the caller
-    holds :func:`_queue_lock`."""
-    import optuna
-    from optuna.trial import TrialState
-
-    study_id = storage.get_study_id_from_name(optuna_study.study_name)
-    for frozen in optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-        try:
-            if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
-                return optuna.Trial(optuna_study, trial_id)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-    return None
 
 
 def trial_dir(out: Path, number: int) -> Path:
@@ -329,31 +269,43 @@ def _trial_runs(summaries: list[dict[str, Any]]) -> str:
     return f"{steps} steps{seeds}, {which}stopped early at stop_at_return"
 
 
-@contextlib.contextmanager
-def _queue_lock(study: Study) -> Iterator[None]:
-    """One process at a time takes a trial from an SQLite study's queue. Optuna's take (waiting
-    -> running) is atomic on PostgreSQL (SELECT ... FOR UPDATE) but not on SQLite, which has
-    no row locks: three processes taking 60 trials took 67-68 (measured)."""
-    if not study.storage.startswith("sqlite"):
-        yield
-        return
-    with open(study.out / ".queue.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def work(study: Study, stop: Any = None) -> None:
-    """One worker: take waiting trials and train them until the queue is empty (or ``stop`` is set)."""
+    """One worker: take waiting trials and train them until the queue is empty (or ``stop`` is
+    set). On PostgreSQL a worker with an empty queue waits while other workers' trials run,
+    and queues again any whose worker falls silent (:func:`_fill_queue`): a worker killed
+    outright loses no trial."""
+    import optuna
+
     optuna_study, storage = _load(study)
     while stop is None or not stop.is_set():
-        with _queue_lock(study):
-            trial = _next_trial(optuna_study, storage)
+        with queue_lock(study.storage, study.out):
+            trial = next_trial(optuna_study, storage)
         if trial is None:
-            return
-        print(f"  .. {run_trial(study, optuna_study, trial)}", file=sys.stderr, flush=True)
+            if not _others_running(optuna_study, study):
+                return
+            if stop is not None and stop.wait(study.heartbeat_s):
+                return
+            if stop is None:
+                time.sleep(study.heartbeat_s)
+            with setup_lock(study.storage, study.name):
+                _fill_queue(optuna_study, study)
+            continue
+        try:
+            with beating(storage, trial_id(storage, study.name, trial.number), _heartbeat(study)):
+                said = run_trial(study, optuna_study, trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # silent too long: another worker runs it again
+            said = f"trial {trial.number}: taken for lost by another worker while it ran; its result is not kept"
+        print(f"  .. {said}", file=sys.stderr, flush=True)
+
+
+def _others_running(optuna_study: Any, study: Study) -> bool:
+    """Whether trials of other workers still run (PostgreSQL; an SQLite study's workers are
+    this command's processes, which take every trial there is before they end)."""
+    from optuna.trial import TrialState
+
+    if _heartbeat(study) is None:
+        return False
+    return bool(optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 _stop_event: Any = None
@@ -447,68 +399,18 @@ def report(study: Study) -> dict[str, Any]:
     return result
 
 
-def confirm(study: Study, seeds: int, jobs: int) -> dict[str, Any]:
-    """Train ``best.json`` and the starting config on ``seeds`` seeds no trial used; compare
-    them by IQM with 95% stratified bootstrap CIs and the probability of improvement
-    (``confirm.json``, ``confirm.png``). Where the best config is the starting one, it trains
-    once and both rows are its runs (``tuned_is_preset``)."""
-    import numpy as np
-
-    from dqnkit import plots
-    from dqnkit.config import from_dict
-    from dqnkit.experiments import _train_all
-    from dqnkit.logger import read_metrics
-    from dqnkit.stats import improvement_ci, iqm_ci
-
-    configs = {"tuned": from_dict(json.loads((study.out / "best.json").read_text())), "preset": study.base}
-    same = configs["tuned"] == study.base  # the starting config was the best trial: train it once
-    names = ["preset"] if same else list(configs)
-    keys = [(name, CONFIRM_SEED + i) for i in range(seeds) for name in names]
-    work = [(configs[n].replace(seed=s), str(study.out / "confirm" / f"{n}-s{s}"), False) for n, s in keys]
-    _train_all(work, keys, max(1, min(jobs, len(work))))
-    scores: dict[str, dict[str, list[float]]] = {n: {"objective": [], "final_eval": [], "steps": []} for n in names}
-    for (name, _), (_, run_dir, _) in zip(keys, work):
-        rows = read_metrics(Path(run_dir) / "metrics.csv")
-        evals = [float(r["return"]) for r in rows if r["kind"] == "eval"]
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-        scores[name]["objective"].append(objective_value(evals, study.base.total_steps, study.base.eval_every))
-        scores[name]["final_eval"].append(summary["eval_return_mean"])
-        scores[name]["steps"].append(summary["steps"])
-    scores["tuned"] = scores.get("tuned", scores["preset"])
-    result: dict[str, Any] = {"seeds": [s for n, s in keys if n == "preset"], "objective": OBJECTIVE}
-    result["tuned_is_preset"] = same
-    for name, values in scores.items():
-        result[name] = {
-            **{f"{m}_per_seed": v for m, v in values.items()},
-            "steps_median": float(np.median(values["steps"])),
-            **{f"{m}_iqm_ci95": list(iqm_ci(np.array(values[m]))) for m in ("objective", "final_eval")},
-        }
-        if study.base.stop_at_return is not None:
-            result[name]["solved"] = int(sum(v >= study.base.stop_at_return for v in values["final_eval"]))
-    tuned, preset = np.array(scores["tuned"]["objective"]), np.array(scores["preset"]["objective"])
-    result["probability_of_improvement_ci95"] = list(improvement_ci(tuned, preset))
-    atomic_write_text(study.out / "confirm.json", json.dumps(result, indent=2) + "\n")
-    plots.intervals(
-        {n: {m: result[n][f"{m}_iqm_ci95"] for m in ("objective", "final_eval")} for n in configs},
-        study.out / "confirm.png",
-        title=f"{study.base.preset} on {study.base.env_id}: IQM and 95% stratified bootstrap CI, {seeds} fresh seeds",
-    )
-    return result
-
-
-def dashboard_line(storage: str) -> str:
-    """The command that shows a study in Optuna's dashboard."""
-    return f"optuna-dashboard {storage}"
-
-
 __all__ = [
+    "CONFIRM_SEED",
     "OBJECTIVE",
     "Study",
     "check_space",
+    "dashboard_line",
+    "default_storage",
     "objective_value",
     "prepare",
     "read_space",
     "report",
+    "require_optuna",
     "run",
     "starting_point",
     "work",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dqnkit import tune
+from dqnkit import study_storage, tune
 from dqnkit.cli import main
 from dqnkit.errors import ConfigError
 from dqnkit.files import RunLock
@@ -110,8 +110,8 @@ def _take_all(out: str) -> list[int]:
     optuna_study, storage = tune._load(study)
     taken = []
     while True:
-        with tune._queue_lock(study):
-            trial = tune._next_trial(optuna_study, storage)
+        with study_storage.queue_lock(study.storage, study.out):
+            trial = study_storage.next_trial(optuna_study, storage)
         if trial is None:
             return taken
         taken.append(trial.number)
@@ -316,7 +316,7 @@ def test_two_workers_on_one_postgresql_study_finish_exactly_trials_in_total(tmp_
     ends = [worker.communicate(timeout=600) for worker in workers]
     for worker, (_, err) in zip(workers, ends):
         assert worker.returncode == 0, err
-    study = optuna.load_study(study_name="shared", storage=tune._open_storage(postgresql))
+    study = optuna.load_study(study_name="shared", storage=study_storage.open_storage(postgresql))
     trials = study.get_trials()
     assert [t.number for t in trials] == list(range(6))  # none lost, none added
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}  # the median pruner may stop some
@@ -325,6 +325,45 @@ def test_two_workers_on_one_postgresql_study_finish_exactly_trials_in_total(tmp_
     assert sorted(int(line.split()[2].rstrip(":")) for line in said) == list(range(6))  # each run once
     runs = [p.name for w in "ab" for p in (tmp_path / w / "trials").iterdir()]
     assert len(runs) == len(set(runs)) and set(runs) <= {f"trial-{n:04d}" for n in range(6)}
+
+
+def _hang_in_a_trial(study) -> None:
+    """A worker whose trial never ends, until it is killed (run in a child process)."""
+    import time
+
+    from dqnkit import training
+
+    training.train = lambda *args, **kwargs: time.sleep(600)
+    tune.work(study)
+
+
+@pytest.mark.slow  # a worker killed outright, then 3 heartbeats of 1 s and two 400-step trials: about 30 s here
+def test_a_trial_whose_worker_is_killed_outright_is_run_again_by_another(tmp_path, postgresql):
+    import multiprocessing
+    import time
+
+    from dqnkit import presets
+
+    base = presets.get("cartpole", total_steps=400, eval_every=200, eval_episodes=2, learning_starts=100)
+    study = tune.Study(base, postgresql, "lost", tmp_path / "out", 2, None, heartbeat_s=1)
+    (tmp_path / "out").mkdir()
+    tune.prepare(study)
+    killed = multiprocessing.get_context("spawn").Process(target=_hang_in_a_trial, args=(study,))
+    killed.start()
+    optuna_study = optuna.load_study(study_name="lost", storage=study_storage.open_storage(postgresql))
+    for _ in range(600):  # until the child has taken trial 0
+        if optuna_study.trials[0].state.name == "RUNNING":
+            break
+        time.sleep(0.1)
+    time.sleep(1.5)  # a heartbeat or two recorded
+    killed.kill()
+    killed.join()
+    tune.work(study)  # takes trial 1, then waits for trial 0, finds it silent and runs it again
+    states = {t.number: t.state.name for t in optuna_study.trials}
+    assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}, states
+    rerun = optuna_study.trials[2]
+    assert rerun.user_attrs["rerun_of"] == 0 and rerun.user_attrs["seed"] == 0
+    assert rerun.params == optuna_study.trials[0].params
 
 
 def test_a_postgresql_storage_that_cannot_be_reached_exits_2_in_one_line(tmp_path, capsys):
