@@ -354,6 +354,7 @@ def _tune(args: argparse.Namespace) -> int:
             print("the tuned config is the preset: one set of runs is both rows")
         p = Interval(*confirmed["probability_of_improvement_ci95"])
         print(f"P(tuned > preset) {describe(p, 2)}; {out / 'confirm.json'}, {out / 'confirm.png'}")
+        print(f"verdict: {confirmed['verdict']}")
     print(f"next: dqnkit train --config {result['best_config']}   or   {tune.dashboard_line(storage)}")
     return 0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dqnkit.files import atomic_write_text
+from dqnkit.stats import Interval, improvement_ci, iqm_ci
 from dqnkit.tune import CONFIRM_SEED, OBJECTIVE, Study, objective_value
 
 
@@ -25,7 +26,6 @@ def confirm(study: Study, seeds: int, jobs: int) -> dict[str, Any]:
     from dqnkit.config import from_dict
     from dqnkit.experiments import _train_all
     from dqnkit.logger import read_metrics
-    from dqnkit.stats import improvement_ci, iqm_ci
 
     configs = {"tuned": from_dict(json.loads((study.out / "best.json").read_text())), "preset": study.base}
     same = configs["tuned"] == study.base  # the starting config was the best trial: train it once
@@ -53,7 +53,9 @@ def confirm(study: Study, seeds: int, jobs: int) -> dict[str, Any]:
         if study.base.stop_at_return is not None:
             result[name]["solved"] = int(sum(v >= study.base.stop_at_return for v in values["final_eval"]))
     tuned, preset = np.array(scores["tuned"]["objective"]), np.array(scores["preset"]["objective"])
-    result["probability_of_improvement_ci95"] = list(improvement_ci(tuned, preset))
+    improvement = improvement_ci(tuned, preset)
+    result["probability_of_improvement_ci95"] = list(improvement)
+    result["verdict"] = verdict(improvement, same)
     atomic_write_text(study.out / "confirm.json", json.dumps(result, indent=2) + "\n")
     plots.intervals(
         {n: {m: result[n][f"{m}_iqm_ci95"] for m in ("objective", "final_eval")} for n in configs},
@@ -61,3 +63,15 @@ def confirm(study: Study, seeds: int, jobs: int) -> dict[str, Any]:
         title=f"{study.base.preset} on {study.base.env_id}: IQM and 95% stratified bootstrap CI, {seeds} fresh seeds",
     )
     return result
+
+
+def verdict(improvement: Interval, same: bool) -> str:
+    """Which config to train, from the CI of P(tuned > preset): one only where the interval
+    lies wholly on its side of 0.5."""
+    if same:
+        return "the starting config was the best trial: keep it"
+    if improvement.low > 0.5:
+        return "the tuned config beats the starting config on fresh seeds: train best.json"
+    if improvement.high < 0.5:
+        return "the starting config beats the tuned one on fresh seeds: keep the starting config"
+    return "no clear difference on these fresh seeds (the CI of P(tuned > preset) holds 0.5): more seeds would tell"

@@ -178,7 +178,24 @@ def test_the_first_trial_is_the_preset_and_a_best_start_is_confirmed_once(tmp_pa
     assert "trial 0, the starting config: no trial beat it" in printed
     confirmed = json.loads((out / "confirm.json").read_text())
     assert confirmed["tuned_is_preset"] is True and confirmed["tuned"] == confirmed["preset"]
+    assert confirmed["verdict"].startswith("the starting config was the best trial") and "verdict: " in printed
     assert sorted(p.name for p in (out / "confirm").iterdir()) == ["preset-s100000"]  # trained once
+
+
+@pytest.mark.parametrize(
+    "interval, side",
+    [
+        ((0.9, 0.7, 1.0), "the tuned config beats"),
+        ((0.1, 0.0, 0.4), "the starting config beats"),
+        ((0.6, 0.3, 0.9), "no clear difference"),
+        ((0.5, 0.5, 0.5), "no clear difference"),
+    ],
+)
+def test_the_verdict_names_a_side_only_where_the_whole_ci_lies_on_it(interval, side):
+    from dqnkit.confirm import verdict
+    from dqnkit.stats import Interval
+
+    assert verdict(Interval(*interval), same=False).startswith(side)
 
 
 # ----------------------------------------------------------------------------- the objective
