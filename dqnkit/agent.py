@@ -66,7 +66,7 @@ class QAgent:
         self.support = torch.linspace(config.v_min, config.v_max, config.n_atoms, device=self.device)
         self.head = HEADS[config.distributional]
         self.updates = 0  # gradient steps taken
-        self._grads = GradBuffer(list(self.q_net.parameters()))  # attached at the first update
+        self._grads: GradBuffer | None = None  # made at the first update: an agent that only acts has none
         self._numpy_layers = _numpy_mlp(self.q_net, config, self.device)
         # noisy nets redraw their noise before each acting step, outside any graph: eager
         self._act_graph_wanted = self.device.type == "cuda" and config.cuda_graph and not config.noisy
@@ -94,6 +94,8 @@ class QAgent:
     def _descend(self, loss: torch.Tensor) -> None:
         """One optimizer step down ``loss``'s gradient, clipped to ``max_grad_norm`` (0: not clipped)."""
         optimizer = self.optimizer
+        if self._grads is None:
+            self._grads = GradBuffer(list(self.q_net.parameters()))
         self._grads.zero_()
         loss.backward()
         if self.config.max_grad_norm > 0:

@@ -91,9 +91,9 @@ def starting_point(space: Space | None, base: Config) -> dict[str, Any] | None:
         sample = DEFAULT_SPACES[base.algorithm]
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # optuna warns of a fixed value outside its range
+            warnings.filterwarnings("error", message=".* is out of the range of the distribution")  # optuna's
             sampled = base.replace(**sample(optuna.trial.FixedTrial(params), base))
-    except (ValueError, ConfigError, Warning):  # a value that is not one of the choices, a config refused
+    except (ValueError, ConfigError, UserWarning):  # a value not among the choices or out of range; a config refused
         return None
     return params if _same_run(sampled, base) else None
 

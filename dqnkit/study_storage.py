@@ -126,6 +126,8 @@ def next_trial(optuna_study: Any, storage: Any) -> Any:
         taken = trial_id(storage, optuna_study.study_name, frozen.number)
         try:
             if storage.set_trial_state_values(taken, TrialState.RUNNING):
+                if storage.get_heartbeat_interval():  # at once: a trial never heard from is never stale
+                    storage.record_heartbeat(taken)
                 return optuna.Trial(optuna_study, taken)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue

@@ -134,9 +134,6 @@ def prepare(study: Study) -> None:
         if not made.user_attrs:
             for key, value in attrs.items():
                 made.set_user_attr(key, value)
-            point = starting_point(study.space, study.base)
-            if point is not None:  # trial 0: the starting config itself
-                made.enqueue_trial(point, {"start": True}, skip_if_exists=False)
         else:
             stored = {"seeds_per_trial": 1, **made.user_attrs}  # a study made before the key trained one seed
             differ = [k for k, v in attrs.items() if stored.get(k) != json.loads(json.dumps(v))]
@@ -148,6 +145,9 @@ def prepare(study: Study) -> None:
         if not study.storage.startswith("postgres"):
             for trial in made.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 storage.set_trial_state_values(trial_id(storage, study.name, trial.number), TrialState.FAIL)
+        point = starting_point(study.space, study.base)
+        if point is not None and not made.get_trials(deepcopy=False):  # trial 0: the starting config itself
+            made.enqueue_trial(point, {"start": True}, skip_if_exists=False)
         _fill_queue(made, study)
 
 
@@ -235,14 +235,15 @@ def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
             summaries.append(train(base.replace(**overrides, seed=seed), run_dir, overwrite=True, on_eval=on_eval))
             values.append(objective_value(evals, base.total_steps, base.eval_every) if evals else float("nan"))
     except optuna.TrialPruned as exc:
-        optuna_study.tell(trial, state=TrialState.PRUNED)
+        optuna_study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         return f"trial {trial.number}: {exc} ({time.perf_counter() - start:.0f} s)"
     except (NonFiniteError, ConfigError) as exc:  # a diverged trial, or a sample the config refuses: pruned
         trial.set_user_attr("pruned_because", str(exc))
-        optuna_study.tell(trial, state=TrialState.PRUNED)
+        optuna_study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         return f"trial {trial.number}: pruned: {exc}"
     except BaseException:  # Ctrl-C, SIGTERM (the run saved a checkpoint), or a bug: failed, not complete
-        optuna_study.tell(trial, state=TrialState.FAIL)
+        # skip: another worker may have failed it already, taking this worker for lost (work says so)
+        optuna_study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     value = sum(values) / len(values)
     trial.set_user_attr("steps", sum(s["steps"] for s in summaries) // len(summaries))  # the mean over seeds
@@ -252,7 +253,7 @@ def run_trial(study: Study, optuna_study: Any, trial: Any) -> str:
     if len(values) > 1:
         trial.set_user_attr("objective_per_seed", values)
     if not math.isfinite(value):
-        optuna_study.tell(trial, state=TrialState.PRUNED)
+        optuna_study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         return f"trial {trial.number}: no evaluation: pruned"
     optuna_study.tell(trial, value)
     return f"trial {trial.number}: {value:.1f} ({_trial_runs(summaries)}, {time.perf_counter() - start:.0f} s)"
@@ -277,12 +278,22 @@ def work(study: Study, stop: Any = None) -> None:
     import optuna
 
     optuna_study, storage = _load(study)
+    waiting = False
     while stop is None or not stop.is_set():
         with queue_lock(study.storage, study.out):
             trial = next_trial(optuna_study, storage)
         if trial is None:
-            if not _others_running(optuna_study, study):
+            running = _others_running(optuna_study, study)
+            if not running:
                 return
+            if not waiting:
+                print(
+                    f"  .. waiting for {running} trial(s) of other workers; one silent for "
+                    f"{3 * study.heartbeat_s} s is run again here",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            waiting = True
             if stop is not None and stop.wait(study.heartbeat_s):
                 return
             if stop is None:
@@ -290,22 +301,28 @@ def work(study: Study, stop: Any = None) -> None:
             with setup_lock(study.storage, study.name):
                 _fill_queue(optuna_study, study)
             continue
+        waiting = False
         try:
             with beating(storage, trial_id(storage, study.name, trial.number), _heartbeat(study)):
+                if _heartbeat(study) is not None:  # others wait for this trial: its loss would be seen
+                    trial.set_user_attr("heartbeat_s", study.heartbeat_s)
                 said = run_trial(study, optuna_study, trial)
         except optuna.exceptions.UpdateFinishedTrialError:  # silent too long: another worker runs it again
             said = f"trial {trial.number}: taken for lost by another worker while it ran; its result is not kept"
         print(f"  .. {said}", file=sys.stderr, flush=True)
 
 
-def _others_running(optuna_study: Any, study: Study) -> bool:
-    """Whether trials of other workers still run (PostgreSQL; an SQLite study's workers are
-    this command's processes, which take every trial there is before they end)."""
+def _others_running(optuna_study: Any, study: Study) -> int:
+    """How many trials of other workers run with a heartbeat, so that their loss would be
+    seen (PostgreSQL; an SQLite study's workers are this command's processes, which take
+    every trial there is before they end). A trial of a dqnkit without heartbeats could run,
+    or be lost, for ever: it is not waited for."""
     from optuna.trial import TrialState
 
     if _heartbeat(study) is None:
-        return False
-    return bool(optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        return 0
+    running = optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return sum("heartbeat_s" in t.user_attrs for t in running)
 
 
 _stop_event: Any = None

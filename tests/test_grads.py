@@ -96,6 +96,7 @@ def test_gradients_reset_to_none_by_someone_else_are_taken_back_into_the_buffer(
 def test_an_agent_that_only_acts_allocates_no_gradients():
     agent = _agent()
     agent.act(np.zeros(3, dtype=np.float32))
+    assert agent._grads is None
     assert all(p.grad is None for p in agent.q_net.parameters())
     assert all(p.grad is None for p in agent.target_net.parameters())
 

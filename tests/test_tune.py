@@ -231,6 +231,31 @@ def test_seeds_per_trial_trains_each_seed_and_scores_their_mean(tmp_path, capsys
     assert "was started with another seeds_per_trial" in capsys.readouterr().err
 
 
+def test_a_trial_another_worker_failed_while_it_ran_is_dropped_and_the_worker_goes_on(tmp_path, monkeypatch, capsys):
+    """A worker taken for lost (silent too long) finds its trial failed at its next report:
+    it says so and takes the next trial instead of crashing."""
+    from dqnkit import presets, training
+
+    base = presets.get("cartpole", total_steps=400, eval_every=200, eval_episodes=2, learning_starts=100)
+    study = tune.Study(base, tune.default_storage(tmp_path / "out"), "lost", tmp_path / "out", 2, None)
+    (tmp_path / "out").mkdir()
+    tune.prepare(study)
+    storage = study_storage.open_storage(study.storage)
+    real_train, calls = training.train, []
+
+    def failed_from_outside(config, run_dir, **kwargs):
+        calls.append(run_dir)
+        if len(calls) == 1:  # another worker fails this trial, then the run evaluates
+            storage.set_trial_state_values(study_storage.trial_id(storage, "lost", 0), optuna.trial.TrialState.FAIL)
+            kwargs["on_eval"](200, 10.0)
+        return real_train(config, run_dir, **kwargs)
+
+    monkeypatch.setattr(training, "train", failed_from_outside)
+    tune.work(study)
+    assert "trial 0: taken for lost by another worker" in capsys.readouterr().err
+    assert _trials(tmp_path / "out", "lost")[1] == {0: "FAIL", 1: "COMPLETE"}
+
+
 @pytest.mark.slow
 def test_a_study_of_runs_its_best_json_trains_and_the_same_command_continues_it(tmp_path, capsys):
     out = tmp_path / "out"
